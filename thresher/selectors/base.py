@@ -1,0 +1,105 @@
+"""The selector protocol: a global step over the narrow score table.
+
+A selector sees one row per eligible document (`id`, `_shard`, `_row`, the token column
+and the score columns it asks for), never the wide text. It returns a boolean
+`selected` aligned with the rows, optional extra per-row columns (written next to the
+scores, e.g. a learned logit or a weight), and statistics for the manifest.
+
+Budgets are a fraction of the valid (non-rejected) corpus, counted in documents or in
+tokens (`budget_unit`), so `budget: 0.1` means the same thing whatever filters ran first.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SelectorParams(BaseModel):
+    """Base for selector parameters: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class BudgetParams(SelectorParams):
+    """Parameters shared by every selector that picks a budget."""
+
+    budget: float = Field(0.1, gt=0, le=1, description="fraction of the valid corpus to select")
+    budget_unit: Literal["docs", "tokens"] = "docs"
+    token_column: str = Field("n_words", description="per-document token count for token budgets")
+
+
+@dataclass
+class SelectContext:
+    """What a selector knows besides its rows."""
+
+    seed: int
+    pool_docs: int  # valid (non-rejected) documents in the whole corpus
+    pool_tokens: float  # their tokens, by the selector's token column (0 if unknown)
+
+
+@dataclass
+class SelectionResult:
+    selected: np.ndarray  # bool, one per row
+    columns: dict[str, pa.Array] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class Selector(ABC):
+    """Base class of every selector."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[SelectorParams]] = SelectorParams
+
+    def __init__(self, params: SelectorParams | None = None) -> None:
+        self.params = params if params is not None else self.Params()
+
+    def required_columns(self) -> list[str]:
+        """Score-table columns this selector reads (besides id/_shard/_row)."""
+        cols = []
+        if isinstance(self.params, BudgetParams):
+            cols.append(self.params.token_column)
+        return cols
+
+    @abstractmethod
+    def select(self, table: pa.Table, ctx: SelectContext) -> SelectionResult:
+        """Choose rows of `table`."""
+
+
+def budget_target(params: BudgetParams, ctx: SelectContext) -> float:
+    """The budget in documents or tokens."""
+    if params.budget_unit == "docs":
+        return math.floor(params.budget * ctx.pool_docs + 1e-9)
+    return params.budget * ctx.pool_tokens
+
+
+def take_in_order(order: np.ndarray, n_rows: int, params: BudgetParams, ctx: SelectContext,
+                  tokens: np.ndarray | None) -> np.ndarray:
+    """Select rows in priority `order` until the budget is used (a prefix of `order`)."""
+    target = budget_target(params, ctx)
+    selected = np.zeros(n_rows, dtype=bool)
+    if params.budget_unit == "docs":
+        selected[order[: int(target)]] = True
+    else:
+        if tokens is None:
+            raise ValueError("a token budget needs a token column")
+        cum = np.cumsum(tokens[order])
+        selected[order[cum <= target + 1e-9]] = True
+    return selected
+
+
+def column_numpy(table: pa.Table, name: str, dtype: Any = np.float64) -> np.ndarray:
+    """A score column as numpy; a missing column or nulls is a clear error."""
+    if name not in table.column_names:
+        raise KeyError(f"score column {name!r} not found; available: {sorted(table.column_names)}")
+    col = table.column(name)
+    if col.null_count:
+        raise ValueError(f"score column {name!r} has {col.null_count} nulls; filter them first "
+                         f"(filters: [{{column: {name}, op: not_null}}])")
+    return col.to_numpy().astype(dtype, copy=False)
