@@ -96,6 +96,7 @@ class JobSpec(Strict):
     selector: dict[str, Any] = Field(default_factory=lambda: {"type": "all"})
     engine: EngineSpec = Field(default_factory=EngineSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
+    train: dict[str, Any] | None = None
 
     @field_validator("scorers")
     @classmethod
@@ -110,6 +111,15 @@ class JobSpec(Strict):
         from thresher.selectors.registry import validate_selector_spec
 
         return validate_selector_spec(value, "selector")
+
+    @field_validator("train")
+    @classmethod
+    def _check_train(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        from thresher.training.spec import validate_train_spec
+
+        return validate_train_spec(value, "train")
 
     @model_validator(mode="after")
     def _check_names(self) -> "JobSpec":

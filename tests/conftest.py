@@ -1,0 +1,76 @@
+"""Shared fixtures: offline settings and small corpora written to tmp folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+WORDS = ("the of and to in that is was for it with as his on be at by had are but from or have an they which "
+         "one you were her all she there would their we him been has when who will more no if out so said what "
+         "up its about into than them can only other new some could time these two may then do first any my now "
+         "such like our over man me even most made after also did many before must through back years where much "
+         "your way well down should because each just those people how too little state good very make world").split()
+
+
+def make_docs(n: int, seed: int = 0, min_words: int = 60, max_words: int = 200) -> list[str]:
+    """Deterministic English-like documents of several sentences."""
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(n):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(min_words, max_words))]
+        sents = [" ".join(words[i:i + 12]).capitalize() + "." for i in range(0, len(words), 12)]
+        docs.append(" ".join(sents))
+    return docs
+
+
+def write_parquet_corpus(folder: Path, n_files: int, rows: int, seed: int = 0, **extra: list) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n_files):
+        docs = make_docs(rows, seed=seed * 1000 + i)
+        cols = {"text": docs, "url": [f"https://example.com/{i}/{j}" for j in range(rows)]}
+        path = folder / f"shard-{i:03d}.parquet"
+        pq.write_table(pa.table(cols), path, row_group_size=max(rows // 3, 1))
+        paths.append(path)
+    return paths
+
+
+def write_jsonl(path: Path, records: list, raw_lines: dict[int, bytes] | None = None) -> Path:
+    """Write records as JSONL; raw_lines replaces given line numbers (0-based) with raw bytes."""
+    lines = [json.dumps(r).encode() for r in records]
+    for i, raw in (raw_lines or {}).items():
+        lines[i] = raw
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    """Four Parquet files of 300 documents each."""
+    write_parquet_corpus(tmp_path / "corpus", 4, 300)
+    return tmp_path / "corpus"
+
+
+def job_dict(input_path: str | Path, out: str | Path, **over) -> dict:
+    job = {
+        "name": "test",
+        "seed": 7,
+        "input": {"path": str(input_path)},
+        "scorers": [],
+        "selector": {"type": "topk", "column": "n_words", "budget": 0.25},
+        "engine": {"local": {"workers": 1}},
+        "output": {"path": str(out)},
+    }
+    for k, v in over.items():
+        job[k] = v
+    return job

@@ -1,0 +1,81 @@
+"""Job specs: validation errors name the file and the key; overrides; safe loading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from thresher.config import JobError, load_job
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "job.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_minimal_job_gets_defaults(tmp_path: Path) -> None:
+    job = load_job(write(tmp_path, "input: {path: data/}\n"))
+    assert job.selector == {"type": "all"}
+    assert job.engine.name == "local"
+    assert job.input.text_column == "text"
+
+
+def test_unknown_top_level_key_names_file_and_key(tmp_path: Path) -> None:
+    p = write(tmp_path, "input: {path: x}\nselecter: {type: random}\n")
+    with pytest.raises(JobError) as err:
+        load_job(p)
+    assert str(p) in str(err.value) and "selecter" in str(err.value) and "unknown key" in str(err.value)
+
+
+def test_unknown_nested_key(tmp_path: Path) -> None:
+    with pytest.raises(JobError, match=r"input\.txt_column: unknown key"):
+        load_job(write(tmp_path, "input: {path: x, txt_column: body}\n"))
+
+
+def test_bad_value_names_key(tmp_path: Path) -> None:
+    with pytest.raises(JobError, match=r"input\.batch_rows"):
+        load_job(write(tmp_path, "input: {path: x, batch_rows: -5}\n"))
+
+
+def test_selector_params_are_validated(tmp_path: Path) -> None:
+    with pytest.raises(JobError, match=r"selector\.budgett: unknown key"):
+        load_job(write(tmp_path, "input: {path: x}\nselector: {type: random, budgett: 0.1}\n"))
+    with pytest.raises(JobError, match=r"selector\.budget"):
+        load_job(write(tmp_path, "input: {path: x}\nselector: {type: random, budget: 1.5}\n"))
+    with pytest.raises(JobError, match="unknown selector type 'best'"):
+        load_job(write(tmp_path, "input: {path: x}\nselector: {type: best}\n"))
+
+
+def test_unknown_scorer_type(tmp_path: Path) -> None:
+    with pytest.raises(JobError, match=r"unknown scorer type 'magic'"):
+        load_job(write(tmp_path, "input: {path: x}\nscorers: [{type: magic}]\n"))
+
+
+def test_overrides_apply_and_are_validated(tmp_path: Path) -> None:
+    p = write(tmp_path, "input: {path: x}\nselector: {type: random, budget: 0.1}\n")
+    job = load_job(p, ["selector.budget=0.3", "engine.local.workers=2", "output.path=o2"])
+    assert job.selector["budget"] == 0.3 and job.engine.local.workers == 2 and job.output.path == "o2"
+    with pytest.raises(JobError, match=r"selector\.budget"):
+        load_job(p, ["selector.budget=lots"])
+    with pytest.raises(JobError, match="expected key=value"):
+        load_job(p, ["selector.budget"])
+
+
+def test_yaml_tags_are_not_executed(tmp_path: Path) -> None:
+    p = write(tmp_path, "input: !!python/object/apply:os.system ['echo hacked']\n")
+    with pytest.raises(JobError, match="not valid YAML"):
+        load_job(p)
+
+
+def test_missing_job_file(tmp_path: Path) -> None:
+    with pytest.raises(JobError, match="job file not found"):
+        load_job(tmp_path / "nope.yaml")
+
+
+def test_hashes_separate_scoring_from_selection(tmp_path: Path) -> None:
+    a = load_job(data={"input": {"path": "x"}, "selector": {"type": "random", "budget": 0.1}})
+    b = load_job(data={"input": {"path": "x"}, "selector": {"type": "random", "budget": 0.2}})
+    assert a.score_hash() == b.score_hash()
+    assert a.select_hash() != b.select_hash()

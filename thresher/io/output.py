@@ -1,0 +1,205 @@
+"""Output folder: layout, atomic writes, completion markers and the job lock.
+
+Layout of an output folder:
+    part-00000.parquet ...       selected rows, one part per input shard (the dataset)
+    manifest.json, summary.txt   what the run did, counts that add up, timings
+    _scores/part-*.parquet       narrow score table (id + scores), "score once, select many"
+    _rejected/part-*.parquet     rows that could not be used, with the reason and raw bytes
+    _selection/part-*.parquet    per-row status and selector columns
+    _thresher/                   state (config hashes), completion markers, lock
+Every file is written to a temporary name in the same folder and renamed into place,
+and a completion marker is written only after the rename, so a reader never sees half a
+shard and a re-run never trusts one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from thresher.config import JobError
+
+STAGES = ("score", "select", "write")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class OutputLayout:
+    """Paths inside one output folder; every path stays inside it."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).resolve()
+
+    def _inside(self, *parts: str) -> Path:
+        path = self.root.joinpath(*parts).resolve()
+        if path != self.root and self.root not in path.parents:
+            raise JobError(f"output path {path} escapes the output folder {self.root}")
+        return path
+
+    def part(self, i: int) -> Path:
+        return self._inside(f"part-{i:05d}.parquet")
+
+    def scores(self, i: int) -> Path:
+        return self._inside("_scores", f"part-{i:05d}.parquet")
+
+    def rejected(self, i: int) -> Path:
+        return self._inside("_rejected", f"part-{i:05d}.parquet")
+
+    def selection(self, i: int) -> Path:
+        return self._inside("_selection", f"part-{i:05d}.parquet")
+
+    def marker(self, stage: str, i: int | None = None) -> Path:
+        name = stage if i is None else f"{stage}-{i:05d}"
+        return self._inside("_thresher", "done", f"{name}.json")
+
+    @property
+    def state(self) -> Path:
+        return self._inside("_thresher", "state.json")
+
+    @property
+    def manifest(self) -> Path:
+        return self._inside("manifest.json")
+
+    @property
+    def summary(self) -> Path:
+        return self._inside("summary.txt")
+
+    def read_marker(self, stage: str, i: int | None = None) -> dict[str, Any] | None:
+        path = self.marker(stage, i)
+        if not path.exists():
+            return None
+        return json.loads(path.read_text())
+
+    def clear_stage(self, stage: str) -> None:
+        """Forget a stage's markers and files (used when its config changed)."""
+        done = self._inside("_thresher", "done")
+        if done.exists():
+            for p in done.glob(f"{stage}*.json"):
+                p.unlink()
+        folder = {"score": ["_scores", "_rejected"], "select": ["_selection"], "write": []}[stage]
+        for name in folder:
+            shutil.rmtree(self._inside(name), ignore_errors=True)
+        if stage == "write":
+            for p in self.root.glob("part-*.parquet"):
+                p.unlink()
+            for p in (self.manifest, self.summary):
+                p.unlink(missing_ok=True)
+
+
+def write_json_atomic(obj: Any, path: Path) -> None:
+    """Write JSON to a temporary name, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class AtomicParquetWriter:
+    """Stream batches into a Parquet file that appears under its name only when complete."""
+
+    def __init__(self, path: Path, schema: pa.Schema | None = None, compression: str = "zstd") -> None:
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        self.schema = schema
+        self.compression = None if compression == "none" else compression
+        self.rows = 0
+        self._writer: pq.ParquetWriter | None = None
+
+    def write(self, batch: pa.RecordBatch | pa.Table) -> None:
+        if self._writer is None:
+            self.schema = self.schema or batch.schema
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(self.tmp, self.schema, compression=self.compression)
+        if batch.schema != self.schema:
+            try:
+                batch = batch.select(self.schema.names).cast(self.schema)
+            except (pa.ArrowInvalid, KeyError, ValueError) as exc:
+                raise JobError(f"{self.path.name}: batch schema differs from the shard's "
+                               f"({batch.schema} vs {self.schema}): {exc}") from None
+        table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+        self._writer.write_table(table)
+        self.rows += batch.num_rows
+
+    def close(self) -> dict[str, Any]:
+        """Finish the file, rename it into place and return rows, bytes and sha256."""
+        if self._writer is None:
+            if self.schema is None:
+                raise JobError(f"{self.path}: nothing written and no schema known")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(self.tmp, self.schema, compression=self.compression)
+        self._writer.close()
+        with open(self.tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(self.tmp, self.path)
+        return {"file": self.path.name, "rows": self.rows, "bytes": self.path.stat().st_size,
+                "sha256": _sha256(self.path)}
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except Exception:  # the file is being discarded anyway
+                pass
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "AtomicParquetWriter":
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+class JobLock:
+    """An exclusive lock on an output folder; a second job on the same folder is refused."""
+
+    def __init__(self, layout: OutputLayout) -> None:
+        self.path = layout._inside("_thresher", "lock")
+        self._fh: Any = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            fh.close()
+            raise JobError(f"output folder {self.path.parent.parent} is in use by another thresher job "
+                           f"({holder}); wait for it or choose another --output") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {os.uname().nodename}")
+        fh.flush()
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self) -> "JobLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.release()

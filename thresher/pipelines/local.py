@@ -1,0 +1,71 @@
+"""The local engine: a process pool over input shards, with a progress bar."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from typing import Any
+
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from thresher.config import JobSpec
+from thresher.io.readers import InputShard
+from thresher.pipelines.worker import init_worker
+
+StageFn = Callable[[JobSpec, InputShard, str, "pa.Table | None"], dict[str, Any]]
+
+
+class LocalEngine:
+    """Run a stage over shards in `workers` processes (in this process when workers == 1)."""
+
+    name = "local"
+
+    def __init__(self, job: JobSpec, progress: bool = True) -> None:
+        spec = job.engine.local
+        self.workers = spec.workers or os.cpu_count() or 1
+        self.torch_threads = spec.torch_threads or (1 if self.workers > 1 else None)
+        self.progress = progress
+
+    def map_shards(self, stage: str, fn: StageFn, job: JobSpec, shards: list[InputShard], out_root: str,
+                   table: pa.Table | None = None) -> list[dict[str, Any]]:
+        """Call `fn(job, shard, out_root, slice)` for every shard; results in shard order."""
+        total = sum(s.rows or 0 for s in shards) or None
+        bar = tqdm(total=total, desc=f"{stage:>6}", unit="doc", disable=not self.progress, dynamic_ncols=True)
+        results: dict[int, dict[str, Any]] = {}
+        start = time.perf_counter()
+
+        def done(res: dict[str, Any]) -> None:
+            results[res["shard"]] = res
+            bar.update(res.get("rows_in", 0))
+            elapsed = max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix_str(f"{bar.n / elapsed:,.0f} docs/s, shards {len(results)}/{len(shards)}")
+
+        try:
+            workers = min(self.workers, len(shards))
+            if workers <= 1:
+                init_worker(self.torch_threads) if self.workers > 1 else None
+                for s in shards:
+                    done(fn(job, s, out_root, _slice(table, s)))
+            else:
+                ctx = mp.get_context("spawn")
+                with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker,
+                                         initargs=(self.torch_threads,)) as pool:
+                    futures = [pool.submit(fn, job, s, out_root, _slice(table, s)) for s in shards]
+                    pending = set(futures)
+                    while pending:
+                        finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                        for f in finished:
+                            done(f.result())  # re-raises a worker's error with its message
+        finally:
+            bar.close()
+        return [results[s.index] for s in shards]
+
+
+def _slice(table: pa.Table | None, shard: InputShard) -> pa.Table | None:
+    if table is None or shard.kind != "memory":
+        return None
+    return table.slice(shard.start, shard.rows)

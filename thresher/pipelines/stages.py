@@ -1,0 +1,285 @@
+"""The stage code every engine runs: score a shard, select globally, write a shard.
+
+Engines (local, Spark, Beam) differ only in how they call `score_shard` and
+`write_shard` over the shards; both are idempotent (a finished shard is skipped by its
+completion marker) and deterministic, so a retried or resumed task writes the same bytes.
+`select` runs once, on the narrow score table only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from thresher.config import FilterSpec, JobError, JobSpec
+from thresher.io.output import AtomicParquetWriter, OutputLayout, write_json_atomic
+from thresher.io.readers import REJECT_SCHEMA, InputShard, read_shard
+from thresher.pipelines.worker import global_scorers, scorers_for
+from thresher.selectors.base import SelectContext
+from thresher.selectors.registry import build_selector
+
+BASE_COLUMNS = ("id", "_shard", "_row", "n_chars", "n_words")
+STATUS_SCHEMA = pa.schema([("_row", pa.int64()), ("status", pa.string()), ("reason", pa.string())])
+
+
+def base_columns(batch: pa.RecordBatch, shard: int) -> dict[str, pa.Array]:
+    """Columns every score table has: id, position, and cheap lengths."""
+    text = batch.column("text")
+    return {
+        "id": batch.column("id"),
+        "_shard": pa.array(np.full(batch.num_rows, shard, dtype=np.int32)),
+        "_row": batch.column("_row"),
+        "n_chars": pc.utf8_length(text).cast(pa.int64()),
+        "n_words": pc.count_substring_regex(text, r"\S+").cast(pa.int64()),
+    }
+
+
+# -- map stage 1: score ------------------------------------------------------------
+
+
+def score_shard(job: JobSpec, shard: InputShard, out_root: str, table: pa.Table | None = None) -> dict[str, Any]:
+    """Score one shard into `_scores/part-i` (+ `_rejected/part-i`); skip if already done."""
+    layout = OutputLayout(out_root)
+    done = layout.read_marker("score", shard.index)
+    if done is not None and done.get("score_hash") == job.score_hash():
+        return {**done, "skipped": True}
+    start = time.perf_counter()
+    scorers = scorers_for(job.scorers)
+    rejected: Counter[str] = Counter()
+    rows_in = 0
+    scores_w = AtomicParquetWriter(layout.scores(shard.index), compression=job.output.compression)
+    rej_w = AtomicParquetWriter(layout.rejected(shard.index), schema=REJECT_SCHEMA,
+                                compression=job.output.compression)
+    try:
+        for rb in read_shard(shard, job.input, table):
+            rows_in += rb.good.num_rows + rb.rejected.num_rows
+            if rb.rejected.num_rows:
+                rejected.update(rb.rejected.column("reason").to_pylist())
+                if job.output.write_rejected:
+                    rej_w.write(rb.rejected)
+            cols = base_columns(rb.good, shard.index)
+            for scorer in scorers:
+                for name, arr in scorer(rb.good).items():
+                    if name in cols:
+                        raise JobError(f"scorer {scorer.name!r}: column {name!r} is already taken; "
+                                       f"give the scorer another `name:`")
+                    cols[name] = arr
+            scores_w.write(pa.RecordBatch.from_pydict(cols))
+        if scores_w.schema is None:  # an empty shard still gets a score file with a schema
+            scores_w.schema = _empty_score_schema(scorers)
+        info = scores_w.close()
+        rej_info = rej_w.close()
+    except BaseException:
+        scores_w.abort()
+        rej_w.abort()
+        raise
+    marker = {
+        "shard": shard.index, "source": shard.name, "fingerprint": shard.fingerprint,
+        "score_hash": job.score_hash(), "rows_in": rows_in, "rows_ok": info["rows"],
+        "rejected": dict(rejected), "scores": info, "rejected_file": rej_info,
+        "seconds": round(time.perf_counter() - start, 4),
+        "scorers": {s.prefix: s.stats() for s in scorers},
+    }
+    write_json_atomic(marker, layout.marker("score", shard.index))
+    return {**marker, "skipped": False}
+
+
+def _empty_score_schema(scorers: list[Any]) -> pa.Schema:
+    fields = [pa.field("id", pa.string()), pa.field("_shard", pa.int32()), pa.field("_row", pa.int64()),
+              pa.field("n_chars", pa.int64()), pa.field("n_words", pa.int64())]
+    for s in scorers:
+        fields.extend(s.output_schema())
+    return pa.schema(fields)
+
+
+# -- global stage: select ------------------------------------------------------------
+
+
+def _filter_mask(table: pa.Table, f: FilterSpec) -> np.ndarray:
+    if f.column not in table.column_names:
+        raise JobError(f"filters: column {f.column!r} not in the score table; available: "
+                       f"{sorted(table.column_names)}")
+    col = table.column(f.column)
+    if f.op == "is_null":
+        m = pc.is_null(col)
+    elif f.op == "not_null":
+        m = pc.is_valid(col)
+    else:
+        fn = {"==": pc.equal, "!=": pc.not_equal, ">": pc.greater, ">=": pc.greater_equal, "<": pc.less,
+              "<=": pc.less_equal}[f.op]
+        m = pc.fill_null(fn(col, pa.scalar(f.value)), False)
+    return np.asarray(m.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def read_score_table(layout: OutputLayout, n_shards: int, columns: list[str] | None = None) -> pa.Table:
+    """The narrow score table of all shards, in shard and row order."""
+    tables = []
+    for i in range(n_shards):
+        path = layout.scores(i)
+        if not path.exists():
+            raise JobError(f"{path}: missing; run the score stage first")
+        tables.append(pq.read_table(path, columns=columns))
+    return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
+
+
+def select(job: JobSpec, layout: OutputLayout, n_shards: int) -> dict[str, Any]:
+    """Run global scorers, filters and the selector; write `_selection/part-i` per shard."""
+    done = layout.read_marker("select")
+    if done is not None and done.get("select_hash") == job.select_hash():
+        return {**done, "skipped": True}
+    start = time.perf_counter()
+    selector = build_selector(job.selector)
+    gscorers = global_scorers(job.scorers)
+    needed = set(BASE_COLUMNS) | set(selector.required_columns()) | {f.column for f in job.filters}
+    for g in gscorers:
+        needed |= set(g.required_columns())
+    produced = {f.name for g in gscorers for f in g.output_schema()}
+    schema = pq.read_schema(layout.scores(0)) if n_shards else pa.schema([])
+    missing = sorted(c for c in needed - produced if c not in schema.names)
+    if missing:
+        raise JobError(f"selector/filters need columns {missing} that no scorer produced; "
+                       f"score columns: {sorted(schema.names)}")
+    table = read_score_table(layout, n_shards, [c for c in schema.names if c in needed])
+    n = table.num_rows
+    status = np.full(n, "not_selected", dtype=object)
+    reason = np.full(n, None, dtype=object)
+
+    # duplicate ids: the first occurrence (in shard, row order) stays, later ones are rejected
+    ids = table.column("id").to_numpy(zero_copy_only=False).astype(str)
+    _, first = np.unique(ids, return_index=True)
+    dup = np.ones(n, dtype=bool)
+    dup[first] = False
+    status[dup] = "rejected"
+    reason[dup] = "duplicate_id"
+    live = ~dup
+    extra: dict[str, pa.Array] = {}
+
+    live_idx = np.flatnonzero(live)
+    live_table = table.take(pa.array(live_idx))
+    for g in gscorers:
+        cols = g.fit_transform(live_table, job.seed)
+        for name, arr in cols.items():
+            live_table = live_table.append_column(name, arr)
+            extra[name] = arr
+    eligible = np.ones(len(live_idx), dtype=bool)
+    filter_counts: dict[str, int] = {}
+    for f in job.filters:
+        keep = _filter_mask(live_table, f)
+        label = f"filter:{f.column} {f.op}" + ("" if f.op in ("is_null", "not_null") else f" {f.value}")
+        newly = eligible & ~keep
+        filter_counts[label] = int(newly.sum())
+        reason[live_idx[newly]] = label
+        eligible &= keep
+    elig_idx = np.flatnonzero(eligible)
+    pool_tokens = 0.0
+    token_col = getattr(selector.params, "token_column", "n_words")
+    if token_col in live_table.column_names:
+        pool_tokens = float(pc.sum(live_table.column(token_col)).as_py() or 0)
+    ctx = SelectContext(seed=job.seed, pool_docs=len(live_idx), pool_tokens=pool_tokens)
+    result = selector.select(live_table.take(pa.array(elig_idx)), ctx)
+    if len(result.selected) != len(elig_idx):
+        raise JobError(f"selector {selector.name!r} returned {len(result.selected)} flags for {len(elig_idx)} rows")
+    chosen = live_idx[elig_idx[np.asarray(result.selected, dtype=bool)]]
+    status[chosen] = "selected"
+    budget_cut = live_idx[elig_idx[~np.asarray(result.selected, dtype=bool)]]
+    reason[budget_cut] = "not_chosen"
+
+    # per-row extra columns over the whole table (null where not computed)
+    full_cols: dict[str, pa.Array] = {}
+    for name, arr in extra.items():
+        full_cols[name] = _scatter(arr, live_idx, n)
+    for name, arr in result.columns.items():
+        full_cols[name] = _scatter(arr, live_idx[elig_idx], n)
+
+    shard_col = table.column("_shard").to_numpy()
+    rows_col = table.column("_row")
+    sel_table = pa.table({"_row": rows_col, "status": pa.array(status.tolist(), pa.string()),
+                          "reason": pa.array(reason.tolist(), pa.string()), **full_cols})
+    bounds = np.searchsorted(shard_col, np.arange(n_shards + 1))
+    for i in range(n_shards):
+        piece = sel_table.slice(int(bounds[i]), int(bounds[i + 1] - bounds[i]))
+        w = AtomicParquetWriter(layout.selection(i), schema=sel_table.schema, compression=job.output.compression)
+        w.write(piece)
+        w.close()
+    marker = {
+        "select_hash": job.select_hash(), "selector": selector.name,
+        "rows": n, "selected": int((status == "selected").sum()), "duplicate_id": int(dup.sum()),
+        "filtered": filter_counts, "not_chosen": int(len(budget_cut)),
+        "selector_stats": result.stats, "seconds": round(time.perf_counter() - start, 4),
+    }
+    write_json_atomic(marker, layout.marker("select"))
+    return {**marker, "skipped": False}
+
+
+def _scatter(arr: pa.Array, idx: np.ndarray, n: int) -> pa.Array:
+    """Place `arr` at rows `idx` of an n-row column, null elsewhere."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    positions = np.full(n, -1, dtype=np.int64)
+    positions[idx] = np.arange(len(idx))
+    take_idx = pa.array(positions, mask=positions < 0)
+    return arr.take(take_idx)
+
+
+# -- map stage 2: write ------------------------------------------------------------
+
+
+def write_shard(job: JobSpec, shard: InputShard, out_root: str, table: pa.Table | None = None) -> dict[str, Any]:
+    """Join the selection back onto the wide rows of one shard and write `part-i`."""
+    layout = OutputLayout(out_root)
+    done = layout.read_marker("write", shard.index)
+    if done is not None and done.get("select_hash") == job.select_hash():
+        return {**done, "skipped": True}
+    start = time.perf_counter()
+    scores = pq.read_table(layout.scores(shard.index))
+    sel = pq.read_table(layout.selection(shard.index))
+    if scores.num_rows != sel.num_rows:
+        raise JobError(f"shard {shard.index}: score and selection row counts differ; re-run with --overwrite")
+    score_cols = [c for c in scores.column_names if c not in ("id", "_shard", "_row")]
+    sel_cols = [c for c in sel.column_names if c not in ("_row", "status", "reason")]
+    selected = pc.equal(sel.column("status"), "selected")
+    writer = AtomicParquetWriter(layout.part(shard.index), compression=job.output.compression)
+    offset = 0
+    rows_in = 0
+    try:
+        for rb in read_shard(shard, job.input, table):
+            good = rb.good
+            rows_in += good.num_rows + rb.rejected.num_rows
+            k = good.num_rows
+            if k == 0 and writer.schema is not None:
+                continue
+            sc = scores.slice(offset, k)
+            if not pc.all(pc.equal(sc.column("_row"), good.column("_row"))).as_py() and k:
+                raise JobError(f"{shard.name}: input changed since scoring (rows do not line up); "
+                               f"re-run with --overwrite")
+            cols = {name: good.column(name) for name in good.schema.names if name != "_row"}
+            for name in score_cols + sel_cols:
+                if name in cols:
+                    raise JobError(f"{shard.name}: input column {name!r} clashes with a score column")
+            cols.update({name: sc.column(name) for name in score_cols})
+            s = sel.slice(offset, k)
+            cols.update({name: s.column(name) for name in sel_cols})
+            out = pa.table(cols).filter(selected.slice(offset, k))
+            writer.write(out)
+            offset += k
+        if writer.schema is None:
+            writer.schema = pa.schema([("id", pa.string()), ("text", pa.string())] +
+                                      [scores.schema.field(c) for c in score_cols] +
+                                      [sel.schema.field(c) for c in sel_cols])
+        if offset != scores.num_rows:
+            raise JobError(f"{shard.name}: read {offset} rows but {scores.num_rows} were scored; input changed? "
+                           f"re-run with --overwrite")
+        info = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    marker = {"shard": shard.index, "select_hash": job.select_hash(), "part": info, "rows_in": rows_in,
+              "seconds": round(time.perf_counter() - start, 4)}
+    write_json_atomic(marker, layout.marker("write", shard.index))
+    return {**marker, "skipped": False}

@@ -1,0 +1,46 @@
+"""Per-worker caches: scorers are built and set up once per worker process.
+
+The cache lives in an importable module (not in a driver script) so that Spark Python
+workers, Beam DoFns and local pool processes all reuse one model per process across
+tasks instead of reloading it for every shard.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from thresher.scorers.base import GlobalScorer, Scorer
+from thresher.scorers.registry import build_scorer, scorer_class
+
+_CACHE: dict[str, list[Scorer]] = {}
+
+
+def _is_global(spec: dict[str, Any]) -> bool:
+    return issubclass(scorer_class(spec["type"]), GlobalScorer)  # type: ignore[arg-type]
+
+
+def scorers_for(specs: list[dict[str, Any]]) -> list[Scorer]:
+    """The per-batch scorers of a job, built once per process and reused."""
+    key = json.dumps(specs, sort_keys=True)
+    if key not in _CACHE:
+        _CACHE[key] = [build_scorer(s) for s in specs if not _is_global(s)]  # type: ignore[misc]
+    return _CACHE[key]
+
+
+def global_scorers(specs: list[dict[str, Any]]) -> list[GlobalScorer]:
+    """The global (whole-table) scorers of a job, in job order."""
+    return [build_scorer(s) for s in specs if _is_global(s)]  # type: ignore[misc]
+
+
+def init_worker(torch_threads: int | None) -> None:
+    """Process-pool initialiser: cap torch threads so workers do not oversubscribe cores."""
+    if torch_threads:
+        os.environ.setdefault("OMP_NUM_THREADS", str(torch_threads))
+        try:
+            import torch
+
+            torch.set_num_threads(torch_threads)
+        except ImportError:
+            pass
