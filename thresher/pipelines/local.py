@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from typing import Any
@@ -29,6 +28,7 @@ class LocalEngine:
         self.workers = spec.workers or os.cpu_count() or 1
         self.torch_threads = spec.torch_threads or (1 if self.workers > 1 else None)
         self.progress = progress
+        self._pool: ProcessPoolExecutor | None = None
 
     def map_shards(self, stage: str, fn: StageFn, job: JobSpec, shards: list[InputShard], out_root: str,
                    table: pa.Table | None = None) -> list[dict[str, Any]]:
@@ -36,33 +36,39 @@ class LocalEngine:
         total = sum(s.rows or 0 for s in shards) or None
         bar = tqdm(total=total, desc=f"{stage:>6}", unit="doc", disable=not self.progress, dynamic_ncols=True)
         results: dict[int, dict[str, Any]] = {}
-        start = time.perf_counter()
 
         def done(res: dict[str, Any]) -> None:
             results[res["shard"]] = res
             bar.update(res.get("rows_in", 0))
-            elapsed = max(time.perf_counter() - start, 1e-9)
-            bar.set_postfix_str(f"{bar.n / elapsed:,.0f} docs/s, shards {len(results)}/{len(shards)}")
+            bar.set_postfix_str(f"shards {len(results)}/{len(shards)}")
 
         try:
-            workers = min(self.workers, len(shards))
-            if workers <= 1:
-                init_worker(self.torch_threads) if self.workers > 1 else None
+            if min(self.workers, len(shards)) <= 1:
                 for s in shards:
                     done(fn(job, s, out_root, _slice(table, s)))
             else:
-                ctx = mp.get_context("spawn")
-                with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker,
-                                         initargs=(self.torch_threads,)) as pool:
-                    futures = [pool.submit(fn, job, s, out_root, _slice(table, s)) for s in shards]
-                    pending = set(futures)
-                    while pending:
-                        finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                        for f in finished:
-                            done(f.result())  # re-raises a worker's error with its message
+                pool = self._get_pool()
+                futures = [pool.submit(fn, job, s, out_root, _slice(table, s)) for s in shards]
+                pending = set(futures)
+                while pending:
+                    finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                    for f in finished:
+                        done(f.result())  # re-raises a worker's error with its message
         finally:
             bar.close()
         return [results[s.index] for s in shards]
+
+    def _get_pool(self) -> ProcessPoolExecutor:
+        """One pool for the whole job, so workers (and their models) live across stages."""
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
+                                             initializer=init_worker, initargs=(self.torch_threads,))
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
 
 
 def _slice(table: pa.Table | None, shard: InputShard) -> pa.Table | None:

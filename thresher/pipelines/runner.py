@@ -99,19 +99,22 @@ def run_job(job: JobSpec, data: Any = None, overwrite: bool | None = None, progr
         prepare_output(layout, job, shards, overwrite if overwrite is not None else job.output.overwrite,
                        reselect=reselect)
         engine = make_engine(job, progress=progress)
-        t = time.perf_counter()
-        score_res = engine.map_shards("score", stages.score_shard, job, shards, str(layout.root), table)
-        timings["score"] = time.perf_counter() - t
-        if score_only:
-            manifest = build_manifest(job, layout, shards, score_res, None, None, timings, engine.name)
-            return RunResult(manifest, summary_text(manifest), str(layout.root))
-        t = time.perf_counter()
-        select_res = stages.select(job, layout, len(shards))
-        timings["select"] = time.perf_counter() - t
-        t = time.perf_counter()
-        write_res = engine.map_shards("write", stages.write_shard, job, shards, str(layout.root), table)
-        timings["write"] = time.perf_counter() - t
-        timings["total"] = time.perf_counter() - t0
+        try:
+            t = time.perf_counter()
+            score_res = engine.map_shards("score", stages.score_shard, job, shards, str(layout.root), table)
+            timings["score"] = time.perf_counter() - t
+            if score_only:
+                manifest = build_manifest(job, layout, shards, score_res, None, None, timings, engine.name)
+                return RunResult(manifest, summary_text(manifest), str(layout.root))
+            t = time.perf_counter()
+            select_res = stages.select(job, layout, len(shards))
+            timings["select"] = time.perf_counter() - t
+            t = time.perf_counter()
+            write_res = engine.map_shards("write", stages.write_shard, job, shards, str(layout.root), table)
+            timings["write"] = time.perf_counter() - t
+            timings["total"] = time.perf_counter() - t0
+        finally:
+            engine.close()
         manifest = build_manifest(job, layout, shards, score_res, select_res, write_res, timings, engine.name)
         write_json_atomic(manifest, layout.manifest)
         text = summary_text(manifest)

@@ -1,0 +1,103 @@
+"""The ``train:`` section of a job spec, validated with pydantic (unknown keys are errors)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from thresher.training.reweight import check_strategy
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TinyModelSpec(_Strict):
+    """A GPT-2 built from a config (used when ``model`` is ``tiny-gpt2``)."""
+
+    n_layer: int = Field(2, gt=0)
+    n_embd: int = Field(128, gt=0)
+    n_head: int = Field(4, gt=0)
+    vocab_size: int = Field(2048, ge=260, description="size of the BPE tokenizer trained on the data")
+
+
+class ReweightSpec(_Strict):
+    """Online loss-based sample reweighting (SPEC 4)."""
+
+    strategy: str = "linupper"
+    temperature: float = Field(1.0, gt=0, description="softmax temperature r")
+    delta: float = Field(1.0, gt=0)
+    warmup_steps: int = Field(0, ge=0)
+    warmup: Literal["uniform", "temperature"] = "uniform"
+    warmup_temperature: float = Field(100.0, gt=0)
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, v: str) -> str:
+        return check_strategy(v)
+
+
+class SSTokenSpec(_Strict):
+    """Online ssToken token selection (SPEC 3)."""
+
+    rho: float = Field(0.6, gt=0, le=1)
+    gamma: float = Field(0.5, ge=0, le=1)
+    warmup_steps: int = Field(0, ge=0)
+    history: Literal["model", "column", "ema"] = "model"
+    ema_alpha: float = Field(0.99, ge=0, lt=1)
+    mode: Literal["sstoken", "random"] = "sstoken"
+
+
+class TrainSpec(_Strict):
+    """Reference trainer settings (``thresher train JOB.yaml``)."""
+
+    data: str | None = Field(None, description="folder of shards; default: the job's output.path")
+    output: str | None = Field(None, description="checkpoint folder; default: <output.path>/_train")
+    model: str = Field("tiny-gpt2", description="'tiny-gpt2' or a local model folder")
+    tiny: TinyModelSpec = Field(default_factory=TinyModelSpec)
+    tokenizer: str | None = Field(None, description="local tokenizer folder; default: the model's, or trained")
+    mode: Literal["auto", "pretrain", "instruction"] = "auto"
+    block_size: int = Field(128, ge=8)
+    max_length: int = Field(256, ge=8)
+    pack: bool | None = None
+    prompt_template: str | None = None
+    steps: int = Field(100, gt=0)
+    batch_size: int = Field(8, gt=0)
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up")
+    grad_clip: float = Field(1.0, ge=0)
+    seed: int | None = Field(None, description="default: the job's seed")
+    num_workers: int = Field(0, ge=0)
+    log_every: int = Field(10, gt=0)
+    reweight: ReweightSpec | None = None
+    sstoken: SSTokenSpec | None = None
+    use_weight_column: bool = True
+    use_token_mask_column: bool = True
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _template(cls, v: str | None) -> str | None:
+        if v is not None and "{prompt}" not in v:
+            raise ValueError("must contain {prompt}")
+        return v
+
+
+def validate_train_spec(value: Any, where: str = "train") -> dict[str, Any]:
+    """Validate a ``train:`` mapping; returns it with defaults filled in.
+
+    Raises ValueError with one ``where.key: message`` entry per problem.
+    """
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(value).__name__}")
+    try:
+        spec = TrainSpec.model_validate(value)
+    except ValidationError as err:
+        msgs = []
+        for e in err.errors():
+            key = ".".join(str(p) for p in e["loc"])
+            msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+            msgs.append(f"{where}.{key}: {msg}")
+        raise ValueError("; ".join(msgs)) from None
+    return spec.model_dump(mode="json")
