@@ -58,6 +58,12 @@ class LocalEngine:
             bar.close()
         return [results[s.index] for s in shards]
 
+    def parallel_map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        """Map a picklable function over items in the worker pool (in order)."""
+        if min(self.workers, len(items)) <= 1:
+            return [fn(x) for x in items]
+        return list(self._get_pool().map(fn, items))
+
     def _get_pool(self) -> ProcessPoolExecutor:
         """One pool for the whole job, so workers (and their models) live across stages."""
         if self._pool is None:

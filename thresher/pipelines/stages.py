@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ from thresher.config import FilterSpec, JobError, JobSpec
 from thresher.io.output import AtomicParquetWriter, OutputLayout, write_json_atomic
 from thresher.io.readers import REJECT_SCHEMA, InputShard, read_shard
 from thresher.pipelines.worker import global_scorers, scorers_for
-from thresher.selectors.base import SelectContext
+from thresher.selectors.base import SelectContext, serial_map
 from thresher.selectors.registry import build_selector
 
 BASE_COLUMNS = ("id", "_shard", "_row", "n_chars", "n_words")
@@ -128,8 +129,11 @@ def read_score_table(layout: OutputLayout, n_shards: int, columns: list[str] | N
     return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
 
 
-def select(job: JobSpec, layout: OutputLayout, n_shards: int) -> dict[str, Any]:
-    """Run global scorers, filters and the selector; write `_selection/part-i` per shard."""
+def select(job: JobSpec, layout: OutputLayout, n_shards: int,
+           parallel_map: Callable[[Callable[[Any], Any], list[Any]], list[Any]] = serial_map) -> dict[str, Any]:
+    """Run global scorers, filters and the selector; write `_selection/part-i` per shard.
+
+    `parallel_map` is the engine's way to spread a selector's independent pieces of work."""
     done = layout.read_marker("select")
     if done is not None and done.get("select_hash") == job.select_hash():
         return {**done, "skipped": True}
@@ -181,7 +185,7 @@ def select(job: JobSpec, layout: OutputLayout, n_shards: int) -> dict[str, Any]:
     token_col = getattr(selector.params, "token_column", "n_words")
     if token_col in live_table.column_names:
         pool_tokens = float(pc.sum(live_table.column(token_col)).as_py() or 0)
-    ctx = SelectContext(seed=job.seed, pool_docs=len(live_idx), pool_tokens=pool_tokens)
+    ctx = SelectContext(seed=job.seed, pool_docs=len(live_idx), pool_tokens=pool_tokens, parallel_map=parallel_map)
     result = selector.select(live_table.take(pa.array(elig_idx)), ctx)
     if len(result.selected) != len(elig_idx):
         raise JobError(f"selector {selector.name!r} returned {len(result.selected)} flags for {len(elig_idx)} rows")

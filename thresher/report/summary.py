@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 SKIP = {"id", "_shard", "_row"}
+MAX_SCORE_LINES = 10
 
 
 def _numeric(field: pa.Field) -> bool:
@@ -77,10 +78,12 @@ def summary_text(manifest: dict[str, Any]) -> str:
     scores = manifest.get("scores") or {}
     if scores:
         lines.append(f"  {'score (mean)':<34} {'pool':>10} {'selected':>10}")
-        for name, s in scores.items():
-            if name in ("n_chars",):
-                continue
+        shown = list(scores.items())[:MAX_SCORE_LINES]
+        for name, s in shown:
             lines.append(f"  {name:<34} {_fmt(s['pool']['mean']):>10} {_fmt(s['selected']['mean']):>10}")
+        if len(scores) > len(shown):
+            lines.append(f"  ... {len(scores) - len(shown)} more score columns in manifest.json "
+                         f"(or `thresher inspect`)")
     if manifest.get("shards") is not None:
         lines.append(f"  output          {len(manifest['shards'])} part file(s) + manifest.json")
     return "\n".join(lines) + "\n"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -35,6 +36,11 @@ class BudgetParams(SelectorParams):
     token_column: str = Field("n_words", description="per-document token count for token budgets")
 
 
+def serial_map(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    """The default `SelectContext.parallel_map`: in this process, in order."""
+    return [fn(x) for x in items]
+
+
 @dataclass
 class SelectContext:
     """What a selector knows besides its rows."""
@@ -42,6 +48,9 @@ class SelectContext:
     seed: int
     pool_docs: int  # valid (non-rejected) documents in the whole corpus
     pool_tokens: float  # their tokens, by the selector's token column (0 if unknown)
+    # maps a picklable module-level function over independent work items (e.g. DATAMASK
+    # blocks) on the job's engine: local processes, Spark tasks or Beam elements
+    parallel_map: Callable[[Callable[[Any], Any], list[Any]], list[Any]] = serial_map
 
 
 @dataclass
