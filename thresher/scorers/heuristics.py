@@ -278,9 +278,7 @@ def _word_stats(text: pa.Array, params: HeuristicParams, n_chars: np.ndarray) ->
     n_norm = len(norm_enc.dictionary)
     stop_set = pa.array(sorted({w.lower() for w in params.stopwords}), type=pa.string())
     is_stop = _np(pc.is_in(norm, value_set=stop_set)).astype(np.int64)
-    has_alpha = _np(pc.match_substring_regex(vocab, r"\pL")).astype(np.int64)
-    digits = _np(pc.utf8_length(pc.replace_substring_regex(vocab, r"[^\p{Nd}]+", ""))).astype(np.int64)
-    non_alnum = _np(pc.utf8_length(pc.replace_substring_regex(vocab, r"[\pL\pN\pM]+", ""))).astype(np.int64)
+    has_alpha, digits, non_alnum = _char_classes(vocab)
     hashes = _np(pc.count_substring(vocab, "#")).astype(np.int64)
     ellipses = _np(pc.count_substring(vocab, "...")).astype(np.int64) + _np(pc.count_substring(vocab, "…"))
 
@@ -323,6 +321,43 @@ def _line_stats(text: pa.Array, params: HeuristicParams, n_docs: int) -> dict[st
     paras, para_doc, para_len = _pieces(pc.split_pattern_regex(text, r"\n[^\S\n]*\n"), n_docs)
     out["dup_para_frac"], out["dup_para_char_frac"] = _dup_pieces(paras, para_doc, para_len, n_docs)
     return out
+
+
+def _char_classes(vocab: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per distinct word: has a letter (0/1), number of digits, number of non-alphanumeric chars.
+
+    ASCII words are classified byte by byte with lookup tables; the few words with
+    non-ASCII characters use Unicode regular expressions.
+    """
+    vocab = vocab.cast(pa.large_string())
+    offsets = np.frombuffer(vocab.buffers()[1], dtype=np.int64)[vocab.offset : vocab.offset + len(vocab) + 1]
+    data_buf = vocab.buffers()[2]
+    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    data = data[offsets[0] : offsets[-1]]
+    offsets = offsets - offsets[0]
+
+    def per_word(byte_flags: np.ndarray) -> np.ndarray:
+        cum = np.concatenate([[0], np.cumsum(byte_flags, dtype=np.int64)])
+        return cum[offsets[1:]] - cum[offsets[:-1]]
+
+    alpha = _ASCII_ALPHA[data]
+    digit = _ASCII_DIGIT[data]
+    has_alpha = (per_word(alpha) > 0).astype(np.int64)
+    digits = per_word(digit)
+    non_alnum = (offsets[1:] - offsets[:-1]) - per_word(alpha | digit)
+    wide = np.flatnonzero(per_word(data >= 0x80) > 0)
+    if wide.size:
+        sub = vocab.take(pa.array(wide))
+        has_alpha[wide] = _np(pc.match_substring_regex(sub, r"\pL"))
+        digits[wide] = _np(pc.utf8_length(pc.replace_substring_regex(sub, r"[^\p{Nd}]+", "")))
+        non_alnum[wide] = _np(pc.utf8_length(pc.replace_substring_regex(sub, r"[\pL\pN\pM]+", "")))
+    return has_alpha, digits, non_alnum
+
+
+_ASCII_ALPHA = np.zeros(256, dtype=bool)
+_ASCII_ALPHA[np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz", dtype=np.uint8)] = True
+_ASCII_DIGIT = np.zeros(256, dtype=bool)
+_ASCII_DIGIT[np.frombuffer(b"0123456789", dtype=np.uint8)] = True
 
 
 def _pieces(split: pa.Array, n_docs: int) -> tuple[pa.Array, np.ndarray, np.ndarray]:
@@ -451,15 +486,48 @@ def _group_ids(keys: np.ndarray, doc: np.ndarray) -> tuple[np.ndarray, int]:
         edges = [0, *bounds.tolist(), total]
     else:
         edges = [0, total]
-    arr = pa.array(keys, type=pa.uint64())
     out = np.empty(total, dtype=np.int64)
     offset = 0
     for a, b in zip(edges[:-1], edges[1:]):
-        enc = pc.dictionary_encode(arr.slice(a, b - a))
-        out[a:b] = _np(enc.indices)
+        ids, n_groups = _encode(keys[a:b])
+        out[a:b] = ids
         out[a:b] += offset
-        offset += len(enc.dictionary)
+        offset += n_groups
     return out, offset
+
+
+def _encode(keys: np.ndarray) -> tuple[np.ndarray, int]:
+    """Group ids of uint64 keys in order of first appearance, and the number of groups.
+
+    A long run (one huge document) is spread over hash buckets of about `_CHUNK` keys
+    (a stable radix sort on the bucket number), encoded bucket by bucket, then renumbered
+    by first appearance: one big hash table would be ~5x slower.
+    """
+    if len(keys) <= 4 * _CHUNK:
+        enc = pc.dictionary_encode(pa.array(keys, type=pa.uint64()))
+        return _np(enc.indices), len(enc.dictionary)
+    bits = min(16, int(np.ceil(np.log2(len(keys) / _CHUNK))))
+    bucket = (_mix64(keys) >> _U64(64 - bits)).astype(np.uint16)
+    order = np.argsort(bucket, kind="stable")
+    edges = np.concatenate([[0], np.cumsum(np.bincount(bucket, minlength=1 << bits))])
+    arr = pa.array(keys[order], type=pa.uint64())
+    ids = np.empty(len(keys), dtype=np.int64)
+    offset = 0
+    for a, b in zip(edges[:-1].tolist(), edges[1:].tolist()):
+        if b > a:
+            enc = pc.dictionary_encode(arr.slice(a, b - a))
+            ids[a:b] = _np(enc.indices)
+            ids[a:b] += offset
+            offset += len(enc.dictionary)
+    # ids rise across buckets and by first appearance within one: first occurrences are
+    # found in sorted order, then each group is renamed by the position of its first one
+    first = np.empty(len(keys), dtype=bool)
+    first[order] = _first_seen(ids)
+    in_place = np.empty_like(ids)
+    in_place[order] = ids
+    rank = np.empty(offset, dtype=np.int64)
+    rank[in_place[first]] = np.arange(offset)
+    return rank[in_place], offset
 
 
 def _first_seen(gid: np.ndarray) -> np.ndarray:
