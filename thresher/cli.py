@@ -18,6 +18,8 @@ PLUGINS = {
     "train": ("thresher.training.train_cmd", "train a model on selected shards (reweighting, ssToken)"),
     "train-proxy": ("thresher.models.train_proxy", "train a small proxy LM on reference text"),
     "train-classifier": ("thresher.models.train_classifier", "train a fastText quality classifier"),
+    "report": ("thresher.report.report_cmd", "HTML report with plots of an output folder"),
+    "bench-selection": ("thresher.bench.selection_quality", "train a proxy model on each method's selection"),
 }
 
 

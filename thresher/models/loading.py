@@ -342,6 +342,10 @@ def _load_uncached(config: ModelConfig) -> LoadedModel:
     _check_architecture(path, hf_config, config.kind)
     auto = {"causal_lm": AutoModelForCausalLM, "sequence_classification": AutoModelForSequenceClassification,
             "embedding": AutoModel}[config.kind]
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -350,6 +354,9 @@ def _load_uncached(config: ModelConfig) -> LoadedModel:
                 trust_remote_code=config.trust_remote_code, output_loading_info=True)
     except ValueError as exc:
         raise ModelError(f"model at {path} ({type(hf_config).__name__}) cannot be loaded as {config.kind}: {exc}") from exc
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     missing = [k for k in info.get("missing_keys", []) if "position_ids" not in k]
     if missing:
         raise ModelError(

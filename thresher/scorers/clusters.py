@@ -142,7 +142,7 @@ class ClusterScorer(GlobalScorer):
             cluster[rows] = assign
             if p.spherical:
                 cent = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
-                distance[rows] = 1.0 - np.einsum("ij,ij->i", unit, cent[assign])
+                distance[rows] = np.maximum(0.0, 1.0 - np.einsum("ij,ij->i", unit, cent[assign]))
             else:
                 distance[rows] = np.sqrt(np.maximum(d2, 0.0))
             # members of each cluster in `order_by` order

@@ -95,7 +95,9 @@ def weights_from_losses(losses: torch.Tensor, strategy: str = "linupper", temper
     """Softmax((f(h) - max f)/r) over a pool of per-sample losses; sums to 1."""
     if temperature <= 0:
         raise ValueError("temperature must be > 0")
-    losses = losses.detach().float()
+    losses = losses.detach()
+    if losses.dtype not in (torch.float32, torch.float64):
+        losses = losses.float()
     if strategy == "uniform" or losses.numel() == 0:
         return torch.full_like(losses, 1.0 / max(losses.numel(), 1))
     f = strategy_values(normalize_losses(losses, delta), strategy, delta)
@@ -167,7 +169,7 @@ class LossReweighter:
 
     def local_weights(self, local_losses: torch.Tensor, step: int) -> tuple[torch.Tensor, int]:
         """This rank's slice of the global weights, and the world size."""
-        local = local_losses.detach().float()
+        local = local_losses.detach()
         if _dist_ready():
             full, offset = all_gather_losses(local, self.group)
             world = torch.distributed.get_world_size(self.group)
@@ -184,7 +186,7 @@ class LossReweighter:
 
     def emulate(self, losses_per_rank: Sequence[torch.Tensor], step: int) -> list[torch.Tensor]:
         """Single-process emulation of W ranks: each rank's loss, as an all-gather run gives."""
-        full = torch.cat([x.detach().float() for x in losses_per_rank])
+        full = torch.cat([x.detach() for x in losses_per_rank])
         w = self.global_weights(full, step)
         world, out, off = len(losses_per_rank), [], 0
         for x in losses_per_rank:
