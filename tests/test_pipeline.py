@@ -158,3 +158,11 @@ def test_cli_reports_errors_without_traceback(tmp_path: Path, capsys) -> None:
     job.write_text("input: {path: nowhere.parquet}\n")
     assert cli_main(["run", str(job), "-q"]) == 2
     assert "nowhere.parquet" in capsys.readouterr().err
+
+
+def test_scorer_counters_are_per_job_not_cumulative(tmp_path: Path, corpus: Path) -> None:
+    job = job_dict(corpus, tmp_path / "out", scorers=[{"type": "heuristics"}])
+    m = run(job, progress=False).manifest
+    assert m["scorers"]["heuristics"]["rows"] == m["counts"]["input_rows"] - m["counts"]["rejected"]["total"]
+    out = pq.read_table(tmp_path / "out" / "part-00000.parquet")
+    assert "heuristics_pass" in out.column_names and "heuristics_reason" in out.column_names

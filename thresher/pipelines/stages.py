@@ -52,6 +52,7 @@ def score_shard(job: JobSpec, shard: InputShard, out_root: str, table: pa.Table 
         return {**done, "skipped": True}
     start = time.perf_counter()
     scorers = scorers_for(job.scorers)
+    before = [(s.rows, s.seconds) for s in scorers]  # scorers live across shards: count this one only
     rejected: Counter[str] = Counter()
     rows_in = 0
     scores_w = AtomicParquetWriter(layout.scores(shard.index), compression=job.output.compression)
@@ -85,7 +86,8 @@ def score_shard(job: JobSpec, shard: InputShard, out_root: str, table: pa.Table 
         "score_hash": job.score_hash(), "rows_in": rows_in, "rows_ok": info["rows"],
         "rejected": dict(rejected), "scores": info, "rejected_file": rej_info,
         "seconds": round(time.perf_counter() - start, 4),
-        "scorers": {s.prefix: s.stats() for s in scorers},
+        "scorers": {s.prefix: {"rows": s.rows - r0, "seconds": round(s.seconds - t0, 4)}
+                    for s, (r0, t0) in zip(scorers, before)},
     }
     write_json_atomic(marker, layout.marker("score", shard.index))
     return {**marker, "skipped": False}

@@ -103,11 +103,6 @@ class Scorer(ABC):
         self.seconds += time.perf_counter() - start
         return fixed
 
-    def stats(self) -> dict[str, Any]:
-        """Counters for the manifest."""
-        rate = self.rows / self.seconds if self.seconds > 0 else None
-        return {"rows": self.rows, "seconds": round(self.seconds, 4), "rows_per_s": rate}
-
 
 class GlobalScorer(ABC):
     """A scorer that needs the whole narrow score table (e.g. k-means clusters).
