@@ -94,6 +94,8 @@ class TokenBatcher:
     max_batch_size: int | None = None
     prefetch: int = 2
     text_prefix: str = ""
+    max_padding: float = 0.05
+    min_fill: float = 0.25
     stats: BatchStats = field(default_factory=BatchStats)
 
     def __post_init__(self) -> None:
@@ -146,20 +148,31 @@ class TokenBatcher:
 
     # -- batching ------------------------------------------------------------------------------
     def plan(self, segments: Sequence[Segment]) -> list[list[int]]:
-        """Indices of `segments` per batch: longest first, padded size within the token budget."""
+        """Indices of `segments` per batch: longest first, padded size within the token budget.
+
+        A batch also closes early when the next (shorter) row would lift its padding share
+        above `max_padding`, once it holds at least `min_fill` of the budget: small batches
+        cost little, padded positions cost a full forward.
+        """
         order = sorted(range(len(segments)), key=lambda i: -len(segments[i].ids))
         batches: list[list[int]] = []
         current: list[int] = []
-        width = 0
+        width = real = 0
         cap = self.max_batch_size or 1 << 30
+        floor = self.min_fill * self.max_tokens_per_batch
         for i in order:
             length = max(1, len(segments[i].ids))
-            if current and ((len(current) + 1) * width > self.max_tokens_per_batch or len(current) >= cap):
-                batches.append(current)
-                current = []
+            if current:
+                rows = len(current) + 1
+                over = rows * width > self.max_tokens_per_batch or len(current) >= cap
+                padded = 1.0 - (real + length) / (rows * width)
+                if over or (padded > self.max_padding and len(current) * width >= floor):
+                    batches.append(current)
+                    current = []
             if not current:
-                width = length
+                width, real = length, 0
             current.append(i)
+            real += length
         if current:
             batches.append(current)
         return batches

@@ -16,14 +16,13 @@ def token_losses(logits: torch.Tensor, input_ids: torch.Tensor, lengths: list[in
     """Per row, the fp32 NLL of tokens 1..len-1 given their prefix (float32 tensors on CPU).
 
     Only real (unpadded) positions are computed; logits are upcast one row at a time so a
-    bf16 batch never needs a full fp32 copy.
+    bf16 batch never needs a full fp32 copy, and results leave the device in one transfer.
     """
-    out: list[torch.Tensor] = []
+    parts: list[torch.Tensor] = []
     for row, n in enumerate(lengths):
         if n < 2:
-            out.append(torch.zeros(0, dtype=torch.float32))
+            parts.append(logits.new_zeros(0, dtype=torch.float32))
             continue
-        row_logits = logits[row, : n - 1].float()
-        targets = input_ids[row, 1:n]
-        out.append(F.cross_entropy(row_logits, targets, reduction="none").detach().to("cpu", torch.float32))
-    return out
+        parts.append(F.cross_entropy(logits[row, : n - 1].float(), input_ids[row, 1:n], reduction="none"))
+    flat = torch.cat(parts).detach().to("cpu", torch.float32)
+    return list(torch.split(flat, [max(0, n - 1) for n in lengths]))

@@ -147,7 +147,8 @@ def resolve_model_ref(ref: str) -> Path:
         found = _hub_cache_lookup(ref)
         if found is not None:
             return found
-        looked.append(f"Hugging Face cache {_hub_cache_root()} (hub id {ref!r}; never downloaded)")
+        mode = "offline mode" if offline() else "thresher never downloads"
+        looked.append(f"Hugging Face cache {_hub_cache_root()} (hub id {ref!r}; {mode})")
     raise ModelError(
         f"model {ref!r} not found; looked at: " + "; ".join(looked)
         + f". Special names: {sorted(SPECIAL_REFS)}; installed packages: 'package:NAME[/SUBDIR]'.")

@@ -28,10 +28,11 @@ class ModelScorerParams(ScorerParams):
     trust_remote_code: bool = False
     pad_token: str | None = Field(None, description="pad token to use when the tokenizer has none (default: eos)")
     max_length: int | None = Field(None, gt=1, description="tokens per model row (default: per scorer)")
-    max_tokens_per_batch: int | None = Field(None, gt=0, description="padded tokens per batch (default 4096 CPU, 32768 GPU)")
+    max_tokens_per_batch: int | None = Field(None, gt=0, description="padded tokens per batch (default 2048 CPU, 32768 GPU)")
     max_batch_size: int | None = Field(None, gt=0)
     long_doc_policy: Literal["chunk", "truncate"] = "chunk"
     sort_window: int = Field(1024, gt=0, description="documents tokenised and length-sorted together")
+    prefetch: int = Field(2, ge=0, description="batches tokenised ahead by a background thread (0: none)")
 
 
 class ModelScorerMixin:
@@ -60,11 +61,11 @@ class ModelScorerMixin:
         limit = self._lm.max_positions()
         if limit is not None:
             max_length = min(max_length, limit)
-        budget = p.max_tokens_per_batch or (32768 if self._lm.device.type == "cuda" else 4096)
+        budget = p.max_tokens_per_batch or (32768 if self._lm.device.type == "cuda" else 2048)
         self._batcher = TokenBatcher(
             self._lm.tokenizer, max_length=max_length, max_tokens_per_batch=max(budget, max_length),
             policy=p.long_doc_policy, mode=self.batcher_mode, sort_window=p.sort_window,
-            max_batch_size=p.max_batch_size, text_prefix=text_prefix)
+            max_batch_size=p.max_batch_size, text_prefix=text_prefix, prefetch=p.prefetch)
 
     def batching_stats(self) -> dict[str, Any]:
         return self._batcher.stats.as_dict() if self._batcher is not None else {}

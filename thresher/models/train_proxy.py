@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import math
 import random
 import time
@@ -110,7 +111,7 @@ def train_proxy(inputs: Sequence[str], output: str, *, text_field: str = "text",
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % log_every == 0 or step == steps - 1:
-            log.append({"step": step, "loss": round(float(loss), 4)})
+            log.append({"step": step, "loss": round(float(loss.detach()), 4)})
     model.eval()
     with torch.inference_mode():
         losses = [float(model(input_ids=valid[i:i + batch_size].to(dev), labels=valid[i:i + batch_size].to(dev)).loss)
@@ -176,7 +177,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="thresher train-proxy", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,7 +17,6 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
-import torch
 from pydantic import Field
 
 from thresher.models.batching import move

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -58,7 +60,7 @@ class DataMaskParams(BudgetParams):
     diversity: Literal["pws", "fl", "disf"] = "pws"
     group_size: int = Field(128, ge=2, description="masks drawn per step (G)")
     steps: int = Field(400, ge=0, description="optimisation steps per block (paper ~10k)")
-    lr: float = Field(2.0, gt=0, description="ascent step size on the logits")
+    lr: float = Field(4.0, gt=0, description="ascent step size on the logits")
     batch_fraction: float = Field(0.05, gt=0, le=1, description="share of the block updated per step")
     min_batch: int = Field(64, ge=2, description="smallest batch, for small blocks")
     prune_fraction: float = Field(0.4, ge=0, lt=1, description="drop this bottom share by quality first")
@@ -72,6 +74,7 @@ class DataMaskParams(BudgetParams):
     calibration_draws: int = Field(32, ge=2, description="random subsets used to standardise diversity")
     normalized_tol: float = Field(1e-3, gt=0, description="allowed | ||e|| - 1 | for pws/fl")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1, description="torch CPU threads while solving (None: leave as is)")
     readout: Literal["topk"] = "topk"
 
     @model_validator(mode="after")
@@ -185,30 +188,34 @@ def pl_log_prob(logits: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
 def pl_grad(logits: torch.Tensor, order: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Exact gradient of the Plackett-Luce log-probability, O(N + S) per mask (SPEC 1.3 (6a)).
 
-    d log P / d L_j = M_j - w_j * sum_{k <= K_j} 1/Z_k, with w = exp(L - max L), K_j the draw
-    position of j (or S if j was not drawn) and Z_k the mass left before draw k, formed as
-    (unselected mass) + (suffix sum of the drawn weights from k on) to avoid cancellation.
+    d log P / d L_j = M_j - w_j * sum_{k <= K_j} 1/Z_k, with w = exp(L), K_j the draw position
+    of j (or S if j was not drawn) and Z_k the mass left before draw k, formed as
+    (unselected mass) + (suffix sum of the drawn weights from k on), never by subtraction.
+    Everything is done in log space (logsumexp / logcumsumexp): every w_j / Z_k <= 1 because j
+    is still in the pool at draw k, so nothing overflows or underflows even for large logits.
 
     ``weights`` None: per-mask gradients (G, N). Otherwise sum_j weights_j * grad_j: (N,).
     """
     order = order.unsqueeze(0) if order.dim() == 1 else order
     g_masks, _ = order.shape
-    w = torch.exp(logits - logits.max())
     drawn = torch.zeros((g_masks, logits.shape[0]), dtype=torch.bool, device=logits.device)
     drawn.scatter_(1, order, True)
-    unsel = torch.where(drawn, torch.zeros((), dtype=w.dtype, device=w.device), w.unsqueeze(0)).sum(dim=1)
-    ws = w[order]  # (G, S) drawn weights in draw order
-    suffix = ws.flip(1).cumsum(1).flip(1)
-    z = (unsel.unsqueeze(1) + suffix).clamp_min(torch.finfo(w.dtype).tiny)
-    cum = (1.0 / z).cumsum(dim=1)  # sum_{t<=k} 1/Z_t
-    tot = cum[:, -1]
+    neg_inf = torch.tensor(-torch.inf, dtype=logits.dtype, device=logits.device)
+    log_unsel = torch.logsumexp(torch.where(drawn, neg_inf, logits.unsqueeze(0)), dim=1)  # (G,)
+    ls = logits[order]  # (G, S) drawn logits in draw order
+    log_suffix = torch.logcumsumexp(ls.flip(1), dim=1).flip(1)
+    log_z = torch.logaddexp(log_unsel.unsqueeze(1), log_suffix)
+    c = torch.logcumsumexp(-log_z, dim=1)  # log sum_{t<=k} 1/Z_t
+    c_last = c[:, -1]
+    drawn_part = 1.0 - torch.exp(ls + c)  # selected j at position k: 1 - w_j sum_{t<=k} 1/Z_t
+    # -w_j sum_{t<=S} 1/Z_t for the undrawn j (drawn entries are replaced, never used: for them
+    # the full sum can overflow because later Z_t no longer contain j)
+    unsel = -torch.exp(torch.where(drawn, neg_inf, logits.unsqueeze(0) + c_last.unsqueeze(1)))  # (G, N)
     if weights is None:
-        grad = -w.unsqueeze(0) * tot.unsqueeze(1)
-        grad.scatter_(1, order, 1.0 - ws * cum)
-        return grad
-    a = weights.to(w.dtype)
-    grad = -w * (a * tot).sum()
-    grad.index_add_(0, order.reshape(-1), (a.unsqueeze(1) * (1.0 - ws * cum + ws * tot.unsqueeze(1))).reshape(-1))
+        return unsel.scatter_(1, order, drawn_part)
+    a = weights.to(logits.dtype)
+    grad = a @ unsel
+    grad.index_add_(0, order.reshape(-1), (a.unsqueeze(1) * drawn_part).reshape(-1))
     return grad
 
 
@@ -320,6 +327,7 @@ class _Prepared:
     q_all: torch.Tensor
     e_all: torch.Tensor
     ref_emb: torch.Tensor | None
+    sq_norms: torch.Tensor
 
 
 def _check_inputs(quality: np.ndarray, emb: np.ndarray, n_select: int, n_keep: int, kind: str) -> None:
@@ -357,7 +365,7 @@ def prepare_block(quality: np.ndarray, emb: np.ndarray, n_select: int, params: D
             gen = make_generator(dev, seed, block_id, _TAG_REF)
             ref = torch.topk(torch.rand(n, generator=gen, device=dev), params.fl_reference).indices
             ref_emb = e_all[torch.sort(ref).values]
-    return _Prepared(dev, len(quality), kept, q_all, e_all, ref_emb)
+    return _Prepared(dev, len(quality), kept, q_all, e_all, ref_emb, (e_all * e_all).sum(dim=1))
 
 
 def block_calibration(prep: _Prepared, size: int, params: DataMaskParams, seed: int, block_id: int) -> Calibration:
@@ -383,6 +391,20 @@ def finish_block(prep: _Prepared, chosen: np.ndarray, order: np.ndarray, logits:
     return BlockResult(selected, logits, order, _downsample(curve), obj, stats)
 
 
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Temporarily set torch's CPU thread count (no-op for None)."""
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def solve_block(quality: np.ndarray, emb: np.ndarray, n_select: int, params: DataMaskParams,
                 seed: int, block_id: int = 0) -> BlockResult:
     """Run DATAMASK on one block: prune, init, ``steps`` policy-gradient steps, top-S readout.
@@ -390,6 +412,12 @@ def solve_block(quality: np.ndarray, emb: np.ndarray, n_select: int, params: Dat
     ``quality`` (n,), ``emb`` (n, d) unit-norm rows (for pws/fl), ``n_select`` documents to
     choose. Deterministic given (seed, block_id) on a given device.
     """
+    with torch_threads(params.threads), torch.no_grad():
+        return _solve_block(quality, emb, n_select, params, seed, block_id)
+
+
+def _solve_block(quality: np.ndarray, emb: np.ndarray, n_select: int, params: DataMaskParams,
+                 seed: int, block_id: int) -> BlockResult:
     t0 = time.perf_counter()
     p = params
     prep = prepare_block(quality, emb, n_select, p, seed, block_id)
@@ -424,7 +452,7 @@ def solve_block(quality: np.ndarray, emb: np.ndarray, n_select: int, params: Dat
             order = gumbel_topk(lb, p.group_size, sb, gen)
             rows = kept_t[order] if pos is None else kept_t[pos][order]  # block positions (G, sb)
             qbar = prep.q_all[rows].mean(dim=1)
-            div = diversity(p.diversity, prep.e_all, rows, prep.ref_emb) if p.lam < 1 else None
+            div = diversity(p.diversity, prep.e_all, rows, prep.ref_emb, prep.sq_norms) if p.lam < 1 else None
             f = bcal.combine(qbar, div)
             curve.append(float(f.mean()))
             if p.metric_norm == "group":

@@ -44,10 +44,12 @@ def quality_mean(quality: np.ndarray | torch.Tensor, idx: np.ndarray | torch.Ten
     return q[_idx2d(idx, q.device)].mean(dim=1)
 
 
-def pairwise_similarity(emb: np.ndarray | torch.Tensor, idx: np.ndarray | torch.Tensor) -> torch.Tensor:
+def pairwise_similarity(emb: np.ndarray | torch.Tensor, idx: np.ndarray | torch.Tensor,
+                        sq_norms: torch.Tensor | None = None) -> torch.Tensor:
     """Mean off-diagonal cosine similarity of each subset via the sum identity: (G,).
 
-    Uses ``embedding_bag`` so the (G, S, d) gather is never materialised.
+    Uses ``embedding_bag`` so the (G, S, d) gather is never materialised. ``sq_norms``: the
+    precomputed ||e_i||^2 of every row (pass it in loops; computed here otherwise).
     """
     e = _t(emb)
     ix = _idx2d(idx, e.device)
@@ -55,8 +57,8 @@ def pairwise_similarity(emb: np.ndarray | torch.Tensor, idx: np.ndarray | torch.
     if s < 2:
         raise ValueError("pairwise similarity needs subsets of at least 2 documents")
     sums = torch.nn.functional.embedding_bag(ix, e, mode="sum")  # (G, d)
-    sq = (e * e).sum(dim=1)  # ||e_i||^2, == 1 for unit rows
-    diag = sq[ix].sum(dim=1)
+    sq = (e * e).sum(dim=1) if sq_norms is None else sq_norms.to(e.device)  # == 1 for unit rows
+    diag = sq[ix].sum(dim=1).to(sums.dtype)
     return ((sums * sums).sum(dim=1) - diag) / (s * (s - 1))
 
 
@@ -70,12 +72,13 @@ def pairwise_similarity_explicit(emb: np.ndarray, idx: np.ndarray) -> float:
 
 def pool_pairwise_similarity(emb: np.ndarray) -> float:
     """Mean off-diagonal cosine similarity of a whole pool, O(N.d)."""
-    x = np.asarray(emb, dtype=np.float64)
+    x = np.asarray(emb)
     n = len(x)
     if n < 2:
         return float("nan")
-    s = x.sum(axis=0)
-    return float((s @ s - (x * x).sum()) / (n * (n - 1)))
+    s = x.sum(axis=0, dtype=np.float64)  # accumulate in float64 without a float64 copy
+    sq = float(np.einsum("ij,ij->", x, x, dtype=np.float64))
+    return float((s @ s - sq) / (n * (n - 1)))
 
 
 def facility_location(emb: np.ndarray | torch.Tensor, idx: np.ndarray | torch.Tensor,
@@ -101,23 +104,12 @@ def facility_location(emb: np.ndarray | torch.Tensor, idx: np.ndarray | torch.Te
     return torch.cat(out)
 
 
-def _corr_offdiag_from_moments(n: int, s1: torch.Tensor, m2: torch.Tensor) -> torch.Tensor:
-    """Mean squared off-diagonal correlation from count, sums (G,d) and second moments (G,d,d)."""
-    d = s1.shape[-1]
-    cov = m2 - s1.unsqueeze(-1) * s1.unsqueeze(-2) / n  # (n-1) * covariance
-    var = torch.diagonal(cov, dim1=-2, dim2=-1).clamp_min(0)
-    tiny = 1e-12 * max(n, 1)
-    inv = torch.where(var > tiny, var.clamp_min(tiny).rsqrt(), torch.zeros_like(var))
-    corr = cov * inv.unsqueeze(-1) * inv.unsqueeze(-2)  # zero-variance features -> correlation 0
-    total = (corr * corr).sum(dim=(-2, -1))
-    diag = (torch.diagonal(corr, dim1=-2, dim2=-1) ** 2).sum(dim=-1)
-    return (total - diag) / (d * (d - 1))
-
-
 def disf_correlation(emb: np.ndarray | torch.Tensor, idx: np.ndarray | torch.Tensor) -> torch.Tensor:
     """Mean squared off-diagonal correlation between embedding dimensions per subset: (G,).
 
-    Features are standardised within the subset (DiSF); O(S.d^2) per subset.
+    Features are standardised within the subset (DiSF). With Z the standardised (S, d) subset
+    scaled so that Z^T Z is the correlation matrix, ||Z^T Z||_F = ||Z Z^T||_F, so the cost is
+    O(S.d.min(S, d)) per subset. Zero-variance features count as uncorrelated.
     """
     e = _t(emb)
     ix = _idx2d(idx, e.device)
@@ -125,22 +117,29 @@ def disf_correlation(emb: np.ndarray | torch.Tensor, idx: np.ndarray | torch.Ten
     if s < 2:
         raise ValueError("the DiSF correlation needs subsets of at least 2 documents")
     d = e.shape[1]
-    chunk = max(1, _CHUNK_ELEMS // max(1, s * d + d * d))
+    chunk = max(1, _CHUNK_ELEMS // max(1, s * d + min(s, d) ** 2))
     out = []
     for a in range(0, g, chunk):
         x = e[ix[a:a + chunk]].to(torch.float64)  # (c, S, d)
-        out.append(_corr_offdiag_from_moments(s, x.sum(dim=1), x.transpose(1, 2) @ x))
+        x = x - x.mean(dim=1, keepdim=True)
+        ss = (x * x).sum(dim=1, keepdim=True)  # (c, 1, d) = (S-1) var
+        ok = ss > 1e-12 * s
+        z = torch.where(ok, x * ss.clamp_min(1e-300).rsqrt(), torch.zeros_like(x))
+        gram = z @ z.transpose(1, 2) if s <= d else z.transpose(1, 2) @ z
+        total = (gram * gram).sum(dim=(1, 2))
+        out.append((total - ok.sum(dim=(1, 2)).to(total.dtype)) / (d * (d - 1)))
     return torch.cat(out)
 
 
 def diversity(kind: DiversityKind, emb: np.ndarray | torch.Tensor, idx: np.ndarray | torch.Tensor,
-              ref_emb: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
+              ref_emb: np.ndarray | torch.Tensor | None = None,
+              sq_norms: torch.Tensor | None = None) -> torch.Tensor:
     """Diversity of each subset, higher = more diverse: (G,).
 
     ``ref_emb`` is the facility-location reference set V (defaults to all of ``emb``).
     """
     if kind == "pws":
-        return -pairwise_similarity(emb, idx)
+        return -pairwise_similarity(emb, idx, sq_norms)
     if kind == "fl":
         return facility_location(emb, idx, emb if ref_emb is None else ref_emb)
     if kind == "disf":

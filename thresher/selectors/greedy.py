@@ -30,6 +30,7 @@ from thresher.selectors.datamask import (
     block_calibration,
     finish_block,
     prepare_block,
+    torch_threads,
 )
 
 
@@ -129,6 +130,12 @@ def _greedy_disf(q: torch.Tensor, e: torch.Tensor, s: int, a: float, b: float, c
 def greedy_block(quality: np.ndarray, emb: np.ndarray, n_select: int, params: DataMaskParams,
                  seed: int, block_id: int = 0) -> BlockResult:
     """Greedy maximisation of the block objective (same pruning and calibration as DATAMASK)."""
+    with torch_threads(params.threads), torch.no_grad():
+        return _greedy_block(quality, emb, n_select, params, seed, block_id)
+
+
+def _greedy_block(quality: np.ndarray, emb: np.ndarray, n_select: int, params: DataMaskParams,
+                  seed: int, block_id: int) -> BlockResult:
     t0 = time.perf_counter()
     p = params
     prep = prepare_block(quality, emb, n_select, p, seed, block_id)

@@ -109,7 +109,8 @@ class Objective:
         if isinstance(self.reweight, LossReweighter):
             per, n = per_sample_loss(logits, labels, mask)
             valid = n > 0
-            loss = self.reweight.loss(per[valid], step) if valid.any() else per.sum() * 0
+            # every rank calls the all-gather, even with no valid sample (else ranks deadlock)
+            loss = self.reweight.loss(per[valid], step) + per.sum() * 0
             w = self.reweight.last_weights
             if w is not None and w.numel():
                 info["weight_max_over_min"] = float(w.max() / w.min().clamp(min=1e-30))
