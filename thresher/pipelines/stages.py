@@ -32,12 +32,15 @@ STATUS_SCHEMA = pa.schema([("_row", pa.int64()), ("status", pa.string()), ("reas
 def base_columns(batch: pa.RecordBatch, shard: int) -> dict[str, pa.Array]:
     """Columns every score table has: id, position, and cheap lengths."""
     text = batch.column("text")
+    trimmed = pc.utf8_trim_whitespace(text)
+    n_words = pc.list_value_length(pc.utf8_split_whitespace(trimmed))  # runs of (Unicode) whitespace split
+    n_words = pc.if_else(pc.equal(pc.utf8_length(trimmed), 0), 0, n_words)  # "" splits into [""]
     return {
         "id": batch.column("id"),
         "_shard": pa.array(np.full(batch.num_rows, shard, dtype=np.int32)),
         "_row": batch.column("_row"),
         "n_chars": pc.utf8_length(text).cast(pa.int64()),
-        "n_words": pc.count_substring_regex(text, r"\S+").cast(pa.int64()),
+        "n_words": n_words.cast(pa.int64()),
     }
 
 

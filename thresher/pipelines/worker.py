@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any
 
 from thresher.scorers.base import GlobalScorer, Scorer
@@ -35,12 +36,13 @@ def global_scorers(specs: list[dict[str, Any]]) -> list[GlobalScorer]:
 
 
 def init_worker(torch_threads: int | None) -> None:
-    """Process-pool initialiser: cap torch threads so workers do not oversubscribe cores."""
-    if torch_threads:
-        os.environ.setdefault("OMP_NUM_THREADS", str(torch_threads))
-        try:
-            import torch
+    """Process-pool initialiser: cap torch threads so workers do not oversubscribe cores.
 
+    Only environment variables are set (torch reads them when a model scorer first imports
+    it), so workers of jobs without model scorers never pay for importing torch."""
+    if torch_threads:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(torch_threads)
+        torch = sys.modules.get("torch")
+        if torch is not None:
             torch.set_num_threads(torch_threads)
-        except ImportError:
-            pass
