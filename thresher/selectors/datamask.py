@@ -563,30 +563,15 @@ class DataMaskSelector(Selector):
             assert tokens is not None
             per_block = allocate(target, np.array([tokens[b].sum() for b in blocks]), integer=False)
 
+        # blocks are independent: the engine spreads them (local processes, Spark tasks, Beam elements)
+        tasks = [(self, q[rows], emb[rows], None if tokens is None else tokens[rows], float(budget), ctx.seed, bid)
+                 for bid, (rows, budget) in enumerate(zip(blocks, per_block))]
+        results = ctx.parallel_map(solve_block_task, tasks)
         selected = np.zeros(n, dtype=bool)
         extra = np.full(n, np.nan)
         objs, objs_topk, curves, secs = [], [], [], []
-        for bid, (rows, budget) in enumerate(zip(blocks, per_block)):
-            qb, eb = q[rows], emb[rows]
-            if p.budget_unit == "docs":
-                res = self.solve(qb, eb, int(budget), ctx.seed, bid)
-                selected[rows] = res.selected
-            else:
-                # token budget: the optimiser works with a document count, estimated as the block's
-                # token target over the mean length of the documents that survive pruning; the
-                # readout then walks the learned priority order and takes documents while the
-                # block's token target is not exceeded (so a block never overshoots its share).
-                tb = tokens[rows]  # type: ignore[index]
-                kept = prune_by_quality(qb, p.prune_fraction)
-                if tb[kept].sum() + 1e-9 < budget:
-                    raise ValueError(f"token budget {budget:.0f} of block {bid} is bigger than the pruned "
-                                     f"pool's {tb[kept].sum():.0f} tokens; lower prune_fraction or the budget")
-                mean_len = max(float(tb[kept].mean()), 1e-9) if len(kept) else 1.0
-                est = int(min(len(kept), max(2, round(budget / mean_len))))
-                res = self.solve(qb, eb, est, ctx.seed, bid)
-                cum = np.cumsum(tb[res.order])
-                take = res.order[cum <= budget + 1e-9]
-                selected[rows[take]] = True
+        for rows, (local_sel, res) in zip(blocks, results):
+            selected[rows] = local_sel
             extra[rows] = self.block_column(res)
             objs.append(res.objective)
             objs_topk.append(res.stats.get("objective_quality_topk", float("nan")))
@@ -631,3 +616,30 @@ class DataMaskSelector(Selector):
             m = min(len(c) for c in curves)
             stats["reward_curve"] = [float(x) for x in np.mean([c[:m] for c in curves], axis=0)]
         return stats
+
+
+def solve_block_task(task: tuple[Any, np.ndarray, np.ndarray, np.ndarray | None, float, int, int]
+                     ) -> tuple[np.ndarray, BlockResult]:
+    """Solve one block for `DataMaskSelector.select` (module level, so engines can ship it).
+
+    Returns the block's selection flags and its result. With a token budget the optimiser
+    works with a document count, estimated as the block's token target over the mean length
+    of the documents that survive pruning; the readout then walks the learned priority order
+    and takes documents while the block's token target is not exceeded (a block never
+    overshoots its share)."""
+    selector, qb, eb, tb, budget, seed, bid = task
+    p = selector.params
+    if tb is None:
+        res = selector.solve(qb, eb, int(budget), seed, bid)
+        return np.asarray(res.selected, dtype=bool), res
+    kept = prune_by_quality(qb, p.prune_fraction)
+    if tb[kept].sum() + 1e-9 < budget:
+        raise ValueError(f"token budget {budget:.0f} of block {bid} is bigger than the pruned "
+                         f"pool's {tb[kept].sum():.0f} tokens; lower prune_fraction or the budget")
+    mean_len = max(float(tb[kept].mean()), 1e-9) if len(kept) else 1.0
+    est = int(min(len(kept), max(2, round(budget / mean_len))))
+    res = selector.solve(qb, eb, est, seed, bid)
+    cum = np.cumsum(tb[res.order])
+    local = np.zeros(len(qb), dtype=bool)
+    local[res.order[cum <= budget + 1e-9]] = True
+    return local, res
