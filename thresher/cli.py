@@ -138,10 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_inspect)
-    for name, (module, help_text) in PLUGINS.items():
-        p = sub.add_parser(name, help=help_text, add_help=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=lambda a, m=module, n=name: _plugin(m, n, a.rest))
+    for name, (_, help_text) in PLUGINS.items():  # listed in --help; `main` dispatches them
+        sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
@@ -154,9 +152,11 @@ def _plugin(module: str, name: str, argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if argv and argv[0] in PLUGINS:  # plugins parse their own options
+            return _plugin(PLUGINS[argv[0]][0], argv[0], argv[1:])
+        args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except JobError as exc:
         print(f"thresher: error: {exc}", file=sys.stderr)

@@ -70,6 +70,11 @@ class ModelScorerMixin:
     def batching_stats(self) -> dict[str, Any]:
         return self._batcher.stats.as_dict() if self._batcher is not None else {}
 
+    def stats(self) -> dict[str, Any]:
+        """Rows and seconds (kept by the Scorer base) plus batching counters of this worker."""
+        rows, seconds = getattr(self, "rows", 0), getattr(self, "seconds", 0.0)
+        return {"rows": rows, "seconds": round(seconds, 4), **self.batching_stats()}
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state.pop("_lm", None)

@@ -41,7 +41,7 @@ def init_worker(torch_threads: int | None) -> None:
     Only environment variables are set (torch reads them when a model scorer first imports
     it), so workers of jobs without model scorers never pay for importing torch."""
     if torch_threads:
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "THRESHER_TORCH_THREADS"):
             os.environ[var] = str(torch_threads)
         torch = sys.modules.get("torch")
         if torch is not None:

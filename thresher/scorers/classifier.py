@@ -22,7 +22,7 @@ Long documents: `truncate` (default, as the published classifiers are used) or `
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -114,9 +114,6 @@ class ClassifierScorer(ModelScorerMixin, Scorer):
         n_model = int(self._lm.model.config.num_labels)
         if n_model != len(self._head()[1]):
             raise ModelError(f"model at {self._lm.path} has {n_model} outputs, config lists {len(self._head()[1])}")
-
-    def stats(self) -> dict[str, Any]:
-        return {**super().stats(), **self.batching_stats()}
 
     def score(self, batch: pa.RecordBatch) -> dict[str, pa.Array]:
         assert self._lm is not None and self._batcher is not None

@@ -13,7 +13,7 @@ or `chunk` (chunk embeddings averaged, weighted by their token counts, then norm
 from __future__ import annotations
 
 import json
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -71,9 +71,6 @@ class EmbeddingScorer(ModelScorerMixin, Scorer):
         self.dim()
         self.default_max_length = getattr(self, "_st_max_length", 512)
         self.load(text_prefix=self.params.prefix)
-
-    def stats(self) -> dict[str, Any]:
-        return {**super().stats(), **self.batching_stats()}
 
     def score(self, batch: pa.RecordBatch) -> dict[str, pa.Array]:
         assert self._lm is not None and self._batcher is not None

@@ -21,7 +21,7 @@ changes a score) or, lacking both, with id 0.
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -59,9 +59,6 @@ class PerplexityScorer(ModelScorerMixin, Scorer):
 
     def setup(self) -> None:
         self.load()
-
-    def stats(self) -> dict[str, Any]:
-        return {**super().stats(), **self.batching_stats()}
 
     def score(self, batch: pa.RecordBatch) -> dict[str, pa.Array]:
         assert self._lm is not None and self._batcher is not None
