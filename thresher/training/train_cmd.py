@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -194,10 +195,7 @@ def run(job: Any, args: argparse.Namespace | None = None) -> dict[str, Any]:
     return train(spec, data, output, seed)
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``train`` on an argparse subparsers object; sets ``func`` to :func:`main_args`."""
-    p = subparsers.add_parser("train", help="train a small reference model on the job's output shards",
-                              description=__doc__)
+def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("job", help="job YAML file (its train: section)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a job key, e.g. --set train.steps=50")
@@ -210,6 +208,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--model", help="'tiny-gpt2' or a local model folder")
     p.add_argument("--reweight", choices=["none", "uniform", "linupper", "quadratic", "extremes"])
     p.add_argument("--sstoken", action="store_true", help="turn on ssToken with the spec's (or default) settings")
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``train`` on an argparse subparsers object; sets ``func`` to :func:`main_args`."""
+    p = subparsers.add_parser("train", help="train a small reference model on the job's output shards",
+                              description=__doc__)
+    _add_arguments(p)
     p.set_defaults(func=main_args)
     return p
 
@@ -224,11 +229,13 @@ def main_args(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="thresher")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_parser(sub)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    """Entry point for ``thresher train JOB.yaml [options]`` (argv without the word ``train``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:
+        argv = argv[1:]
+    parser = argparse.ArgumentParser(prog="thresher train", description=__doc__)
+    _add_arguments(parser)
+    return main_args(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
