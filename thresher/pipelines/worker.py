@@ -16,6 +16,19 @@ from thresher.scorers.base import GlobalScorer, Scorer
 from thresher.scorers.registry import build_scorer, scorer_class
 
 _CACHE: dict[str, list[Scorer]] = {}
+_TASK_DEVICE: str | None = None
+
+
+def set_task_device(device: str | None) -> None:
+    """Device for scorers whose `device` is "auto" in this process (Spark GPU tasks: "cuda:N")."""
+    global _TASK_DEVICE
+    _TASK_DEVICE = device
+
+
+def _with_device(spec: dict[str, Any]) -> dict[str, Any]:
+    if _TASK_DEVICE and spec.get("device") == "auto":
+        return {**spec, "device": _TASK_DEVICE}
+    return spec
 
 
 def _is_global(spec: dict[str, Any]) -> bool:
@@ -24,9 +37,9 @@ def _is_global(spec: dict[str, Any]) -> bool:
 
 def scorers_for(specs: list[dict[str, Any]]) -> list[Scorer]:
     """The per-batch scorers of a job, built once per process and reused."""
-    key = json.dumps(specs, sort_keys=True)
+    key = json.dumps([specs, _TASK_DEVICE], sort_keys=True)
     if key not in _CACHE:
-        _CACHE[key] = [build_scorer(s) for s in specs if not _is_global(s)]  # type: ignore[misc]
+        _CACHE[key] = [build_scorer(_with_device(s)) for s in specs if not _is_global(s)]  # type: ignore[misc]
     return _CACHE[key]
 
 

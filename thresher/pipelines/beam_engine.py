@@ -1,0 +1,207 @@
+"""The Beam engine: one pipeline per map stage, a DoFn per shard task.
+
+    Create(shard tasks) -> Reshuffle -> ParDo(_StageDoFn) -> WriteToText(results)
+
+- `_StageDoFn.setup()` builds the job's scorers once per SDK worker process through the
+  per-process cache in `thresher.pipelines.worker` (never in `__init__`, which would
+  pickle models into the graph); `process()` runs the stage function on one shard: it
+  reads the shard's files itself and writes the shard's outputs atomically with a
+  completion marker, exactly like the local engine, so resume works the same way.
+- Beam has no `collect`: each result dict goes out as one JSON line through
+  `beam.io.WriteToText` into a temporary folder (a local one on DirectRunner, under the
+  `temp_location` option on other runners), which the driver reads back with Beam's
+  FileSystems (results are small: counts and file infos, never rows).
+- In-memory inputs: a shard's slice travels inside its task element as Arrow IPC bytes.
+- `engine.beam.options` go to `PipelineOptions` unchanged (unknown keys are an error).
+  DirectRunner defaults here: `direct_running_mode=multi_processing`,
+  `direct_num_workers=<cores>`. Other runners (DataflowRunner, FlinkRunner, SparkRunner,
+  PrismRunner, PortableRunner) get the options as given; Prism, Flink and Spark download
+  a binary or job-server jar when they start, which fails on an offline machine.
+- Parquet IO: not used. The stage functions read and write Parquet themselves so that
+  every shard keeps one atomic output file and marker (Beam's `ReadFromParquet` splits
+  files into bundles and `WriteToParquet` names shards itself, which would lose both),
+  and the select stage reads only the narrow score table on the driver.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pickle
+import re
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pyarrow as pa
+
+from thresher.config import JobError, JobSpec
+from thresher.io.readers import InputShard
+from thresher.pipelines.spark_engine import _shard_from_json, _shard_to_json, _table_from_ipc, _table_to_ipc
+
+try:
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+except ImportError as _exc:  # runner.make_engine turns this into a JobError
+    raise ModuleNotFoundError(f"engine beam needs apache-beam: pip install 'thresher[beam]' ({_exc})") from None
+
+StageFn = Callable[[JobSpec, InputShard, str, "pa.Table | None"], dict[str, Any]]
+DIRECT = {"DirectRunner", "direct", "SwitchingDirectRunner", "BundleBasedDirectRunner", "FnApiRunner"}
+
+
+class _StageDoFn(beam.DoFn):  # type: ignore[misc]
+    """Run one map stage on shard tasks; scorers are set up once per worker process."""
+
+    def __init__(self, fn: StageFn, job_json: str, out_root: str, torch_threads: int | None) -> None:
+        self.fn = fn
+        self.job_json = job_json
+        self.out_root = out_root
+        self.torch_threads = torch_threads
+        self.job: JobSpec | None = None
+
+    def setup(self) -> None:
+        from thresher.pipelines.worker import init_worker, scorers_for
+
+        init_worker(self.torch_threads)
+        self.job = JobSpec.model_validate(json.loads(self.job_json))
+        scorers_for(self.job.scorers)  # build (and cache) the scorers once per process
+
+    def process(self, element: tuple[int, str, bytes | None]) -> Iterator[str]:
+        _, shard_json, data = element
+        shard = _shard_from_json(shard_json)
+        table = _table_from_ipc(data) if data is not None else None
+        assert self.job is not None
+        res = self.fn(self.job, shard, self.out_root, table)
+        yield json.dumps({**res, "_task": {"pid": os.getpid()}}, default=str)
+
+
+class _CallDoFn(beam.DoFn):  # type: ignore[misc]
+    """parallel_map: call fn on (index, item) and emit base64(pickle((index, result)))."""
+
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        self.fn = fn
+
+    def process(self, element: tuple[int, Any]) -> Iterator[str]:
+        i, item = element
+        yield base64.b64encode(pickle.dumps((i, self.fn(item)), protocol=5)).decode()
+
+
+def _short(exc: BaseException, limit: int = 600) -> str:
+    """The Python error a Beam worker raised, without the runner's wrapping."""
+    text = str(exc)
+    found = re.findall(r"^((?:[\w.]+\.)?\w*(?:Error|Exception)): (.+)$", text, flags=re.M)
+    if found:
+        name, msg = found[-1]
+        return f"{name.rsplit('.', 1)[-1]}: {msg}"[:limit]
+    return " ".join(text.split())[:limit] or type(exc).__name__
+
+
+class BeamEngine:
+    """Run the map stages as Beam pipelines (`engine.beam.runner`, `engine.beam.options`)."""
+
+    name = "beam"
+
+    def __init__(self, job: JobSpec, progress: bool = True) -> None:
+        spec = job.engine.beam
+        self.runner = spec.runner
+        self.progress = progress
+        self.options = dict(spec.options)
+        self.direct = self.runner in DIRECT or self.runner.endswith(".DirectRunner")
+        if self.direct:
+            self.options.setdefault("direct_running_mode", "multi_processing")
+            self.options.setdefault("direct_num_workers", os.cpu_count() or 1)
+            self.options.setdefault("default_sdk_harness_log_level", "WARNING")
+        known = set(PipelineOptions().get_all_options())
+        unknown = sorted(k for k in self.options if k not in known)
+        if unknown:
+            raise JobError(f"engine.beam.options: unknown Beam pipeline option(s) {unknown} "
+                           f"(use the Python names, e.g. direct_num_workers, flink_master, project)")
+        workers = int(self.options.get("direct_num_workers") or 1) if self.direct else 1
+        mode = self.options.get("direct_running_mode")
+        self.torch_threads = 1 if (self.direct and workers > 1 and mode != "in_memory") else None
+        self._runner_obj = self._make_runner()
+        self._tmp = tempfile.TemporaryDirectory(prefix="thresher-beam-")
+        # result lines must be readable by the driver: a remote runner writes them under
+        # its temp_location (gs://, a shared folder), DirectRunner into a local temp folder
+        remote_tmp = None if self.direct else self.options.get("temp_location")
+        self._results_root = (remote_tmp.rstrip("/") + f"/thresher-results-{os.getpid()}-{id(self)}"
+                              if remote_tmp else self._tmp.name)
+        self._n = 0
+
+    def _make_runner(self) -> Any:
+        from apache_beam.runners.runner import create_runner
+
+        try:
+            return create_runner(self.runner)
+        except (ValueError, ImportError, AttributeError) as exc:
+            raise JobError(f"engine.beam.runner {self.runner!r} is not available: {exc}".rstrip(".")
+                           + " (DirectRunner always works; others may need extras, e.g. apache-beam[gcp])") from None
+
+    def _pipeline(self) -> Any:
+        opts = PipelineOptions(flags=[], **self.options)
+        return beam.Pipeline(runner=self._runner_obj, options=opts)
+
+    def _run(self, label: str, elements: list[Any], dofn: Any) -> list[str]:
+        """Run Create(elements) -> Reshuffle -> ParDo(dofn) -> WriteToText; return the lines."""
+        self._n += 1
+        prefix = f"{self._results_root}/{self._n:03d}-{label}/out"
+        p = self._pipeline()
+        (p
+         | "Tasks" >> beam.Create(elements, reshuffle=False)
+         | "Spread" >> beam.Reshuffle()
+         | label >> beam.ParDo(dofn)
+         | "Results" >> beam.io.WriteToText(prefix, file_name_suffix=".jsonl"))
+        try:
+            result = p.run()
+            result.wait_until_finish()
+        except JobError:
+            raise
+        except Exception as exc:
+            raise JobError(f"engine beam ({self.runner}): the {label} pipeline failed: {_short(exc)}") from None
+        from apache_beam.io.filesystems import FileSystems
+
+        lines: list[str] = []
+        for match in FileSystems.match([prefix + "*"]):
+            for meta in sorted(match.metadata_list, key=lambda m: m.path):
+                with FileSystems.open(meta.path) as fh:
+                    lines.extend(line for line in fh.read().decode("utf-8").splitlines() if line)
+        return lines
+
+    def map_shards(self, stage: str, fn: StageFn, job: JobSpec, shards: list[InputShard], out_root: str,
+                   table: pa.Table | None = None) -> list[dict[str, Any]]:
+        """Run `fn` on every shard as one Beam pipeline; results in shard order."""
+        if not shards:
+            return []
+        tasks = []
+        for s in shards:
+            data = None
+            if s.kind == "memory":
+                if table is None:
+                    raise JobError(f"{s.name}: an in-memory shard but no table was given")
+                data = _table_to_ipc(table.slice(s.start, s.rows))
+            tasks.append((s.index, _shard_to_json(s), data))
+        dofn = _StageDoFn(fn, job.model_dump_json(), os.path.abspath(out_root), self.torch_threads)
+        lines = self._run(stage, tasks, dofn)
+        results: dict[int, dict[str, Any]] = {}
+        for line in lines:
+            res = json.loads(line)
+            results[int(res["shard"])] = res
+        missing = [s.index for s in shards if s.index not in results]
+        if missing or len(lines) != len(shards):
+            raise JobError(f"engine beam: {stage} returned {len(lines)} results for {len(shards)} shards "
+                           f"(missing {missing[:10]})")
+        return [results[s.index] for s in shards]
+
+    def parallel_map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        """Map a picklable function over items, one element per item (in order)."""
+        if not items:
+            return []
+        lines = self._run("parallel_map", list(enumerate(items)), _CallDoFn(fn))
+        pairs = dict(pickle.loads(base64.b64decode(line)) for line in lines)
+        if len(pairs) != len(items):
+            raise JobError(f"engine beam: parallel_map returned {len(pairs)} results for {len(items)} items")
+        return [pairs[i] for i in range(len(items))]
+
+    def close(self) -> None:
+        self._tmp.cleanup()
