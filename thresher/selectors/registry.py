@@ -17,6 +17,7 @@ SELECTORS: dict[str, str] = {
     "threshold": "thresher.selectors.baselines:ThresholdSelector",
     "datamask": "thresher.selectors.datamask:DataMaskSelector",
     "greedy": "thresher.selectors.greedy:GreedySelector",
+    "icon": "thresher.selectors.icon:IConSelector",
 }
 
 

@@ -1,0 +1,300 @@
+"""`thresher report`: sections and figures, multi-run comparison, and the page in headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import job_dict, write_parquet_corpus
+from thresher import run
+from thresher.cli import main as cli_main
+from thresher.config import JobError
+from thresher.report.html import (
+    BENCH_FILE,
+    RunData,
+    build_report,
+    cluster_section,
+    informative_columns,
+    load_run,
+    reward_section,
+    write_report,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def fake_bench(folder: Path) -> Path:
+    """A benchmark results file of the shape `thresher bench-selection` writes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = [{"method": "full", "budget": 1.0, "loss_mean": 4.1, "loss_std": 0.02, "diff_mean": None,
+                "diff_std": None, "wins": None, "junk_frac": 0.25, "dup_frac": 0.2, "docs": 1000}]
+    for b in (0.1, 0.2):
+        for m, loss, junk in (("random", 4.6, 0.25), ("topk_quality", 4.4, 0.01), ("datamask", 4.35, 0.02)):
+            summary.append({"method": m, "budget": b, "loss_mean": loss - b, "loss_std": 0.03,
+                            "diff_mean": None if m == "random" else loss - 4.6, "diff_std": 0.01,
+                            "wins": None if m == "random" else "3/3", "junk_frac": junk, "dup_frac": 0.1,
+                            "docs": int(1000 * b)})
+    res = {"methods": ["full", "random", "topk_quality", "datamask"], "seeds": [0, 1, 2],
+           "config": {"pool_docs": 1000, "train_tokens": 50000}, "summary": summary, "runs": []}
+    (folder / BENCH_FILE).write_text(json.dumps(res))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Three runs over one heuristics-scored corpus: top-k at two budgets and random."""
+    tmp = tmp_path_factory.mktemp("report")
+    corpus = tmp / "corpus"
+    write_parquet_corpus(corpus, 2, 200)
+    sel = {"type": "topk", "column": "heuristics_mean_word_length", "budget": 0.25}
+    base = job_dict(corpus, tmp / "topk25", scorers=[{"type": "heuristics"}], selector=sel)
+    run(base, progress=False)
+    out = {"topk25": tmp / "topk25"}
+    for name, selector in (("topk50", {**sel, "budget": 0.5}), ("random25", {"type": "random", "budget": 0.25})):
+        run({**base, "selector": selector, "output": {"path": str(tmp / name)}}, progress=False)
+        out[name] = tmp / name
+    out["bench"] = fake_bench(tmp / "bench")
+    return out
+
+
+def synthetic_run(n: int = 600, k: int = 12) -> RunData:
+    """A run with a cluster column and a DATAMASK reward curve, built in memory."""
+    rng = np.random.default_rng(0)
+    cid = rng.integers(0, k, n)
+    q = rng.normal(size=n)
+    status = np.where(q > 0.8, "selected", "not_selected").astype(object)
+    status[:5] = "rejected"
+    frame = pd.DataFrame({"id": [f"d{i}" for i in range(n)], "status": status, "reason": None,
+                          "quality": q, "clusters_id": cid, "datamask_logit": q * 2})
+    manifest = {"job": {"name": "syn", "selector": {"type": "datamask", "quality": "quality", "budget": 0.2}},
+                "selection": {"selector_stats": {"reward_curve": list(np.log1p(np.arange(50.0))), "lam": 0.5,
+                                                 "diversity": "pws", "objective": 1.2}},
+                "counts": {"input_rows": n, "selected": int((status == "selected").sum()),
+                           "not_selected": {"total": 0, "by_reason": {}}, "rejected": {"total": 5, "by_reason": {}}}}
+    return RunData(Path("syn"), "syn", manifest, frame, ["quality", "datamask_logit"], ["clusters_id"])
+
+
+def test_single_run_report(runs: dict[str, Path]) -> None:
+    assert cli_main(["report", str(runs["topk25"])]) == 0
+    folder = runs["topk25"] / "report"
+    page = (folder / "report.html").read_text()
+    pngs = sorted(p.name for p in folder.glob("*.png"))
+    assert pngs == ["counts-0.png", "scores-0.png"]
+    for p in folder.glob("*.png"):
+        assert p.read_bytes().startswith(PNG_MAGIC)
+    # every image is embedded, none is linked
+    srcs = re.findall(r'<img [^>]*src="([^"]+)"', page)
+    assert len(srcs) == 2 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert base64.b64decode(srcs[0].split(",", 1)[1]) == (folder / "counts-0.png").read_bytes()
+    m = json.loads((runs["topk25"] / "manifest.json").read_text())
+    assert f"<td>{m['counts']['selected']:,}</td>" in page
+    # the counts table adds up to the input rows
+    assert f"<td>total (= input rows)</td><td>{m['counts']['input_rows']:,}</td>" in page
+
+
+def test_informative_columns_put_selector_column_first(runs: dict[str, Path]) -> None:
+    r = load_run(runs["topk25"])
+    assert isinstance(r, RunData)
+    cols = informative_columns(r)
+    assert cols[0] == "heuristics_mean_word_length"
+    assert 1 <= len(cols) <= 9
+    assert not {"n_words", "heuristics_n_words"} <= set(cols)  # identical columns are shown once
+
+
+def test_cluster_and_reward_sections() -> None:
+    r = synthetic_run()
+    sec = cluster_section([r])
+    assert sec is not None and [f.name for f in sec.figures] == ["clusters-0-0"]
+    pool = r.frame[r.frame.status != "rejected"]
+    covered = pool.groupby("clusters_id")["status"].apply(lambda s: (s == "selected").any()).mean()
+    assert f"{100 * covered:.1f}%" in sec.html
+    rw = reward_section([r])
+    assert rw is not None and rw.figures[0].png.startswith(PNG_MAGIC)
+
+
+def test_comparison_of_runs(runs: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "cmp.html"
+    items = [load_run(runs[k]) for k in ("topk25", "topk50", "random25")]
+    sections = build_report(items)
+    titles = [s.title for s in sections]
+    assert "Comparison of runs" in titles
+    cmp_sec = sections[titles.index("Comparison of runs")]
+    names = {f.name for f in cmp_sec.figures}
+    assert {"jaccard", "score-means"} <= names
+    # top-k at 25% is a subset of top-k at 50%: Jaccard = |25%| / |50%|
+    a = load_run(runs["topk25"]).frame
+    b = load_run(runs["topk50"]).frame
+    expect = (a.status == "selected").sum() / (b.status == "selected").sum()
+    assert f"<td>{expect:.4g}</td>" in cmp_sec.html
+    write_report([runs["topk25"], runs["topk50"], runs["random25"], runs["bench"]], out)
+    assert (tmp_path / "heldout-loss.png").exists() and (tmp_path / "jaccard.png").exists()
+
+
+def test_budget_sweep_only_for_one_selector_type(runs: dict[str, Path]) -> None:
+    sections = build_report([load_run(runs["topk25"]), load_run(runs["topk50"])])
+    figs = {f.name for s in sections for f in s.figures}
+    assert "sweep-budget" in figs
+    sections = build_report([load_run(runs["topk25"]), load_run(runs["random25"])])
+    assert "sweep-budget" not in {f.name for s in sections for f in s.figures}
+
+
+def test_report_errors(tmp_path: Path) -> None:
+    with pytest.raises(JobError, match="no manifest.json"):
+        load_run(tmp_path)
+    assert cli_main(["report", str(tmp_path / "missing")]) == 2
+
+
+# -- headless Chromium ----------------------------------------------------------------------
+
+CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class DevTools:
+    """A minimal Chrome DevTools Protocol client over one page's websocket."""
+
+    def __init__(self, ws_url: str) -> None:
+        import websocket  # websocket-client
+
+        self.ws = websocket.create_connection(ws_url, timeout=30, suppress_origin=True)
+        self.next_id = 0
+        self.events: list[dict[str, Any]] = []
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        self.next_id += 1
+        my_id = self.next_id
+        self.ws.send(json.dumps({"id": my_id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == my_id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+            self.events.append(msg)
+
+    def wait_event(self, name: str, timeout: float = 30) -> None:
+        deadline = time.time() + timeout
+        while not any(e.get("method") == name for e in self.events):
+            if time.time() > deadline:
+                raise TimeoutError(f"no {name} within {timeout}s")
+            self.events.append(json.loads(self.ws.recv()))
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+def browser_check(page: Path, screenshot: Path) -> dict[str, Any]:
+    """Open `page` in headless Chromium; return body flags, console errors; write a screenshot."""
+    port = _free_port()
+    profile = tempfile.mkdtemp(prefix="thresher-chromium-")
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-default-apps",
+           "--disable-extensions", "--hide-scrollbars", f"--user-data-dir={profile}",
+           f"--remote-debugging-port={port}", "--remote-allow-origins=*", "--window-size=1280,1600", "about:blank"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 60
+        targets: list[dict[str, Any]] = []
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"chromium exited: {proc.stderr.read().decode(errors='replace')[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=2) as r:
+                    targets = [t for t in json.loads(r.read()) if t.get("type") == "page"]
+                if targets:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        assert targets, "chromium opened no page target"
+        dt = DevTools(targets[0]["webSocketDebuggerUrl"])
+        try:
+            for domain in ("Page", "Runtime", "Log"):
+                dt.call(f"{domain}.enable")
+            dt.call("Page.navigate", url=page.resolve().as_uri())
+            dt.wait_event("Page.loadEventFired")
+            flags = dt.call("Runtime.evaluate", returnByValue=True, expression=(
+                "JSON.stringify({checked: document.body.getAttribute('data-checked'),"
+                " ok: document.body.getAttribute('data-images-ok'),"
+                " total: document.body.getAttribute('data-images-total'),"
+                " bad: document.body.getAttribute('data-images-bad'),"
+                " errors: document.body.getAttribute('data-errors'),"
+                " height: document.documentElement.scrollHeight})"))
+            info = json.loads(flags["result"]["value"])
+            shot = dt.call("Page.captureScreenshot", format="png", captureBeyondViewport=False)
+            screenshot.write_bytes(base64.b64decode(shot["data"]))
+            problems = []
+            for e in dt.events:
+                m, p = e.get("method"), e.get("params", {})
+                if m == "Runtime.exceptionThrown":
+                    problems.append(p["exceptionDetails"].get("text", "exception"))
+                elif m == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
+                    problems.append(str(p.get("args")))
+                elif m == "Log.entryAdded" and p["entry"].get("level") == "error":
+                    problems.append(p["entry"].get("text", ""))
+            info["console_errors"] = problems
+            return info
+        finally:
+            dt.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
+def test_report_renders_in_chromium(runs: dict[str, Path], tmp_path: Path) -> None:
+    page = write_report([runs["bench"], runs["topk25"], runs["topk50"], runs["random25"]], tmp_path / "all.html")
+    shot = tmp_path / "report.png"
+    info = browser_check(page, shot)
+    keep = os.environ.get("THRESHER_ARTIFACTS")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(shot, Path(keep) / "report-screenshot.png")
+        shutil.copy2(page, Path(keep) / "report.html")
+    assert info["checked"] == "true", info
+    assert info["console_errors"] == [], info
+    assert info["errors"] == "", info
+    assert info["ok"] == "true", info
+    assert int(info["total"]) == page.read_text().count("<img ")
+    assert info["height"] > 2000  # the page laid out its tables and figures
+    png = shot.read_bytes()
+    assert png.startswith(PNG_MAGIC) and len(png) > 20_000
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
+def test_chromium_check_catches_a_broken_image(tmp_path: Path) -> None:
+    """The check is not vacuous: a corrupt image and a script error are reported."""
+    page = tmp_path / "broken.html"
+    from thresher.report.html import CHECK_JS
+
+    page.write_text(f"<!DOCTYPE html><html><head><script>{CHECK_JS}</script></head><body>"
+                    f"<img data-name='bad' src='data:image/png;base64,iVBORw0KGgoAAAAA'>"
+                    f"<script>undefinedFunction();</script></body></html>")
+    info = browser_check(page, tmp_path / "broken.png")
+    assert info["ok"] == "false" and info["bad"] == "bad"
+    assert "undefinedFunction" in info["errors"]
+    assert info["console_errors"]

@@ -1,0 +1,1 @@
+"""Benchmarks that exercise selection end to end (`thresher bench-selection`)."""
