@@ -32,7 +32,7 @@ def _job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="local engine processes")
     p.add_argument("--master", help="Spark master URL (engine spark)")
     p.add_argument("--runner", help="Beam runner (engine beam)")
-    p.add_argument("--overwrite", action="store_true", help="replace another job's output in the folder")
+    p.add_argument("--overwrite", action="store_true", help="discard what the output folder holds and start afresh")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
 

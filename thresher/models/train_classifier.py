@@ -29,8 +29,9 @@ def _line(label: str, text: str, lowercase: bool) -> str:
 
 def train_classifier(positive: Sequence[str], negative: Sequence[str], output: str, *, text_field: str = "text",
                      pos_label: str = "hq", neg_label: str = "cc", max_per_class: int | None = None,
-                     balance: bool = True, valid_fraction: float = 0.1, epoch: int = 5, lr: float = 0.1,
-                     word_ngrams: int = 2, dim: int = 64, min_count: int = 1, threads: int = 1, seed: int = 0,
+                     balance: bool = True, valid_fraction: float = 0.1, epoch: int = 25, lr: float = 0.5,
+                     word_ngrams: int = 2, dim: int = 64, bucket: int = 200_000, min_count: int = 1,
+                     threads: int = 1, seed: int = 0,
                      lowercase: bool = False, file_per_doc: bool = False, quantize: bool = False) -> dict[str, Any]:
     """Train and save a fastText classifier; returns its metrics (also saved next to it)."""
     try:
@@ -65,7 +66,7 @@ def train_classifier(positive: Sequence[str], negative: Sequence[str], output: s
         train_file = Path(tmp) / "train.txt"
         train_file.write_text("\n".join(train) + "\n", encoding="utf-8")
         model = fasttext.train_supervised(input=str(train_file), epoch=epoch, lr=lr, wordNgrams=word_ngrams, dim=dim,
-                                          minCount=min_count, thread=threads, seed=seed, verbose=0)
+                                          bucket=bucket, minCount=min_count, thread=threads, seed=seed, verbose=0)
     if quantize:
         model.quantize(input=None, retrain=False)
     tmp_out = out.with_name(out.name + ".tmp")
@@ -99,10 +100,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-per-class", type=int, default=None)
     parser.add_argument("--no-balance", action="store_true", help="keep every example (classes may differ in size)")
     parser.add_argument("--valid-fraction", type=float, default=0.1)
-    parser.add_argument("--epoch", type=int, default=5)
-    parser.add_argument("--lr", type=float, default=0.1)
+    # fastText's own defaults (5 epochs, lr 0.1) leave a model trained on a few thousand
+    # documents near 0.5 probability; these work from ~1k documents up
+    parser.add_argument("--epoch", type=int, default=25)
+    parser.add_argument("--lr", type=float, default=0.5)
     parser.add_argument("--word-ngrams", type=int, default=2)
     parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--bucket", type=int, default=200_000, help="hashed n-gram buckets (model size ~ bucket x dim)")
     parser.add_argument("--min-count", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
@@ -117,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         args.positive, args.negative, args.output, text_field=args.text_field, pos_label=args.pos_label,
         neg_label=args.neg_label, max_per_class=args.max_per_class, balance=not args.no_balance,
         valid_fraction=args.valid_fraction, epoch=args.epoch, lr=args.lr, word_ngrams=args.word_ngrams,
-        dim=args.dim, min_count=args.min_count, threads=args.threads, seed=args.seed, lowercase=args.lowercase,
+        dim=args.dim, bucket=args.bucket, min_count=args.min_count, threads=args.threads, seed=args.seed, lowercase=args.lowercase,
         file_per_doc=args.file_per_doc, quantize=args.quantize)
     print(json.dumps(metrics, indent=2))
     return 0

@@ -57,8 +57,8 @@ def prepare_output(layout: OutputLayout, job: JobSpec, shards: list[InputShard],
                    reselect: bool = False) -> None:
     """Check the output folder against this job; refuse to mix with another job's output.
 
-    A folder with the same config resumes. A changed config is an error unless
-    `overwrite` (or `reselect`, when only the selection changed: `thresher select`).
+    A folder with the same config resumes. A changed config is an error unless `overwrite`
+    (which always starts afresh) or `reselect` (only the selection changed: `thresher select`).
     """
     root = layout.root
     state = {"score_hash": job.score_hash(), "select_hash": job.select_hash(), "inputs_hash": _inputs_hash(shards),
@@ -67,6 +67,8 @@ def prepare_output(layout: OutputLayout, job: JobSpec, shards: list[InputShard],
         old = json.loads(layout.state.read_text())
         same_scores = old.get("score_hash") == state["score_hash"] and old.get("inputs_hash") == state["inputs_hash"]
         same_select = old.get("select_hash") == state["select_hash"]
+        if overwrite:  # start afresh (also when the config is unchanged: models may have changed)
+            same_scores = same_select = False
         if not (same_scores and same_select):
             what = "input files or scorers" if not same_scores else "filters or selector"
             if not (overwrite or (reselect and same_scores)):
