@@ -127,14 +127,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register `train-classifier` on an argparse subparsers object (sets `func`)."""
-    parser = subparsers.add_parser("train-classifier", help="train a fastText quality classifier",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    parser.set_defaults(func=run)
-    return parser
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="thresher train-classifier", description=__doc__,

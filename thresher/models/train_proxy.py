@@ -164,14 +164,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register `train-proxy` on an argparse subparsers object (sets `func`)."""
-    parser = subparsers.add_parser("train-proxy", help="train a small proxy LM on reference texts",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    parser.set_defaults(func=run)
-    return parser
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="thresher train-proxy", description=__doc__,

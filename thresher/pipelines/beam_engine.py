@@ -38,7 +38,7 @@ import pyarrow as pa
 
 from thresher.config import JobError, JobSpec
 from thresher.io.readers import InputShard
-from thresher.pipelines.spark_engine import _shard_from_json, _shard_to_json, _table_from_ipc, _table_to_ipc
+from thresher.pipelines.tasks import decode_task, encode_tasks
 
 try:
     import apache_beam as beam
@@ -69,8 +69,7 @@ class _StageDoFn(beam.DoFn):  # type: ignore[misc]
 
     def process(self, element: tuple[int, str, bytes | None]) -> Iterator[str]:
         _, shard_json, data = element
-        shard = _shard_from_json(shard_json)
-        table = _table_from_ipc(data) if data is not None else None
+        shard, table = decode_task(shard_json, data)
         assert self.job is not None
         res = self.fn(self.job, shard, self.out_root, table)
         yield json.dumps({**res, "_task": {"pid": os.getpid()}}, default=str)
@@ -173,14 +172,7 @@ class BeamEngine:
         """Run `fn` on every shard as one Beam pipeline; results in shard order."""
         if not shards:
             return []
-        tasks = []
-        for s in shards:
-            data = None
-            if s.kind == "memory":
-                if table is None:
-                    raise JobError(f"{s.name}: an in-memory shard but no table was given")
-                data = _table_to_ipc(table.slice(s.start, s.rows))
-            tasks.append((s.index, _shard_to_json(s), data))
+        tasks = encode_tasks(shards, table)
         dofn = _StageDoFn(fn, job.model_dump_json(), os.path.abspath(out_root), self.torch_threads)
         lines = self._run(stage, tasks, dofn)
         results: dict[int, dict[str, Any]] = {}

@@ -35,9 +35,7 @@ Engine-specific Spark conf keys (read by thresher, ignored by Spark):
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import io
 import json
 import os
 import re
@@ -56,6 +54,7 @@ import pyarrow as pa
 import thresher
 from thresher.config import JobError, JobSpec, SparkEngineSpec
 from thresher.io.readers import InputShard
+from thresher.pipelines.tasks import decode_task, encode_tasks
 
 StageFn = Callable[[JobSpec, InputShard, str, "pa.Table | None"], dict[str, Any]]
 
@@ -83,27 +82,6 @@ def _job_from_json(text: str) -> JobSpec:
     if text not in _JOBS:
         _JOBS[text] = JobSpec.model_validate(json.loads(text))
     return _JOBS[text]
-
-
-def _shard_to_json(shard: InputShard) -> str:
-    return json.dumps(dataclasses.asdict(shard))
-
-
-def _shard_from_json(text: str) -> InputShard:
-    d = json.loads(text)
-    d["paths"] = tuple(d["paths"])
-    return InputShard(**d)
-
-
-def _table_to_ipc(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    with pa.ipc.new_stream(sink, table.schema) as w:
-        w.write_table(table)
-    return sink.getvalue()
-
-
-def _table_from_ipc(data: bytes) -> pa.Table:
-    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
 
 
 def _use_task_gpu(ctx: Any) -> str | None:
@@ -166,8 +144,7 @@ def _run_tasks(batches: Iterator[pa.RecordBatch], fn: StageFn, stage: str, job_j
         out_idx: list[int] = []
         out_res: list[str] = []
         for idx, shard_json, data in zip(cols["shard"], cols["task"], cols["data"]):
-            shard = _shard_from_json(shard_json)
-            table = _table_from_ipc(data) if data is not None else None
+            shard, table = decode_task(shard_json, data)
             _fault(fault, stage, shard.index, attempt, "before")
             res = fn(job, shard, out_root, table)
             _fault(fault, stage, shard.index, attempt, "after")
@@ -350,14 +327,7 @@ class SparkEngine:
             return []
         from pyspark.sql.types import BinaryType, IntegerType, StringType, StructField, StructType
 
-        rows = []
-        for s in shards:
-            data = None
-            if s.kind == "memory":
-                if table is None:
-                    raise JobError(f"{s.name}: an in-memory shard but no table was given")
-                data = _table_to_ipc(table.slice(s.start, s.rows))
-            rows.append((s.index, _shard_to_json(s), data))
+        rows = encode_tasks(shards, table)
         schema = StructType([StructField("shard", IntegerType(), False), StructField("task", StringType(), False),
                              StructField("data", BinaryType(), True)])
         rdd = self.sc.parallelize(rows, len(rows))

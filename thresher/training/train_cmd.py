@@ -210,15 +210,6 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sstoken", action="store_true", help="turn on ssToken with the spec's (or default) settings")
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``train`` on an argparse subparsers object; sets ``func`` to :func:`main_args`."""
-    p = subparsers.add_parser("train", help="train a small reference model on the job's output shards",
-                              description=__doc__)
-    _add_arguments(p)
-    p.set_defaults(func=main_args)
-    return p
-
-
 def main_args(args: argparse.Namespace) -> int:
     from thresher.config import load_job
 
