@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import random
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+from thresher.models.cli_util import run_command
 from thresher.models.textio import read_texts
 
 
@@ -127,17 +127,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="thresher train-classifier", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 2
+    """`thresher train-classifier ...`"""
+    return run_command("thresher train-classifier", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

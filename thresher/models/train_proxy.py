@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import math
 import random
 import time
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from thresher.models.loading import resolve_device, resolve_model_ref, set_torch_threads
+from thresher.models.cli_util import run_command
 from thresher.models.textio import read_texts
 
 EOS = "<|endoftext|>"
@@ -164,17 +164,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="thresher train-proxy", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 2
+    """`thresher train-proxy ...`"""
+    return run_command("thresher train-proxy", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover
