@@ -149,7 +149,7 @@ def main() -> None:
         f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread, CPU; "
         "the 2-core host was shared with other jobs, so absolute times are noisy.",
         f"Data: synthetic, 50 clusters, 384-d unit embeddings, budget {args.budget:.0%} of documents, lam 0.5. "
-        f"DATAMASK defaults: steps {p.steps}, G {p.group_size}, lr {p.lr}, batch_fraction {p.batch_fraction}, "
+        f"DATAMASK defaults: metric_norm {p.metric_norm}, steps {p.steps}, G {p.group_size}, lr {p.lr}, batch_fraction {p.batch_fraction}, "
         f"prune_fraction {p.prune_fraction}, init {p.init}; one block per run.",
         "Objective: block-standardised (0 = random subset, units = std of random subsets); "
         "greedy maximises it exactly (same pruned pool). obj ratio = DATAMASK / greedy.",

@@ -429,3 +429,29 @@ def test_clear_errors() -> None:
                         "steps": 1}).select(table, ctx)
     with pytest.raises(ValueError, match="bigger than the pruned pool"):
         greedy_block(q, emb, 80, DataMaskParams(quality="q", prune_fraction=0.4), seed=0)
+
+
+# ------------------------------------------------------------------ fast paths
+
+
+def test_linear_pl_gradient_equals_log_space() -> None:
+    from thresher.selectors.datamask import pl_grad_log
+
+    gen = torch.Generator().manual_seed(21)
+    for spread in (0.5, 8.0, 60.0, 500.0):
+        logits = spread * torch.rand(300, generator=gen, dtype=torch.float64) - spread / 2
+        order = gumbel_topk(logits, 16, 40, make_generator(CPU, 21, int(spread)))
+        w = torch.randn(16, generator=gen, dtype=torch.float64)
+        assert torch.allclose(pl_grad(logits, order), pl_grad_log(logits, order), atol=1e-10, rtol=1e-9)
+        assert torch.allclose(pl_grad(logits, order, w), pl_grad_log(logits, order, w), atol=1e-10, rtol=1e-9)
+
+
+def test_gumbel_topk_exponential_race_equals_gumbel_keys() -> None:
+    # same uniforms -> same ranking as logits + Gumbel noise (a monotone map of the same keys),
+    # on both the linear (spread <= 600) and the log-space (wider) path
+    for logits in (torch.linspace(-3, 3, 40, dtype=torch.float64), torch.linspace(-400, 400, 40, dtype=torch.float64)):
+        got = gumbel_topk(logits, 32, 10, make_generator(CPU, 5))
+        u = torch.rand((32, 40), generator=make_generator(CPU, 5), dtype=torch.float64)
+        gumbel = -torch.log(-torch.log(u.clamp(min=torch.finfo(torch.float64).tiny)))
+        want = torch.topk(logits + gumbel, 10, dim=1).indices
+        assert torch.equal(got, want)

@@ -16,9 +16,16 @@ standardised against random subsets of the same size drawn from the whole block,
 
     f(U) = lam * (qbar(U) - m_q) / s_q + (1 - lam) * (div(U) - m_d) / s_d,
 
-so 0 = a random subset and 1 = one random-subset standard deviation better. With the default
+so 0 = a random subset and 1 = one random-subset standard deviation better. The default
+``metric_norm: fixed`` optimises that objective (standardised at the batch's subset size); with
 ``metric_norm: group`` the optimiser instead z-scores each metric within the group of G masks
-before mixing (SPEC 1.6), which keeps lam meaningful as the policy sharpens.
+before mixing (SPEC 1.6), which keeps lam meaningful as the policy sharpens but lands 3-6% lower
+on the reported objective (benchmarks/results/datamask.md).
+
+Speed (per step, G x batch keys): the Gumbel-top-k keys are formed as the equivalent exponential
+race (one log per key), the exact Plackett-Luce gradient runs in linear space (cumsum instead of
+logcumsumexp; log space only for logit spreads > 600 nats) with no dense (G, N) temporary in the
+weighted form, and the step's batch is gathered once before scoring.
 """
 
 from __future__ import annotations
@@ -67,7 +74,7 @@ class DataMaskParams(BudgetParams):
     block_size: int = Field(1_000_000, ge=2, description="documents per independently solved block")
     init: Literal["quality", "uniform"] = "quality"
     metric_norm: Literal["group", "fixed"] = Field(
-        "group", description="group: z-score each metric within the group before mixing; "
+        "fixed", description="group: z-score each metric within the group before mixing; "
                              "fixed: mix the block-standardised objective (exactly what greedy maximises)")
     adv_eps: float = Field(1e-8, gt=0, description="floor of the group std in the advantage")
     fl_reference: int = Field(1024, ge=1, description="facility location: reference docs V per block")
@@ -155,16 +162,35 @@ def prune_by_quality(quality: np.ndarray, prune_fraction: float) -> np.ndarray:
     return np.sort(order[: n - n_drop])
 
 
+# Largest logit spread (max - min, nats) for which the linear-space fast paths are used: every
+# exp(L - max) >= e^-600 stays a normal float64 and every 1/Z <= e^600, so sums of up to ~1e45
+# terms stay finite. Wider spreads fall back to the log-space forms (same results, slower).
+_LINEAR_SPREAD = 600.0
+
+
+def _spread(logits: torch.Tensor) -> float:
+    return float(logits.max() - logits.min()) if logits.numel() else 0.0
+
+
 def gumbel_topk(logits: torch.Tensor, n_masks: int, size: int, gen: torch.Generator) -> torch.Tensor:
     """Draw ``n_masks`` ordered samples of ``size`` items without replacement, P(i) ~ exp(logit).
 
     Gumbel-top-k: the ``size`` largest of logits + Gumbel(0,1) noise, in descending order, have
     exactly the sequential-softmax (Plackett-Luce) distribution, draw order included. (G, size).
+
+    Implemented as the equivalent exponential race: with E_i = -log U_i ~ Exp(1),
+    L_i + Gumbel_i = L_i - log E_i, so the ranking is that of E_i / w_i ascending (w = exp(L - max)),
+    i.e. of log(U_i) / w_i descending: one log per key instead of two, and no clamping.
+    (For logit spreads above ``_LINEAR_SPREAD`` the keys are formed in log space.)
     """
     u = torch.rand((n_masks, logits.shape[0]), generator=gen, device=logits.device, dtype=logits.dtype)
     tiny = torch.finfo(logits.dtype).tiny
-    gumbel = -torch.log(-torch.log(u.clamp(min=tiny, max=1 - torch.finfo(logits.dtype).eps)))
-    return torch.topk(logits.unsqueeze(0) + gumbel, size, dim=1, largest=True, sorted=True).indices
+    if _spread(logits) <= _LINEAR_SPREAD:
+        inv_w = torch.exp(logits.max() - logits)  # 1 / w, in [1, e^600]
+        keys = torch.log(u.clamp_(min=tiny)).mul_(inv_w)  # -E_i / w_i (U = 0 has probability ~2^-53)
+    else:
+        keys = logits - torch.log(-torch.log(u.clamp_(min=tiny, max=1 - torch.finfo(logits.dtype).eps)))
+    return torch.topk(keys, size, dim=1, largest=True, sorted=True).indices
 
 
 def pl_log_prob(logits: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
@@ -191,10 +217,39 @@ def pl_grad(logits: torch.Tensor, order: torch.Tensor, weights: torch.Tensor | N
     d log P / d L_j = M_j - w_j * sum_{k <= K_j} 1/Z_k, with w = exp(L), K_j the draw position
     of j (or S if j was not drawn) and Z_k the mass left before draw k, formed as
     (unselected mass) + (suffix sum of the drawn weights from k on), never by subtraction.
-    Everything is done in log space (logsumexp / logcumsumexp): every w_j / Z_k <= 1 because j
-    is still in the pool at draw k, so nothing overflows or underflows even for large logits.
+
+    Computed in linear space with w = exp(L - max L) when the logit spread is at most
+    ``_LINEAR_SPREAD`` (no over/underflow possible there, and only sums of positive terms, so
+    no cancellation), otherwise in log space (``pl_grad_log``); both give the same values.
 
     ``weights`` None: per-mask gradients (G, N). Otherwise sum_j weights_j * grad_j: (N,).
+    """
+    if _spread(logits) > _LINEAR_SPREAD:
+        return pl_grad_log(logits, order, weights)
+    order = order.unsqueeze(0) if order.dim() == 1 else order
+    g_masks, _ = order.shape
+    w = torch.exp(logits - logits.max())  # (N,), max 1
+    undrawn = torch.ones((g_masks, logits.shape[0]), dtype=logits.dtype, device=logits.device)
+    undrawn.scatter_(1, order, 0.0)
+    unsel = undrawn @ w  # (G,) mass never drawn
+    ws = w[order]  # (G, S) drawn weights in draw order
+    z = torch.cumsum(ws.flip(1), dim=1).flip(1).add_(unsel.unsqueeze(1))  # Z_k
+    c = torch.cumsum(z.reciprocal_(), dim=1)  # sum_{t<=k} 1/Z_t
+    drawn_part = 1.0 - ws * c  # selected j at position k: 1 - w_j sum_{t<=k} 1/Z_t
+    c_last = c[:, -1]
+    if weights is None:
+        return (undrawn * c_last.unsqueeze(1)).mul_(-w).scatter_(1, order, drawn_part)
+    a = weights.to(logits.dtype)
+    grad = ((a * c_last) @ undrawn).mul_(-w)  # -w_j sum_{masks not drawing j} a_g C_g
+    grad.index_add_(0, order.reshape(-1), (a.unsqueeze(1) * drawn_part).reshape(-1))
+    return grad
+
+
+def pl_grad_log(logits: torch.Tensor, order: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """``pl_grad`` in log space (logsumexp / logcumsumexp), safe for any logit spread.
+
+    Every w_j / Z_k <= 1 because j is still in the pool at draw k, so nothing overflows or
+    underflows even for extreme logits.
     """
     order = order.unsqueeze(0) if order.dim() == 1 else order
     g_masks, _ = order.shape
@@ -445,26 +500,37 @@ def _solve_block(quality: np.ndarray, emb: np.ndarray, n_select: int, params: Da
         stats.update(batch=nb, batch_select=sb)
         bcal = block_calibration(prep, sb, p, seed, block_id)
         weights = {"quality": p.lam, "diversity": 1 - p.lam}
+        means = []
         for step in range(p.steps):
             gen = make_generator(dev, seed, block_id, _TAG_STEP, step)
-            pos = torch.randperm(n_keep, generator=gen, device=dev)[:nb] if nb < n_keep else None
-            lb = L if pos is None else L[pos]
-            order = gumbel_topk(lb, p.group_size, sb, gen)
-            rows = kept_t[order] if pos is None else kept_t[pos][order]  # block positions (G, sb)
-            qbar = prep.q_all[rows].mean(dim=1)
-            div = diversity(p.diversity, prep.e_all, rows, prep.ref_emb, prep.sq_norms) if p.lam < 1 else None
+            if nb < n_keep:
+                pos = torch.randperm(n_keep, generator=gen, device=dev)[:nb]
+                rows_b = kept_t[pos]  # block positions of the batch
+                lb = L[pos]
+            else:
+                pos, rows_b, lb = None, kept_t, L
+            order = gumbel_topk(lb, p.group_size, sb, gen)  # (G, sb) positions in the batch
+            # gather the batch once (nb rows, contiguous) and score the G masks against it
+            qbar = prep.q_all[rows_b][order].mean(dim=1)
+            if p.lam < 1:
+                eb = prep.e_all[rows_b]
+                sqb = prep.sq_norms[rows_b] if p.diversity == "pws" else None
+                div = diversity(p.diversity, eb, order, prep.ref_emb, sqb)
+            else:
+                div = None
             f = bcal.combine(qbar, div)
-            curve.append(float(f.mean()))
+            means.append(f.mean())
             if p.metric_norm == "group":
                 adv = group_advantages({"quality": qbar, "diversity": div if div is not None else qbar},
                                        weights, p.adv_eps)
             else:
                 adv = zscore(f, p.adv_eps)
-            grad = pl_grad(lb, order, adv) / p.group_size
+            grad = pl_grad(lb, order, adv).mul_(p.lr / p.group_size)
             if pos is None:
-                L = L + p.lr * grad
+                L = L + grad
             else:
-                L[pos] += p.lr * grad
+                L[pos] += grad
+        curve = torch.stack(means).cpu().tolist() if means else []
 
     lk = L.cpu().numpy()
     order_keep = np.lexsort((kept, -lk))  # logit desc, ties by position
