@@ -29,7 +29,7 @@ def _line(label: str, text: str, lowercase: bool) -> str:
 
 def train_classifier(positive: Sequence[str], negative: Sequence[str], output: str, *, text_field: str = "text",
                      pos_label: str = "hq", neg_label: str = "cc", max_per_class: int | None = None,
-                     balance: bool = True, valid_fraction: float = 0.1, epoch: int = 25, lr: float = 0.5,
+                     balance: bool = True, valid_fraction: float = 0.1, epoch: int = 25, lr: float = 0.2,
                      word_ngrams: int = 2, dim: int = 64, bucket: int = 200_000, min_count: int = 1,
                      threads: int = 1, seed: int = 0,
                      lowercase: bool = False, file_per_doc: bool = False, quantize: bool = False) -> dict[str, Any]:
@@ -103,7 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # fastText's own defaults (5 epochs, lr 0.1) leave a model trained on a few thousand
     # documents near 0.5 probability; these work from ~1k documents up
     parser.add_argument("--epoch", type=int, default=25)
-    parser.add_argument("--lr", type=float, default=0.5)
+    parser.add_argument("--lr", type=float, default=0.2)
     parser.add_argument("--word-ngrams", type=int, default=2)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--bucket", type=int, default=200_000, help="hashed n-gram buckets (model size ~ bucket x dim)")
