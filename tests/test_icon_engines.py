@@ -7,23 +7,12 @@ from typing import Any
 
 import pytest
 
-from test_engines import BEAM, MASTER, SPARK, SPARK_CONF, assert_same_output
+from test_engines import BEAM, SPARK, assert_same_output, spark  # noqa: F401 (the module's SparkSession fixture)
 from test_icon import icon_job, write_assessment, write_instructions
 from conftest_models import tiny_bert, tiny_gpt2
 from thresher import run
-from thresher.config import SparkEngineSpec
 
 pytest.importorskip("pyspark")
-
-
-@pytest.fixture(scope="module")
-def spark() -> Any:
-    from thresher.pipelines.spark_engine import get_session
-
-    session, owned = get_session(SparkEngineSpec(master=MASTER, conf=SPARK_CONF), progress=False)
-    yield session
-    if owned:
-        session.stop()
 
 
 def test_icon_engines_match_local(spark: Any, tmp_path: Path) -> None:

@@ -38,11 +38,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from thresher.bench.pool import Pool, build_pool
 from thresher.config import JobError
+from thresher.models.train_proxy import EOS, train_bpe_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS_MD = ROOT / "benchmarks" / "results" / "selection_quality.md"
 RESULTS_FILE = "selection_quality.json"
-EOS = "<|endoftext|>"
 BENCH_ONLY = {"farthest_first", "all"}
 
 
@@ -170,19 +170,6 @@ def load_spec(path: str | Path | None, quick: bool = False, overrides: dict[str,
 
 
 # -- tokenizer and model ------------------------------------------------------------------
-
-
-def train_tokenizer(texts: list[str], vocab: int) -> Any:
-    """A byte-level BPE tokenizer trained on `texts` (the clean seed set)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=[EOS], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(texts, trainer=trainer)
-    return tok
 
 
 def encode(tok: Any, texts: list[str]) -> list[np.ndarray]:
@@ -399,7 +386,8 @@ def run_bench(spec: BenchSpec, quiet: bool = False) -> dict[str, Any]:
     pool = build_pool(p.docs, p.junk, p.dup, p.dup_clusters, p.eval_docs, p.seed_docs, p.min_words, p.max_words,
                       p.seed)
     _log(f"pool: {pool.info}", quiet)
-    tok = train_tokenizer(pool.seed_texts, spec.model.vocab)
+    # the raw `tokenizers` object of the proxy trainer's BPE (same trainer, same EOS token)
+    tok = train_bpe_tokenizer(pool.seed_texts, spec.model.vocab).backend_tokenizer
     eos = tok.token_to_id(EOS)
     vocab_size = tok.get_vocab_size()
     pool_docs, seed_docs, eval_docs = encode(tok, pool.texts), encode(tok, pool.seed_texts), encode(tok, pool.eval_texts)
