@@ -11,8 +11,8 @@ extrapolated with a power law fitted to the measured sizes (marked "extrapolated
 objective ratio is given. All solvers run single-threaded (torch.set_num_threads(1)), because the
 shared 2-core machine is oversubscribed and multi-threaded small kernels slow down there.
 
-    .venv/bin/python benchmarks/bench_datamask.py            # default, ~10 min on 2 CPU cores
-    .venv/bin/python benchmarks/bench_datamask.py --sizes 2000 10000 --diversity disf
+    .venv/bin/python benchmarks/bench_datamask.py            # default (pws), ~10 min on 2 CPU cores
+    .venv/bin/python benchmarks/bench_datamask.py --sizes 1000 2000 4000 --diversity disf --variants batch
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def run(sizes: list[int], diversity: str, greedy_limit: float, budget: float, va
         s = int(budget * n)
         row: dict = {"n": n, "s": s}
         for v in variants:
-            p = DataMaskParams(quality="q", diversity=diversity, device="cpu", threads=1, metric_norm=v)
+            p = DataMaskParams(quality="q", diversity=diversity, device="cpu", threads=1, batch_reward=v)
             t0 = time.perf_counter()
             r = solve_block(q, emb, s, p, seed=0)
             row[f"dm_{v}_t"] = time.perf_counter() - t0
@@ -131,8 +131,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[2000, 10_000, 50_000, 100_000])
     ap.add_argument("--diversity", nargs="+", default=["pws"], choices=["pws", "fl", "disf"])
-    ap.add_argument("--variants", nargs="+", default=["group", "fixed"], choices=["group", "fixed"],
-                    help="DATAMASK metric_norm values to run")
+    ap.add_argument("--variants", nargs="+", default=["context", "batch"], choices=["context", "batch"],
+                    help="DATAMASK batch_reward values to run (context: pws only)")
     ap.add_argument("--budget", type=float, default=0.1)
     ap.add_argument("--greedy-limit", type=float, default=360.0, help="skip greedy above this predicted time (s)")
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -149,8 +149,9 @@ def main() -> None:
         f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread, CPU; "
         "the 2-core host was shared with other jobs, so absolute times are noisy.",
         f"Data: synthetic, 50 clusters, 384-d unit embeddings, budget {args.budget:.0%} of documents, lam 0.5. "
-        f"DATAMASK defaults: metric_norm {p.metric_norm}, steps {p.steps}, G {p.group_size}, lr {p.lr}, batch_fraction {p.batch_fraction}, "
-        f"prune_fraction {p.prune_fraction}, init {p.init}; one block per run.",
+        f"DATAMASK defaults: metric_norm {p.metric_norm}, lr {p.lr}, prune_fraction {p.prune_fraction}, init {p.init}; "
+        "batch_reward context: batches of 32 documents, G 32, 10 passes over the pruned block, parallel batches "
+        "vectorised; batch_reward batch: 5% batches, G 128, 400 steps (the paper's settings); one block per run.",
         "Objective: block-standardised (0 = random subset, units = std of random subsets); "
         "greedy maximises it exactly (same pruned pool). obj ratio = DATAMASK / greedy.",
         "",

@@ -12,6 +12,7 @@ import torch
 
 from thresher.selectors.base import SelectContext
 from thresher.selectors.datamask import (
+    ContextReadout,
     DataMaskParams,
     allocate,
     block_calibration,
@@ -262,6 +263,71 @@ def test_clusters_datamask_close_to_greedy_on_2000() -> None:
     gf = greedy_block(q[:600], emb[:600], 60, pf, seed=0)
     df = solve_block(q[:600], emb[:600], 60, pf, seed=0)
     assert gf.objective >= df.objective > df.stats["objective_quality_topk"]
+
+
+# ------------------------------------------------------------------ context batch reward
+
+
+def test_context_reward_is_the_block_objective_of_the_completed_subset() -> None:
+    """A batch mask is scored as U_g + (top-S by logit minus the batch), exactly."""
+    rng = np.random.default_rng(12)
+    q, emb, _ = clustered(400, 8, 16, noise=1.0, seed=12)
+    p = DataMaskParams(quality="q", prune_fraction=0.0, device="cpu")
+    prep = prepare_block(q, emb, 40, p, 0, 0)
+    cal = block_calibration(prep, 40, p, 0, 0)
+    kept = torch.arange(400)
+    readout = ContextReadout(prep, kept, 40)
+    readout.refresh(torch.from_numpy(rng.normal(size=400)))
+    logits = torch.from_numpy(rng.normal(size=400))
+    readout.refresh(logits)  # incremental: only the documents that entered or left are re-summed
+    fresh = ContextReadout(prep, kept, 40)
+    fresh.refresh(logits)
+    assert torch.allclose(readout.e_sum, fresh.e_sum, atol=1e-9)
+    assert readout.q_sum == pytest.approx(fresh.q_sum)
+
+    pos = torch.stack([torch.arange(0, 32), torch.arange(100, 132)])  # two disjoint batches
+    order = gumbel_topk(logits[pos], 5, 4, make_generator(CPU, 1))
+    assert order.shape == (2, 5, 4)
+    qbar, div = readout.metrics(pos, kept[pos], order, with_div=True)
+    f = cal.combine(qbar, div)
+    assert float(f.std()) > 1e-2  # the masks differ, so the tolerance below is meaningful
+    top = set(torch.topk(logits, 40).indices.tolist())
+    for k in range(2):
+        batch = set(pos[k].tolist())
+        for g in range(5):
+            subset = sorted((top - batch) | set(pos[k][order[k, g]].tolist()))
+            want = objective(prep.q_all, prep.e_all, torch.tensor(subset), cal)[0]
+            assert float(f[k, g]) == pytest.approx(float(want), rel=1e-5, abs=1e-6)  # float32 sums
+
+
+def test_batched_gradient_equals_per_batch_gradients() -> None:
+    gen = make_generator(CPU, 5)
+    logits = torch.randn(3, 20, dtype=torch.float64, generator=gen)
+    order = gumbel_topk(logits, 6, 4, gen)
+    w = torch.randn(3, 6, dtype=torch.float64, generator=gen)
+    batched = pl_grad(logits, order, w)
+    per_mask = pl_grad(logits, order)
+    for b in range(3):
+        assert torch.allclose(batched[b], pl_grad(logits[b], order[b], w[b]), atol=1e-12)
+        assert torch.allclose(per_mask[b], pl_grad(logits[b], order[b]), atol=1e-12)
+
+
+def test_context_reward_beats_batch_reward_and_nears_greedy() -> None:
+    q, emb, lab = clustered(3000, 30, 48, noise=0.8, seed=13)
+    q = q + 0.5 * (lab % 3)
+    base = dict(quality="q", lam=0.5, device="cpu", threads=1)
+    ctx = solve_block(q, emb, 300, DataMaskParams(**base, batch_reward="context"), seed=0)
+    bat = solve_block(q, emb, 300, DataMaskParams(**base, batch_reward="batch"), seed=0)
+    gr = greedy_block(q, emb, 300, DataMaskParams(**base), seed=0)
+    assert ctx.stats["batch_reward"] == "context" and bat.stats["batch_reward"] == "batch"
+    assert ctx.objective > bat.objective
+    assert ctx.objective >= 0.97 * gr.objective
+
+
+def test_context_reward_is_pws_only() -> None:
+    with pytest.raises(ValueError, match="pws only"):
+        DataMaskParams(quality="q", diversity="fl", batch_reward="context")
+    assert DataMaskParams(quality="q", diversity="fl").batch_reward == "auto"
 
 
 # ------------------------------------------------------------------ 7. blocks

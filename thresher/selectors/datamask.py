@@ -22,6 +22,17 @@ so 0 = a random subset and 1 = one random-subset standard deviation better. The 
 before mixing (SPEC 1.6), which keeps lam meaningful as the policy sharpens but lands 3-6% lower
 on the reported objective (benchmarks/results/datamask.md).
 
+Batch reward (``batch_reward``; SPEC 1.5.4 leaves open what a batch mask is scored on). With
+``batch`` (the reference loop's reading) a mask drawn in a batch is scored on the batch subset
+alone, so diversity only sees the few documents drawn with it. With ``context`` (default for
+PWS) it is scored as the block subset it completes: U_g plus the current readout (top-S by
+logit) outside the batch, i.e. exactly the block objective the readout is judged on. A
+document's reward then carries its interaction with the whole selection, which lets batches be
+small (32 documents, G = 32) and many (vectorised ``parallel_batches`` per step); with PWS the
+rest of the block enters as one summed embedding, so the cost per mask stays O(S_b d). It
+reaches 0.98-0.99 of greedy's objective where the batch reward reached 0.87-0.93
+(benchmarks/results/datamask.md).
+
 Speed (per step, G x batch keys): the Gumbel-top-k keys are formed as the equivalent exponential
 race (one log per key), the exact Plackett-Luce gradient runs in linear space (cumsum instead of
 logcumsumexp; log space only for logit spreads > 600 nats) with no dense (G, N) temporary in the
@@ -54,6 +65,11 @@ from thresher.selectors.diversity import DiversityKind, diversity, pool_pairwise
 
 _INIT_FLOOR = 0.1  # q' = (q - min) / (max - min) + floor, so quality init spans log(1 + 1/floor) nats
 _CURVE_POINTS = 100
+_CONTEXT_BATCH = 32  # default batch size with the context reward
+_CONTEXT_GROUP, _BATCH_REWARD_GROUP = 32, 128  # default G per reward
+_BATCH_REWARD_STEPS = 400  # default steps with the batch reward
+_BATCH_REWARD_FRACTION = 0.05  # default batch share with the batch reward (paper: 5-10%)
+_KEYS_PER_STEP = 1 << 19  # default parallel batches: about this many sampling keys (K x G x batch) per step
 
 
 class DataMaskParams(BudgetParams):
@@ -65,10 +81,14 @@ class DataMaskParams(BudgetParams):
     embedding: str = Field("embedding_vector", description="fixed-size-list<float> embedding column")
     lam: float = Field(0.5, ge=0, le=1, description="weight of quality against diversity")
     diversity: Literal["pws", "fl", "disf"] = "pws"
-    group_size: int = Field(128, ge=2, description="masks drawn per step (G)")
-    steps: int = Field(400, ge=0, description="optimisation steps per block (paper ~10k)")
+    group_size: int | None = Field(None, ge=2, description="masks drawn per batch (G); None: 32 with the context "
+                                                           "reward, 128 (the paper's) with the batch reward")
+    steps: int | None = Field(None, ge=0, description="batch updates per block (paper ~10k); None: `epochs` passes "
+                                                       "over the pruned block with the context reward, 400 with the batch reward")
+    epochs: float = Field(10.0, gt=0, description="passes over the pruned block when `steps` is None (context reward)")
     lr: float = Field(4.0, gt=0, description="ascent step size on the logits")
-    batch_fraction: float = Field(0.05, gt=0, le=1, description="share of the block updated per step")
+    batch_fraction: float | None = Field(None, gt=0, le=1, description="share of the pruned block per batch "
+                                                                   "(None: see batch_size)")
     min_batch: int = Field(64, ge=2, description="smallest batch, for small blocks")
     prune_fraction: float = Field(0.4, ge=0, lt=1, description="drop this bottom share by quality first")
     block_size: int = Field(1_000_000, ge=2, description="documents per independently solved block")
@@ -83,6 +103,13 @@ class DataMaskParams(BudgetParams):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, description="torch CPU threads while solving (None: leave as is)")
     readout: Literal["topk"] = "topk"
+    batch_reward: Literal["auto", "context", "batch"] = Field(
+        "auto", description="context: score a batch mask as the block subset it completes (U + current readout "
+                            "outside the batch; pws only); batch: the batch subset alone; auto: context for pws")
+    batch_size: int | None = Field(None, ge=2, description="documents per batch; with batch_fraction also None: "
+                                                          "32 with the context reward, 5% of the block with the batch reward")
+    parallel_batches: int | None = Field(None, ge=1, description="disjoint batches updated together, vectorised "
+                                                                 "(None: about 2^19 sampling keys per step)")
 
     @model_validator(mode="after")
     def _one_quality(self) -> "DataMaskParams":
@@ -90,6 +117,9 @@ class DataMaskParams(BudgetParams):
             raise ValueError("give exactly one of `quality` (a column) or `quality_weights` ({column: weight})")
         if self.quality_weights is not None and not self.quality_weights:
             raise ValueError("`quality_weights` is empty")
+        if self.batch_reward == "context" and self.diversity != "pws" and self.lam < 1:
+            raise ValueError(f"batch_reward: context is implemented for diversity: pws only (got {self.diversity!r}); "
+                             "use batch_reward: batch or auto")
         return self
 
     def quality_columns(self) -> list[str]:
@@ -122,7 +152,7 @@ def make_generator(device: torch.device, *parts: int) -> torch.Generator:
 
 
 # seed purposes, so streams never overlap
-_TAG_STEP, _TAG_CALIB, _TAG_REF = 1, 2, 3
+_TAG_STEP, _TAG_CALIB, _TAG_REF, _TAG_EPOCH = 1, 2, 3, 4
 
 
 def split_blocks(n: int, block_size: int, seed: int) -> list[np.ndarray]:
@@ -172,25 +202,36 @@ def _spread(logits: torch.Tensor) -> float:
     return float(logits.max() - logits.min()) if logits.numel() else 0.0
 
 
+def _row_spread(logits: torch.Tensor) -> float:
+    """Largest max - min over the last dimension (0 for empty)."""
+    if not logits.numel():
+        return 0.0
+    return float((logits.amax(dim=-1) - logits.amin(dim=-1)).max())
+
+
 def gumbel_topk(logits: torch.Tensor, n_masks: int, size: int, gen: torch.Generator) -> torch.Tensor:
     """Draw ``n_masks`` ordered samples of ``size`` items without replacement, P(i) ~ exp(logit).
 
     Gumbel-top-k: the ``size`` largest of logits + Gumbel(0,1) noise, in descending order, have
-    exactly the sequential-softmax (Plackett-Luce) distribution, draw order included. (G, size).
+    exactly the sequential-softmax (Plackett-Luce) distribution, draw order included.
+    ``logits`` (n,) -> (G, size); or a stack of independent batches (B, n) -> (B, G, size).
 
     Implemented as the equivalent exponential race: with E_i = -log U_i ~ Exp(1),
     L_i + Gumbel_i = L_i - log E_i, so the ranking is that of E_i / w_i ascending (w = exp(L - max)),
     i.e. of log(U_i) / w_i descending: one log per key instead of two, and no clamping.
     (For logit spreads above ``_LINEAR_SPREAD`` the keys are formed in log space.)
     """
-    u = torch.rand((n_masks, logits.shape[0]), generator=gen, device=logits.device, dtype=logits.dtype)
-    tiny = torch.finfo(logits.dtype).tiny
-    if _spread(logits) <= _LINEAR_SPREAD:
-        inv_w = torch.exp(logits.max() - logits)  # 1 / w, in [1, e^600]
+    single = logits.dim() == 1
+    lg = logits.unsqueeze(0) if single else logits  # (B, n)
+    u = torch.rand((lg.shape[0], n_masks, lg.shape[1]), generator=gen, device=lg.device, dtype=lg.dtype)
+    tiny = torch.finfo(lg.dtype).tiny
+    if _row_spread(lg) <= _LINEAR_SPREAD:
+        inv_w = torch.exp(lg.amax(dim=1, keepdim=True) - lg).unsqueeze(1)  # 1 / w, in [1, e^600]
         keys = torch.log(u.clamp_(min=tiny)).mul_(inv_w)  # -E_i / w_i (U = 0 has probability ~2^-53)
     else:
-        keys = logits - torch.log(-torch.log(u.clamp_(min=tiny, max=1 - torch.finfo(logits.dtype).eps)))
-    return torch.topk(keys, size, dim=1, largest=True, sorted=True).indices
+        keys = lg.unsqueeze(1) - torch.log(-torch.log(u.clamp_(min=tiny, max=1 - torch.finfo(lg.dtype).eps)))
+    order = torch.topk(keys, size, dim=2, largest=True, sorted=True).indices
+    return order[0] if single else order
 
 
 def pl_log_prob(logits: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
@@ -222,26 +263,32 @@ def pl_grad(logits: torch.Tensor, order: torch.Tensor, weights: torch.Tensor | N
     ``_LINEAR_SPREAD`` (no over/underflow possible there, and only sums of positive terms, so
     no cancellation), otherwise in log space (``pl_grad_log``); both give the same values.
 
-    ``weights`` None: per-mask gradients (G, N). Otherwise sum_j weights_j * grad_j: (N,).
+    Shapes: ``logits`` (N,), ``order`` (G, S) or (S,); ``weights`` None gives per-mask gradients
+    (G, N), otherwise sum_g weights_g * grad_g (N,). A stack of independent batches works the
+    same with a leading dimension: logits (B, N), order (B, G, S), weights (B, G) -> (B, N).
     """
-    if _spread(logits) > _LINEAR_SPREAD:
-        return pl_grad_log(logits, order, weights)
-    order = order.unsqueeze(0) if order.dim() == 1 else order
-    g_masks, _ = order.shape
-    w = torch.exp(logits - logits.max())  # (N,), max 1
-    undrawn = torch.ones((g_masks, logits.shape[0]), dtype=logits.dtype, device=logits.device)
-    undrawn.scatter_(1, order, 0.0)
-    unsel = undrawn @ w  # (G,) mass never drawn
-    ws = w[order]  # (G, S) drawn weights in draw order
-    z = torch.cumsum(ws.flip(1), dim=1).flip(1).add_(unsel.unsqueeze(1))  # Z_k
-    c = torch.cumsum(z.reciprocal_(), dim=1)  # sum_{t<=k} 1/Z_t
+    if logits.dim() == 1:
+        order = order.unsqueeze(0) if order.dim() == 1 else order
+        out = pl_grad(logits.unsqueeze(0), order.unsqueeze(0), None if weights is None else weights.unsqueeze(0))
+        return out[0]
+    if _row_spread(logits) > _LINEAR_SPREAD:
+        return torch.stack([pl_grad_log(lg, od, None if weights is None else wt)
+                            for lg, od, wt in zip(logits, order, weights if weights is not None else [None] * len(order))])
+    n_b, g_masks, _ = order.shape
+    w = torch.exp(logits - logits.amax(dim=1, keepdim=True))  # (B, N), max 1
+    undrawn = torch.ones((n_b, g_masks, logits.shape[1]), dtype=logits.dtype, device=logits.device)
+    undrawn.scatter_(2, order, 0.0)
+    unsel = torch.bmm(undrawn, w.unsqueeze(2)).squeeze(2)  # (B, G) mass never drawn
+    ws = torch.gather(w.unsqueeze(1).expand(-1, g_masks, -1), 2, order)  # (B, G, S) drawn weights in draw order
+    z = torch.cumsum(ws.flip(2), dim=2).flip(2).add_(unsel.unsqueeze(2))  # Z_k
+    c = torch.cumsum(z.reciprocal_(), dim=2)  # sum_{t<=k} 1/Z_t
     drawn_part = 1.0 - ws * c  # selected j at position k: 1 - w_j sum_{t<=k} 1/Z_t
-    c_last = c[:, -1]
+    c_last = c[:, :, -1]
     if weights is None:
-        return (undrawn * c_last.unsqueeze(1)).mul_(-w).scatter_(1, order, drawn_part)
+        return (undrawn * c_last.unsqueeze(2)).mul_(-w.unsqueeze(1)).scatter_(2, order, drawn_part)
     a = weights.to(logits.dtype)
-    grad = ((a * c_last) @ undrawn).mul_(-w)  # -w_j sum_{masks not drawing j} a_g C_g
-    grad.index_add_(0, order.reshape(-1), (a.unsqueeze(1) * drawn_part).reshape(-1))
+    grad = torch.bmm((a * c_last).unsqueeze(1), undrawn).squeeze(1).mul_(-w)  # -w_j sum_{g not drawing j} a_g C_g
+    grad.scatter_add_(1, order.reshape(n_b, -1), (a.unsqueeze(2) * drawn_part).reshape(n_b, -1))
     return grad
 
 
@@ -275,12 +322,12 @@ def pl_grad_log(logits: torch.Tensor, order: torch.Tensor, weights: torch.Tensor
 
 
 def zscore(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / std over the group; all zeros when the group's std is below eps."""
+    """(x - mean) / std over the group (the last dimension); all zeros for a group whose std
+    is below eps (or not finite)."""
     x = x.to(torch.float64)
-    sd = x.std(unbiased=False)
-    if not torch.isfinite(sd) or sd <= eps:
-        return torch.zeros_like(x)
-    return (x - x.mean()) / sd
+    sd = x.std(dim=-1, unbiased=False, keepdim=True)
+    ok = torch.isfinite(sd) & (sd > eps)
+    return torch.where(ok, (x - x.mean(dim=-1, keepdim=True)) / torch.where(ok, sd, 1.0), 0.0)
 
 
 def group_advantages(metrics: dict[str, torch.Tensor], weights: dict[str, float], eps: float = 1e-8,
@@ -471,6 +518,122 @@ def solve_block(quality: np.ndarray, emb: np.ndarray, n_select: int, params: Dat
         return _solve_block(quality, emb, n_select, params, seed, block_id)
 
 
+class ContextReadout:
+    """The current readout R (top-S by logit) as sums, for the context batch reward.
+
+    ``batch_reward: context`` scores a mask U_g drawn in a batch as the block subset it would
+    produce: U_g plus (R minus the batch). A batch document is then judged against the whole
+    block's current selection, not only against the few documents drawn with it (the batch
+    reward); this is what lets small batches carry the block's diversity signal. R is taken
+    afresh at every step. PWS only: the rest of the block enters through one summed embedding.
+    """
+
+    def __init__(self, prep: _Prepared, kept_t: torch.Tensor, n_select: int) -> None:
+        self.prep, self.kept_t, self.n_select = prep, kept_t, n_select
+        self.member = torch.zeros(kept_t.shape[0], dtype=torch.bool, device=kept_t.device)
+        self.count = 0
+        self.q_sum = self.sq_sum = 0.0
+        self.e_sum = torch.zeros(prep.e_all.shape[1], dtype=torch.float64, device=kept_t.device)
+
+    def refresh(self, L: torch.Tensor) -> None:
+        """R <- the top-S by the current logits; the sums follow the documents that entered or left."""
+        new = torch.zeros_like(self.member)
+        new[torch.topk(L, self.n_select, sorted=False).indices] = True
+        for change, sign in ((new & ~self.member, 1.0), (self.member & ~new, -1.0)):
+            rows = self.kept_t[change]
+            if rows.numel():
+                self.q_sum += sign * float(self.prep.q_all[rows].sum(dtype=torch.float64))
+                self.sq_sum += sign * float(self.prep.sq_norms[rows].sum(dtype=torch.float64))
+                self.e_sum += sign * self.prep.e_all[rows].sum(dim=0, dtype=torch.float64)
+        self.member = new
+        self.count = self.n_select
+
+    def metrics(self, pos: torch.Tensor, rows_b: torch.Tensor, order: torch.Tensor,
+                with_div: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(mean quality, -PWS) of U_g + (R minus its batch) for each mask of K batches: (K, G) each.
+
+        ``pos``/``rows_b`` (K, nb) kept positions / block rows of the batches, ``order`` (K, G, S_b).
+        """
+        pr = self.prep
+        k, g, sb = order.shape
+        nb = pos.shape[1]
+        mem = self.member[pos].to(torch.float64)  # (K, nb): batch documents currently in R
+        size = (self.count - mem.sum(dim=1) + sb).unsqueeze(1)  # (K, 1)
+        flat_order = order.reshape(k, -1)
+        qb = pr.q_all[rows_b].to(torch.float64)
+        q_rest = self.q_sum - (mem * qb).sum(dim=1, keepdim=True)
+        qbar = (q_rest + torch.gather(qb, 1, flat_order).reshape(k, g, sb).sum(dim=2)) / size
+        if not with_div:
+            return qbar, None
+        eb = pr.e_all[rows_b]  # (K, nb, d)
+        e_rest = self.e_sum - torch.bmm(mem.to(eb.dtype).unsqueeze(1), eb).squeeze(1).to(torch.float64)  # (K, d)
+        # ||r + s_g||^2 = ||r||^2 + 2 r.s_g + ||s_g||^2: the (K, G, d) mask sums s_g stay float32
+        # (they add up ~S_b unit vectors); the large rest sum r enters in float64 through ||r||^2
+        s_g = torch.nn.functional.embedding_bag(_offsets(order, nb), eb.reshape(k * nb, -1), mode="sum")
+        s_g = s_g.reshape(k, g, -1)
+        varying = (s_g * (s_g + 2 * e_rest.to(s_g.dtype).unsqueeze(1))).sum(dim=2)  # 2 r.s_g + ||s_g||^2
+        sq = (e_rest * e_rest).sum(dim=1, keepdim=True) + varying.to(torch.float64)
+        sqn = pr.sq_norms[rows_b].to(torch.float64)
+        diag = (self.sq_sum - (mem * sqn).sum(dim=1, keepdim=True)
+                + torch.gather(sqn, 1, flat_order).reshape(k, g, sb).sum(dim=2))
+        pws = (sq - diag) / (size * (size - 1))
+        return qbar, -pws
+
+
+def batch_schedule(n_keep: int, nb: int, seed: int, block_id: int, device: torch.device) -> Iterator[torch.Tensor]:
+    """Batches of ``nb`` positions: consecutive slices of a fresh random permutation per epoch,
+    so every document takes part once per pass (the tail of an epoch that does not fill a batch
+    waits for the next permutation)."""
+    epoch = 0
+    while True:
+        perm = torch.randperm(n_keep, generator=make_generator(device, seed, block_id, _TAG_EPOCH, epoch), device=device)
+        for a in range(0, n_keep - nb + 1, nb):
+            yield perm[a:a + nb]
+        epoch += 1
+
+
+def reward_mode(p: DataMaskParams) -> Literal["context", "batch"]:
+    """The batch reward in use: ``auto`` is ``context`` for pws and ``batch`` otherwise."""
+    if p.batch_reward == "auto":
+        return "context" if p.diversity == "pws" or p.lam >= 1 else "batch"
+    return p.batch_reward
+
+
+def batch_docs(n_keep: int, p: DataMaskParams, context: bool) -> int:
+    """Documents per batch: ``batch_size`` or ``batch_fraction`` of the pruned block (at least
+    ``min_batch``) when given; otherwise 32 documents with the context reward and 5% of the
+    block (the paper's) with the batch reward. Never more than the block."""
+    if p.batch_size is not None:
+        return min(n_keep, p.batch_size)
+    if p.batch_fraction is None and context:
+        return min(n_keep, _CONTEXT_BATCH)
+    frac = p.batch_fraction if p.batch_fraction is not None else _BATCH_REWARD_FRACTION
+    if frac >= 1:
+        return n_keep
+    return min(n_keep, max(math.ceil(frac * n_keep), p.min_batch))
+
+
+def _offsets(order: torch.Tensor, nb: int) -> torch.Tensor:
+    """(K, G, S) positions within each of K batches -> (K*G, S) rows of the stacked batches."""
+    k = order.shape[0]
+    return (order + torch.arange(k, device=order.device).view(k, 1, 1) * nb).reshape(-1, order.shape[2])
+
+
+def _batch_metrics(prep: _Prepared, rows_b: torch.Tensor, order: torch.Tensor, p: DataMaskParams
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(mean quality, diversity) of each mask drawn within its batch only: (K, G) each."""
+    k, g, _ = order.shape
+    nb = rows_b.shape[1]
+    qb = prep.q_all[rows_b]  # (K, nb)
+    qbar = torch.gather(qb, 1, order.reshape(k, -1)).reshape(order.shape).mean(dim=2)
+    if p.lam >= 1:
+        return qbar, None
+    flat = rows_b.reshape(-1)
+    sqb = prep.sq_norms[flat] if p.diversity == "pws" else None
+    div = diversity(p.diversity, prep.e_all[flat], _offsets(order, nb), prep.ref_emb, sqb)
+    return qbar, div.reshape(k, g)
+
+
 def _solve_block(quality: np.ndarray, emb: np.ndarray, n_select: int, params: DataMaskParams,
                  seed: int, block_id: int) -> BlockResult:
     t0 = time.perf_counter()
@@ -492,44 +655,48 @@ def _solve_block(quality: np.ndarray, emb: np.ndarray, n_select: int, params: Da
 
     curve: list[float] = []
     trivial = n_select == 0 or n_select == n_keep
-    if not trivial and p.steps > 0:
+    if not trivial and (p.steps is None or p.steps > 0):
         ratio = n_select / n_keep
-        nb = n_keep if p.batch_fraction >= 1 else min(n_keep, max(math.ceil(p.batch_fraction * n_keep), p.min_batch))
+        context = reward_mode(p) == "context"
+        nb = batch_docs(n_keep, p, context)
         need = 2 if p.lam < 1 else 1
         sb = min(nb - 1, max(need, round(ratio * nb))) if nb > need else nb
-        stats.update(batch=nb, batch_select=sb)
+        n_masks = p.group_size or (_CONTEXT_GROUP if context else _BATCH_REWARD_GROUP)
+        n_par = max(1, min(p.parallel_batches or max(1, _KEYS_PER_STEP // (n_masks * nb)), n_keep // nb))
+        updates = p.steps if p.steps is not None else (
+            math.ceil(p.epochs * n_keep / nb) if context else _BATCH_REWARD_STEPS)
+        n_steps = math.ceil(updates / n_par)
+        stats.update(batch=nb, batch_select=sb, group_size=n_masks, parallel_batches=n_par, steps=n_steps,
+                     batch_reward="context" if context else "batch")
         bcal = block_calibration(prep, sb, p, seed, block_id)
         weights = {"quality": p.lam, "diversity": 1 - p.lam}
         means = []
-        for step in range(p.steps):
+        readout = ContextReadout(prep, kept_t, n_select) if context and nb < n_keep else None
+        batches = batch_schedule(n_keep, nb, seed, block_id, dev) if nb < n_keep else None
+        for step in range(n_steps):
             gen = make_generator(dev, seed, block_id, _TAG_STEP, step)
-            if nb < n_keep:
-                pos = torch.randperm(n_keep, generator=gen, device=dev)[:nb]
-                rows_b = kept_t[pos]  # block positions of the batch
-                lb = L[pos]
+            if batches is not None:
+                pos = torch.stack([next(batches) for _ in range(n_par)])  # (K, nb) disjoint batches
             else:
-                pos, rows_b, lb = None, kept_t, L
-            order = gumbel_topk(lb, p.group_size, sb, gen)  # (G, sb) positions in the batch
-            # gather the batch once (nb rows, contiguous) and score the G masks against it
-            qbar = prep.q_all[rows_b][order].mean(dim=1)
-            if p.lam < 1:
-                eb = prep.e_all[rows_b]
-                sqb = prep.sq_norms[rows_b] if p.diversity == "pws" else None
-                div = diversity(p.diversity, eb, order, prep.ref_emb, sqb)
+                pos = torch.arange(n_keep, device=dev).unsqueeze(0)
+            rows_b = kept_t[pos]  # block positions of the batches
+            lb = L[pos]
+            if readout is not None:
+                readout.refresh(L)
+            order = gumbel_topk(lb, n_masks, sb, gen)  # (K, G, sb) positions in each batch
+            if readout is not None:
+                qbar, div = readout.metrics(pos, rows_b, order, p.lam < 1)
+                f = cal.combine(qbar, div)
             else:
-                div = None
-            f = bcal.combine(qbar, div)
+                qbar, div = _batch_metrics(prep, rows_b, order, p)
+                f = bcal.combine(qbar, div)
             means.append(f.mean())
             if p.metric_norm == "group":
                 adv = group_advantages({"quality": qbar, "diversity": div if div is not None else qbar},
                                        weights, p.adv_eps)
             else:
                 adv = zscore(f, p.adv_eps)
-            grad = pl_grad(lb, order, adv).mul_(p.lr / p.group_size)
-            if pos is None:
-                L = L + grad
-            else:
-                L[pos] += grad
+            L[pos] += pl_grad(lb, order, adv).mul_(p.lr / n_masks)
         curve = torch.stack(means).cpu().tolist() if means else []
 
     lk = L.cpu().numpy()
