@@ -109,7 +109,8 @@ def run_job(job: JobSpec, data: Any = None, overwrite: bool | None = None, progr
                 manifest = build_manifest(job, layout, shards, score_res, None, None, timings, engine.name)
                 return RunResult(manifest, summary_text(manifest), str(layout.root))
             t = time.perf_counter()
-            select_res = stages.select(job, layout, len(shards), parallel_map=engine.parallel_map)
+            select_res = stages.select(job, layout, len(shards), parallel_map=engine.parallel_map,
+                                       shards=shards, input_table=table)
             timings["select"] = time.perf_counter() - t
             t = time.perf_counter()
             write_res = engine.map_shards("write", stages.write_shard, job, shards, str(layout.root), table)

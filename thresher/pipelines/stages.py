@@ -134,11 +134,44 @@ def read_score_table(layout: OutputLayout, n_shards: int, columns: list[str] | N
     return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
 
 
+def read_text_columns(job: JobSpec, shards: list[InputShard] | None, table: pa.Table | None, columns: list[str],
+                      score_rows: pa.ChunkedArray) -> dict[str, pa.ChunkedArray]:
+    """Normalised input columns (e.g. `prompt`, `response`) for a selector, read again from
+    the input: the good rows of every shard in order, i.e. aligned with the score table.
+
+    `score_rows` is the score table's `_row` column; a mismatch means the input changed."""
+    if shards is None:
+        raise JobError(f"the selector reads input columns {columns}; this select call got no input shards")
+    pieces: dict[str, list[pa.Array]] = {c: [] for c in columns}
+    rows: list[pa.Array] = []
+    for shard in shards:
+        piece = table.slice(shard.start, shard.rows) if table is not None and shard.kind == "memory" else None
+        for rb in read_shard(shard, job.input, piece):
+            good = rb.good
+            missing = [c for c in columns if c not in good.schema.names]
+            if missing:
+                hint = (" (instruction data: set input.prompt_column and input.response_column)"
+                        if {"prompt", "response"} & set(missing) else "")
+                raise JobError(f"the selector reads input columns {missing}, which {shard.name} does not give"
+                               f"{hint}; columns: {good.schema.names}")
+            rows.append(good.column("_row"))
+            for c in columns:
+                pieces[c].append(good.column(c).cast(pa.string()))
+    got = pa.chunked_array(rows, pa.int64()) if rows else pa.chunked_array([], pa.int64())
+    if len(got) != len(score_rows) or not got.equals(score_rows.cast(pa.int64())):
+        raise JobError("input rows no longer line up with the saved scores (input changed since scoring?); "
+                       "re-run with --overwrite")
+    return {c: pa.chunked_array(v, pa.string()) for c, v in pieces.items()}
+
+
 def select(job: JobSpec, layout: OutputLayout, n_shards: int,
-           parallel_map: Callable[[Callable[[Any], Any], list[Any]], list[Any]] = serial_map) -> dict[str, Any]:
+           parallel_map: Callable[[Callable[[Any], Any], list[Any]], list[Any]] = serial_map,
+           shards: list[InputShard] | None = None, input_table: pa.Table | None = None) -> dict[str, Any]:
     """Run global scorers, filters and the selector; write `_selection/part-i` per shard.
 
-    `parallel_map` is the engine's way to spread a selector's independent pieces of work."""
+    `parallel_map` is the engine's way to spread a selector's independent pieces of work.
+    `shards` (and `input_table` for in-memory input) are needed only by selectors that read
+    text columns (`Selector.text_columns()`)."""
     done = layout.read_marker("select")
     if done is not None and done.get("select_hash") == job.select_hash():
         return {**done, "skipped": True}
@@ -155,6 +188,10 @@ def select(job: JobSpec, layout: OutputLayout, n_shards: int,
         raise JobError(f"selector/filters need columns {missing} that no scorer produced; "
                        f"score columns: {sorted(schema.names)}")
     table = read_score_table(layout, n_shards, [c for c in schema.names if c in needed])
+    text_cols = [c for c in selector.text_columns() if c not in table.column_names]
+    if text_cols:
+        for name, arr in read_text_columns(job, shards, input_table, text_cols, table.column("_row")).items():
+            table = table.append_column(name, arr)
     n = table.num_rows
     status = np.full(n, "not_selected", dtype=object)
     reason = np.full(n, None, dtype=object)
@@ -190,7 +227,8 @@ def select(job: JobSpec, layout: OutputLayout, n_shards: int,
     token_col = getattr(selector.params, "token_column", "n_words")
     if token_col in live_table.column_names:
         pool_tokens = float(pc.sum(live_table.column(token_col)).as_py() or 0)
-    ctx = SelectContext(seed=job.seed, pool_docs=len(live_idx), pool_tokens=pool_tokens, parallel_map=parallel_map)
+    ctx = SelectContext(seed=job.seed, pool_docs=len(live_idx), pool_tokens=pool_tokens, parallel_map=parallel_map,
+                        scorers=list(job.scorers), artifacts_dir=str(layout.selection(0).parent))
     result = selector.select(live_table.take(pa.array(elig_idx)), ctx)
     if len(result.selected) != len(elig_idx):
         raise JobError(f"selector {selector.name!r} returned {len(result.selected)} flags for {len(elig_idx)} rows")

@@ -1,7 +1,9 @@
 """The selector protocol: a global step over the narrow score table.
 
 A selector sees one row per eligible document (`id`, `_shard`, `_row`, the token column
-and the score columns it asks for), never the wide text. It returns a boolean
+and the score columns it asks for). It sees no text unless it names normalised input columns
+in `text_columns()` (e.g. `prompt`, `response`): the select stage then reads them again from
+the input and adds them to its table (all of them, in the driver's memory). It returns a boolean
 `selected` aligned with the rows, optional extra per-row columns (written next to the
 scores, e.g. a learned logit or a weight), and statistics for the manifest.
 
@@ -51,6 +53,11 @@ class SelectContext:
     # maps a picklable module-level function over independent work items (e.g. DATAMASK
     # blocks) on the job's engine: local processes, Spark tasks or Beam elements
     parallel_map: Callable[[Callable[[Any], Any], list[Any]], list[Any]] = serial_map
+    # the job's validated scorer specs (`type`, optional `name`, params), for selectors that
+    # reuse a scorer's settings (e.g. the icon selector's classifier uses the icon scorer's model)
+    scorers: list[dict[str, Any]] = field(default_factory=list)
+    # a folder for the selector's artefacts (the job's `_selection/`; None outside a job run)
+    artifacts_dir: str | None = None
 
 
 @dataclass
@@ -75,6 +82,14 @@ class Selector(ABC):
         if isinstance(self.params, BudgetParams):
             cols.append(self.params.token_column)
         return cols
+
+    def text_columns(self) -> list[str]:
+        """Normalised input columns (`text`, `prompt`, `response`) this selector reads.
+
+        Default none: a selector sees only the narrow score table. Named columns are read
+        from the input again by the select stage, so they cost driver memory for the whole pool.
+        """
+        return []
 
     @abstractmethod
     def select(self, table: pa.Table, ctx: SelectContext) -> SelectionResult:

@@ -1,32 +1,40 @@
 """ICon selection (SPEC 2.4, 2.5): label the ICL-scored sample, learn the labels, pick the top.
 
 Input: the narrow score table with the `icon` scorer's columns (`icon_score`, `icon_phi`,
-`icon_sampled`) and, for the default classifier, an embedding column from the score stage.
+`icon_sampled`) and, per classifier, an embedding column or the candidates' text.
 
 1. Labels: among sampled rows (non-null `icon_phi`), y = φ(s) >= the (1 - top_k) quantile
    (top_k defaults to the budget, the paper's K = 15%). The first `train_fraction` (90%) of the
    sampled rows in input order (shard, row: the file order the reference code uses) train
    the classifier, the rest evaluate it (held-out AUC in the stats).
-2. `classifier: logistic` (default): a standardised logistic-regression probe on the embedding
-   column. It scores every row of the pool (`icon_prob` column); the top `budget` by
+2. A classifier scores every row of the pool (`icon_prob` column); the top `budget` by
    probability is selected.
+   `classifier: lora` — the paper's classifier (SPEC 2.5): a 2-label sequence classifier
+   fine-tuned with LoRA from the target LLM (the icon scorer's `model`, or `classifier_model`)
+   on the templated candidate text (prompt [+ input] + response; the icon scorer's template),
+   score = softmax probability of class 1 (see `thresher.selectors.icon_lora`). Training runs
+   once, in the select stage; scoring the pool is a map over chunks of rows through the
+   engine (`SelectContext.parallel_map`), each carrying the adapter weights as safetensors
+   bytes. The adapter is saved as `_selection/icon_lora_adapter.safetensors`. This classifier
+   reads the `prompt` and `response` input columns: the select stage reads them again from
+   the input, and holds the whole pool's text in the driver's memory.
+   `classifier: logistic` (default): a standardised logistic-regression probe on an embedding
+   column (cheap, no text, no LLM fine-tuning).
    `classifier: none`: select directly by s among sampled rows (small pools scored in full).
-
-The paper's classifier is a LoRA sequence classifier fine-tuned from the target LLM on the
-candidate text. A global step sees no text (only the narrow table), so that variant would be
-a per-batch scorer stage after a training step; it is not implemented here, and the linear
-probe on the embedding column takes its place.
 """
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
 from typing import ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from thresher.models.icl import top_k_labels
+from thresher.models.icl import ALPACA_TEMPLATE, top_k_labels
 from thresher.selectors.base import BudgetParams, SelectContext, SelectionResult, Selector, take_in_order
 
 
@@ -34,11 +42,36 @@ class IConSelectorParams(BudgetParams):
     budget: float = Field(0.15, gt=0, le=1, description="fraction of the pool to select (paper: 15%)")
     top_k: float | None = Field(None, gt=0, lt=1, description="label fraction among scored rows (default: budget)")
     prefix: str = Field("icon", description="column prefix of the icon scorer")
-    classifier: Literal["logistic", "none"] = "logistic"
+    classifier: Literal["logistic", "lora", "none"] = "logistic"
     embedding: str = Field("embedding_vector", description="(fixed-size) list<float> column for the probe")
     train_fraction: float = Field(0.9, gt=0, lt=1)
     C: float = Field(1.0, gt=0, description="inverse L2 strength of the logistic regression")
     max_iter: int = Field(1000, gt=0)
+    # classifier: lora (SPEC 2.5 defaults)
+    classifier_model: str | None = Field(None, description="lora backbone (default: the icon scorer's model)")
+    template: str | None = Field(None, description="lora input template with {prompt} (default: the icon scorer's)")
+    lora_r: int = Field(8, gt=0)
+    lora_alpha: float = Field(8.0, gt=0)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(["q_proj", "v_proj"], min_length=1,
+                                      description="LoRA layers (Llama/Qwen: q_proj, v_proj; GPT-2: c_attn)")
+    epochs: int = Field(5, gt=0)
+    lr: float = Field(5e-5, gt=0)
+    batch_size: int = Field(8, gt=0)
+    grad_accum: int = Field(16, gt=0)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    max_length: int = Field(512, gt=1, description="tokens per classifier input (longer texts are truncated)")
+    gradient_checkpointing: bool = Field(False, description="trade compute for memory (the paper trains with it)")
+    score_chunk_rows: int = Field(2048, gt=0, description="rows per pool-scoring work item")
+    max_tokens_per_batch: int | None = Field(None, gt=0, description="padded tokens per scoring batch "
+                                                                      "(default 2048 CPU, 32768 GPU)")
+    device: str | None = Field(None, description="default: the icon scorer's device, else auto")
+    dtype: str | None = Field(None, description="default: the icon scorer's dtype, else auto")
+    trust_remote_code: bool | None = Field(None, description="default: the icon scorer's setting, else off")
+    pad_token: str | None = None
+    torch_threads: int | None = Field(None, gt=0, description="default: the icon scorer's setting")
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
@@ -81,6 +114,16 @@ class IConSelector(Selector):
             cols.append(self.params.embedding)
         return cols
 
+    def text_columns(self) -> list[str]:
+        return ["prompt", "response"] if self.params.classifier == "lora" else []
+
+    def icon_scorer_spec(self, ctx: SelectContext) -> dict | None:
+        """The job's icon scorer whose columns this selector reads (None when not in the context)."""
+        for spec in ctx.scorers:
+            if spec.get("type") == "icon" and (spec.get("name") or "icon") == self.params.prefix:
+                return spec
+        return None
+
     def select(self, table: pa.Table, ctx: SelectContext) -> SelectionResult:
         p = self.params
         n = table.num_rows
@@ -103,15 +146,19 @@ class IConSelector(Selector):
         if p.classifier == "none":
             order = scored[np.lexsort((np.arange(scored.size), -s[scored], -ph[scored]))]
         else:
-            from thresher.selectors.datamask import embedding_matrix
-
-            emb = embedding_matrix(table, p.embedding).astype(np.float64)
             train, held = split_train_eval(scored.size, p.train_fraction)
             y_train = labels[train]
             if y_train.all() or not y_train.any():
                 raise ValueError(f"icon selector: the {train.size} training rows hold a single class; "
                                  "score more rows (sample_fraction) or change top_k")
-            prob = fit_probe(emb[scored[train]], y_train, emb, p.C, p.max_iter)
+            if p.classifier == "lora":
+                prob, lora_stats = self.lora_probabilities(table, scored[train], y_train, ctx)
+                stats["lora"] = lora_stats
+            else:
+                from thresher.selectors.datamask import embedding_matrix
+
+                emb = embedding_matrix(table, p.embedding).astype(np.float64)
+                prob = fit_probe(emb[scored[train]], y_train, emb, p.C, p.max_iter)
             stats.update(train=int(train.size), eval=int(held.size),
                          train_auc=auc(y_train, prob[scored[train]]),
                          eval_auc=auc(labels[held], prob[scored[held]]) if held.size else None)
@@ -120,6 +167,65 @@ class IConSelector(Selector):
         selected = take_in_order(order, n, p, ctx, tokens)
         stats["selected"] = int(selected.sum())
         return SelectionResult(selected=selected, columns=columns, stats=stats)
+
+    def lora_probabilities(self, table: pa.Table, train_rows: np.ndarray, y_train: np.ndarray,
+                           ctx: SelectContext) -> tuple[np.ndarray, dict]:
+        """Train the LoRA classifier on `train_rows` and score every row (see icon_lora)."""
+        from thresher.selectors import icon_lora as il
+
+        p = self.params
+        missing = [c for c in ("prompt", "response") if c not in table.column_names]
+        if missing:
+            raise KeyError(f"icon selector (classifier: lora) needs the text columns {missing}; the select stage "
+                           "adds them for instruction data (input.prompt_column / input.response_column)")
+        scorer = self.icon_scorer_spec(ctx) or {}
+        ref = p.classifier_model or scorer.get("model")
+        if not ref:
+            raise ValueError("icon selector (classifier: lora): set classifier_model, or run it in a job with the "
+                             f"icon scorer (prefix {p.prefix!r}) whose model it fine-tunes")
+        template = p.template or scorer.get("template") or ALPACA_TEMPLATE
+        if "{prompt}" not in template:
+            raise ValueError("icon selector: template must contain '{prompt}'")
+        spec = il.ClassifierModel(
+            ref=ref, device=p.device or scorer.get("device") or "auto", dtype=p.dtype or scorer.get("dtype") or "auto",
+            trust_remote_code=bool(p.trust_remote_code if p.trust_remote_code is not None
+                                   else scorer.get("trust_remote_code", False)),
+            torch_threads=p.torch_threads or scorer.get("torch_threads"),
+            pad_token=p.pad_token or scorer.get("pad_token"))
+        lora = il.LoraSpec(r=p.lora_r, alpha=p.lora_alpha, dropout=p.lora_dropout,
+                           target_modules=tuple(p.target_modules))
+        settings = il.TrainSettings(epochs=p.epochs, lr=p.lr, batch_size=p.batch_size, grad_accum=p.grad_accum,
+                                    warmup_ratio=p.warmup_ratio, weight_decay=p.weight_decay,
+                                    max_grad_norm=p.max_grad_norm, max_length=p.max_length,
+                                    gradient_checkpointing=p.gradient_checkpointing, seed=ctx.seed)
+        prompts = table.column("prompt").to_pylist()
+        responses = table.column("response").to_pylist()
+        texts = [template.format(prompt=q or "") + (a or "") for q, a in zip(prompts, responses)]
+        trained = il.train_lora_classifier(spec, lora, settings, [texts[i] for i in train_rows], y_train)
+        stats = dict(trained.stats, model=ref)
+        if ctx.artifacts_dir:
+            stats["adapter_file"] = save_adapter(trained.adapter, ctx.artifacts_dir)
+        t = time.perf_counter()
+        try:
+            prob = il.score_pool(spec, lora, trained, texts, p.max_length, ctx.parallel_map, p.score_chunk_rows,
+                                 p.max_tokens_per_batch)
+        finally:
+            il.forget(spec, lora)  # the trained model held by this process (workers keep theirs)
+        stats["score_seconds"] = round(time.perf_counter() - t, 3)
+        return prob, stats
+
+
+ADAPTER_FILE = "icon_lora_adapter.safetensors"
+
+
+def save_adapter(adapter: bytes, folder: str) -> str:
+    """Write the adapter's safetensors bytes to `folder` atomically; returns the path."""
+    out = Path(folder) / ADAPTER_FILE
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(adapter)
+    os.replace(tmp, out)
+    return str(out)
 
 
 def fit_probe(x: np.ndarray, y: np.ndarray, pool: np.ndarray, C: float, max_iter: int) -> np.ndarray:
