@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -37,7 +36,7 @@ import torch
 from pydantic import Field, model_validator
 
 from thresher.bench.instruction_pool import JUNK_KINDS, TEMPLATE, InstructionPool, build_instruction_pool
-from thresher.bench.selection_quality import (ROOT, BenchSpec, ModelSpec, TrainSpec, _Strict, select, summarize,
+from thresher.bench.selection_quality import (ROOT, BenchSpec, _log, ModelSpec, TrainSpec, _Strict, select, summarize,
                                               tfidf_svd, tiny_gpt2, train_lm)
 from thresher.config import JobError
 from thresher.models.train_proxy import EOS, train_bpe_tokenizer
@@ -287,11 +286,6 @@ def save_scores(table: pa.Table, pool: InstructionPool, out: Path) -> None:
 
 
 # -- the benchmark ----------------------------------------------------------------------------
-
-
-def _log(msg: str, quiet: bool) -> None:
-    if not quiet:
-        print(msg, file=sys.stderr, flush=True)
 
 
 def run_instruction_bench(spec: InstructionBenchSpec, quiet: bool = False) -> dict[str, Any]:
