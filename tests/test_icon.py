@@ -13,7 +13,8 @@ import pytest
 from conftest import job_dict
 from conftest_models import tiny_bert, tiny_gpt2, tiny_llama
 from thresher import run
-from thresher.models.icl import ICLEngine, contributions, derive_seed, in_sample, phi, random_context, top_k_labels
+from thresher.models.icl import (ALPACA_TEMPLATE, ICLEngine, Item, contributions, derive_seed, in_sample, phi,
+                                 random_context, shared_prefix_len, top_k_labels)
 from thresher.models.loading import ModelConfig, ModelError, load_model
 from thresher.scorers.base import ScorerError
 from thresher.scorers.icon import IConParams, IConScorer
@@ -57,6 +58,77 @@ def test_prefix_cache_equals_full_sequence(models: dict[str, Path], name: str) -
     t1, n1 = e.continuation_nll(e.bos, items)
     t2, n2 = e.full_sequence_nll(e.bos, items)
     np.testing.assert_allclose(t1 / n1, t2 / n2, atol=1e-4)
+
+
+def varied_items(e: ICLEngine) -> list[Item]:
+    """Assessment items of different prompt and response lengths."""
+    return [e.item(q * (1 + k % 3), a * (1 + (k // 2) % 3)) for k, (q, a) in enumerate(QA * 2)]
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])  # llama's tokenizer adds a BOS, gpt2's does not
+def test_shared_item_head_equals_full_sequence(models: dict[str, Path], name: str) -> None:
+    e = engine(models[name], max_tokens_per_batch=50)  # several continuation batches
+    items = varied_items(e)
+    assert len({len(it.ids) for it in items}) > 3 and len({it.n_scored for it in items}) > 1
+    h = shared_prefix_len(items)
+    header = e.encode(ALPACA_TEMPLATE.split("{prompt}")[0])
+    assert h >= len(header) and all(it.ids[:len(header)] == header for it in items)  # the header is shared
+    assert h <= min(it.start for it in items)  # never a scored token
+    assert e.bos == ([e.tokenizer.bos_token_id] if name == "llama" else [])
+    prefixes = [e.context_ids("Demo: add two numbers. The sum of 2 and 3 is 5.", items),
+                e.context_ids(random_context(90, 2, "y"), items), e.bos]
+    for prefix in prefixes:
+        ref_t, ref_n = e.full_sequence_nll(prefix, items)
+        for share, trim in ((True, True), (True, False), (False, True), (False, False)):
+            e.trim_logits = trim
+            t, n = e.continuation_nll(prefix, items, share_items_prefix=share)
+            assert (n == ref_n).all() and (n == [it.n_scored for it in items]).all()
+            np.testing.assert_allclose(t / n, ref_t / ref_n, atol=1e-4)
+    e.trim_logits = True
+    text = e.candidate_text("Add 2 and 3.", "5")
+    c_fast = e.candidate_c("k", text, items, e.base_ppl(items), seed=1)
+    c_naive = e.candidate_c("k", text, items, e.ppl(e.bos, items, naive=True), seed=1, naive=True)
+    np.testing.assert_allclose(c_fast, c_naive, atol=1e-4)
+
+
+def test_shared_item_head_partial_and_single(models: dict[str, Path]) -> None:
+    e = engine(models["llama"], max_tokens_per_batch=40)
+    items = varied_items(e)
+    header = e.encode(ALPACA_TEMPLATE.split("{prompt}")[0])
+    # one item whose head differs inside the header (as if its tokenisation merged differently)
+    odd = list(items[3].ids)
+    odd[5] = (odd[5] + 1) % len(e.tokenizer)
+    mixed = items[:3] + [Item(odd, items[3].n_scored)] + items[4:]
+    assert shared_prefix_len(mixed) == 5 < len(header)
+    # a single item: everything up to its response is shared
+    single = items[2:3]
+    assert shared_prefix_len(single) == single[0].start
+    prefix = e.context_ids("Some demonstration text.", mixed)
+    for group in (mixed, single):
+        t1, n1 = e.continuation_nll(prefix, group)
+        t2, n2 = e.full_sequence_nll(prefix, group)
+        assert (n1 == n2).all()
+        np.testing.assert_allclose(t1 / n1, t2 / n2, atol=1e-4)
+
+
+def test_shared_prefix_len_bounds() -> None:
+    assert shared_prefix_len([]) == 0
+    assert shared_prefix_len([Item([1, 2, 3, 4, 5], 2), Item([1, 2, 3, 9, 5, 6], 1)]) == 3
+    assert shared_prefix_len([Item([1, 2, 3, 4, 5], 2), Item([1, 2, 7, 4], 1)]) == 2
+    assert shared_prefix_len([Item([1, 2, 3, 4, 5], 2), Item([8, 2, 3, 4], 1)]) == 0
+    assert shared_prefix_len([Item([1, 2, 3], 3), Item([1, 2, 3, 4], 1)]) == 0  # all of item 1 is scored
+    assert shared_prefix_len([Item([1, 2, 3], 0), Item([1, 2, 3], 0)]) == 2  # at least one token left
+
+
+def test_batch_plan_budgets(models: dict[str, Path]) -> None:
+    e = engine(models["llama"], max_tokens_per_batch=64, max_cache_tokens=400)
+    items = varied_items(e)
+    for extra in (0, 30, 150):
+        plan = e._plan(items, extra)
+        assert sorted(i for b in plan for i in b) == list(range(len(items)))
+        for b in plan:
+            width = max(len(items[i].ids) for i in b)
+            assert len(b) == 1 or (len(b) * width <= 64 and len(b) * (width + extra) <= 400)
 
 
 def test_only_response_tokens_scored(models: dict[str, Path]) -> None:

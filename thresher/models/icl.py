@@ -7,11 +7,23 @@ RICo control), ``x_i`` is the templated assessment prompt and ``y_i`` its respon
 is tokenised on its own without special tokens (the tokenizer's BOS, if it adds one, appears
 once at the very start), and only the ``y_i`` tokens are scored.
 
-Speed: the context is the *prefix*. ``ICLEngine.continuation_nll`` runs it once, keeps its KV
-cache, and scores all assessment continuations against it in right-padded batches (the cache
-is expanded across the batch as views, never copied). ``full_sequence_nll`` is the naive
-one-pair-at-a-time reference with the same results. Log-probabilities are float32 whatever
-the model dtype.
+Speed (``ICLEngine.continuation_nll``; ``full_sequence_nll`` is the naive one-pair-at-a-time
+reference with the same results):
+
+- prefix sharing: the context is the *prefix*; it runs once, its KV cache is kept and every
+  assessment continuation is scored against it in right-padded batches (the cache enters each
+  batch as expanded views of the one prefix run);
+- shared item head: the token prefix common to all assessment items (the template header,
+  e.g. Alpaca's "Below is an instruction ... ### Instruction:\n") joins the prefix, so each
+  continuation only runs its item-specific tokens. It is found on the token ids the items
+  already have (their longest common prefix), so tokenisation is unchanged and the scored
+  sequence is token-for-token the naive one;
+- length-sorted batches (longest first) keep padding low; batch rows are bounded by
+  continuation tokens and, separately, by the expanded prefix cache (`max_cache_tokens`);
+- logits only where needed: the LM head runs on the positions from the batch's first scored
+  token on (``logits_to_keep``), and only on the last position of the prefix.
+
+Log-probabilities are float32 whatever the model dtype.
 """
 
 from __future__ import annotations
@@ -98,9 +110,30 @@ class Item:
         return len(self.ids) - self.n_scored
 
 
+def shared_prefix_len(items: Sequence[Item]) -> int:
+    """Length of the token prefix shared by all items that leaves every scored token, and at
+    least one token per item, to the continuation (0 for no items)."""
+    if not items:
+        return 0
+    ref = items[0].ids
+    k = min(min(it.start for it in items), min(len(it.ids) for it in items) - 1)
+    for it in items[1:]:
+        if k <= 0:
+            return 0
+        if it.ids[:k] != ref[:k]:
+            k = next(t for t, (a, b) in enumerate(zip(it.ids[:k], ref[:k])) if a != b)
+    return max(k, 0)
+
+
 def _cache_arg(model: torch.nn.Module) -> str:
     params = inspect.signature(model.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
+
+
+def _keep_arg(model: torch.nn.Module) -> str | None:
+    """The forward keyword that limits the LM head to the last positions, if the model has one."""
+    params = inspect.signature(model.forward).parameters
+    return next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
 
 
 @dataclass
@@ -118,6 +151,9 @@ class ICLEngine:
     max_tokens_per_batch: int = 2048
     max_positions: int | None = None
     bos: list[int] = field(default_factory=list)
+    max_cache_tokens: int | None = None
+    share_items_prefix: bool = True
+    trim_logits: bool = True
 
     def __post_init__(self) -> None:
         if "{prompt}" not in self.template:
@@ -128,6 +164,7 @@ class ICLEngine:
             self.bos = list(special_frame(self.tokenizer)[0])
         self.sep_ids = self.encode(self.separator)
         self._cache_kw = _cache_arg(self.model)
+        self._keep_kw = _keep_arg(self.model)
 
     def encode(self, text: str) -> list[int]:
         """Token ids without special tokens."""
@@ -157,49 +194,73 @@ class ICLEngine:
             budget = min(budget, room)
         return self.bos + self.encode(text)[:budget] + self.sep_ids
 
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, cache: Any = None, use_cache: bool = False) -> Any:
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, cache: Any = None, use_cache: bool = False,
+                 keep: int | None = None) -> Any:
+        """One model call; `keep` > 0 limits the logits to the last `keep` positions (when supported)."""
         kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "use_cache": use_cache}
         if cache is not None:
             kwargs[self._cache_kw] = cache
+        if keep and self.trim_logits and self._keep_kw is not None and keep < ids.shape[1]:
+            kwargs[self._keep_kw] = keep
         return self.model(**kwargs)
 
     def _plan(self, items: Sequence[Item], extra: int) -> list[list[int]]:
-        """Item indices per batch, longest first, rows x (width + extra) within the token budget."""
+        """Item indices per batch, longest first: rows x width within `max_tokens_per_batch` and
+        rows x (width + extra), the expanded prefix cache and attention span, within
+        `max_cache_tokens` (default: the same on accelerators, 8x it on CPU, where memory is
+        plentiful and fewer, larger batches run faster)."""
+        cache_budget = self.max_cache_tokens or self.max_tokens_per_batch * (8 if self.device.type == "cpu" else 1)
         order = sorted(range(len(items)), key=lambda i: -len(items[i].ids))
         batches: list[list[int]] = []
         for i in order:
             if batches:
                 cur = batches[-1]
                 width = len(items[cur[0]].ids)
-                if (len(cur) + 1) * (width + extra) <= max(self.max_tokens_per_batch, width + extra):
+                rows = len(cur) + 1
+                if rows * width <= self.max_tokens_per_batch and rows * (width + extra) <= cache_budget:
                     cur.append(i)
                     continue
             batches.append([i])
         return batches
 
     @torch.inference_mode()
-    def continuation_nll(self, prefix: Sequence[int], items: Sequence[Item]) -> tuple[np.ndarray, np.ndarray]:
+    def continuation_nll(self, prefix: Sequence[int], items: Sequence[Item],
+                         share_items_prefix: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Summed fp32 NLL of each item's scored tokens given `prefix`, and their counts.
 
-        The prefix runs once; its KV cache is shared (expanded) across right-padded batches of
-        continuations. An empty prefix scores the items alone.
+        The prefix, extended by the tokens all items share (`shared_prefix_len`; off with
+        `share_items_prefix=False`), runs once; its KV cache is shared (expanded) across
+        right-padded batches of the item-specific continuations. An empty prefix with nothing
+        shared scores the items alone (their first token is then never scored).
         """
+        share = self.share_items_prefix if share_items_prefix is None else share_items_prefix
+        h = shared_prefix_len(items) if share else 0
+        if h:
+            prefix = list(prefix) + items[0].ids[:h]
+            items = [Item(it.ids[h:], it.n_scored) for it in items]
+        return self._batched_nll(list(prefix), items)
+
+    def _batched_nll(self, prefix: list[int], items: Sequence[Item]) -> tuple[np.ndarray, np.ndarray]:
         n = len(items)
         total, count = np.zeros(n, np.float64), np.zeros(n, np.int64)
         last_logits = None
         layers: list[tuple[torch.Tensor, torch.Tensor]] = []
         if prefix:
-            p = torch.tensor([list(prefix)], dtype=torch.long, device=self.device)
-            out = self._forward(p, torch.ones_like(p), use_cache=True)
+            p = torch.tensor([prefix], dtype=torch.long, device=self.device)
+            out = self._forward(p, torch.ones_like(p), use_cache=True, keep=1)
             cache = out.get("cache", None) if hasattr(out, "get") else None
             cache = cache if cache is not None else out.past_key_values
             layers = [(layer.keys, layer.values) for layer in cache.layers]
-            last_logits = out.logits[:, -1:, :]
-            del out
+            last_logits = out.logits[0, -1:, :]
+            del out, cache
         plen = len(prefix)
         for group in self._plan(items, plen):
             rows = [items[i] for i in group]
             width = max(len(r.ids) for r in rows)
+            # first scored token per row (position 0 has no prediction without a prefix)
+            lo = [max(it.start, 0 if prefix else 1) for it in rows]
+            first = min(min(lo), width)
+            keep = max(width - max(first - 1, 0), 1)  # logits for positions first-1 .. width-1
             ids = torch.zeros((len(rows), width), dtype=torch.long)
             mask = torch.zeros((len(rows), plen + width), dtype=torch.long)
             mask[:, :plen] = 1
@@ -213,20 +274,21 @@ class ICLEngine:
                 b = len(rows)
                 shared = DynamicCache([(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in layers],
                                       config=self.model.config)
-                logits = self._forward(ids, mask, cache=shared, use_cache=True).logits
-                # logits predicting continuation token t come from position t-1 (the prefix's last for t=0)
-                logits = torch.cat([last_logits.expand(b, -1, -1), logits[:, :-1]], dim=1)
+                logits = self._forward(ids, mask, cache=shared, use_cache=True, keep=keep).logits
                 del shared
             else:
-                logits = self._forward(ids, mask[:, plen:]).logits
-                logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)  # position 0 is never scored
+                logits = self._forward(ids, mask[:, plen:], keep=keep).logits
+            off = width - logits.shape[1]  # position of logits[:, 0]
             for r, (i, it) in enumerate(zip(group, rows)):
-                lo, hi = max(it.start, 0 if prefix else 1), len(it.ids)
-                if hi <= lo:
+                a, z = lo[r], len(it.ids)
+                if z <= a:
                     continue
-                nll = F.cross_entropy(logits[r, lo:hi].float(), ids[r, lo:hi], reduction="sum")
-                total[i] = float(nll)
-                count[i] = hi - lo
+                # token t is predicted at position t-1; the prefix's last position predicts t = 0
+                pred = logits[r, max(a - 1, 0) - off: z - 1 - off]
+                if a == 0:
+                    pred = torch.cat([last_logits, pred], dim=0)
+                total[i] = float(F.cross_entropy(pred.float(), ids[r, a:z], reduction="sum"))
+                count[i] = z - a
             del logits
         return total, count
 
