@@ -300,6 +300,20 @@ def test_selector_direct() -> None:
     assert "icon_prob" not in res.columns
 
 
+def test_selector_labels_with_saturated_phi() -> None:
+    """Scores beyond +-0.5 all map to phi = 1; labels by s still give exactly top_k positives."""
+    table, s = score_table(200)
+    sat = 1.0 + np.abs(s)  # every score saturates phi, distinct scores
+    table = table.set_column(table.column_names.index("icon_score"), "icon_score", pa.array(sat))
+    table = table.set_column(table.column_names.index("icon_phi"), "icon_phi", pa.array(phi(sat)))
+    ctx = SelectContext(seed=0, pool_docs=200, pool_tokens=2000)
+    by_score = IConSelector(IConSelectorParams(budget=0.15)).select(table, ctx)
+    assert by_score.stats["positives"] == 30 and by_score.stats["eval_auc"] is not None
+    by_phi = IConSelector(IConSelectorParams(budget=0.15, label_by="phi"))
+    with pytest.raises(ValueError, match="single class"):  # the reference code's ties: all positive
+        by_phi.select(table, ctx)
+
+
 # -- pipeline ----------------------------------------------------------------------------------
 def write_instructions(path: Path, n: int = 40) -> Path:
     rows = [{"id": f"q{i}", "instruction": QA[i % 4][0] + f" #{i}", "output": QA[(i * 7) % 4][1]} for i in range(n)]

@@ -388,7 +388,7 @@ def select(method: dict[str, Any], table: pa.Table, emb: np.ndarray, budget: flo
     res = selector.select(table, ctx)
     stats = {k_: v for k_, v in res.stats.items() if k_ in ("objective", "objective_quality_topk", "reward_curve",
                                                              "seconds", "scored", "train_auc", "eval_auc",
-                                                             "phi_threshold", "selected")}
+                                                             "label_threshold", "selected")}
     return np.asarray(res.selected, dtype=bool), stats
 
 

@@ -41,6 +41,10 @@ from thresher.selectors.base import BudgetParams, SelectContext, SelectionResult
 class IConSelectorParams(BudgetParams):
     budget: float = Field(0.15, gt=0, le=1, description="fraction of the pool to select (paper: 15%)")
     top_k: float | None = Field(None, gt=0, lt=1, description="label fraction among scored rows (default: budget)")
+    label_by: Literal["score", "phi"] = Field(
+        "score", description="rank for the labels: score = s itself (phi is monotone, so this equals phi's "
+                             "ranking with its saturated ties broken by s); phi = the reference code's phi quantile, "
+                             "where every s beyond +-0.5 ties and can make far more than top_k positive")
     prefix: str = Field("icon", description="column prefix of the icon scorer")
     classifier: Literal["logistic", "lora", "none"] = "logistic"
     embedding: str = Field("embedding_vector", description="(fixed-size) list<float> column for the probe")
@@ -136,12 +140,12 @@ class IConSelector(Selector):
         if scored.size < 2:
             raise ValueError(f"icon selector: only {scored.size} rows have an ICL score; raise sample_fraction")
         k = p.top_k if p.top_k is not None else p.budget
-        labels, threshold = top_k_labels(ph[scored], k)
+        labels, threshold = top_k_labels((s if p.label_by == "score" else ph)[scored], k)
         tokens = None
         if p.budget_unit == "tokens":
             tokens = table.column(p.token_column).to_numpy(zero_copy_only=False).astype(np.float64)
         stats: dict = {"scored": int(scored.size), "positives": int(labels.sum()), "label_fraction": k,
-                       "phi_threshold": threshold, "classifier": p.classifier}
+                       "label_by": p.label_by, "label_threshold": threshold, "classifier": p.classifier}
         columns: dict[str, pa.Array] = {}
         if p.classifier == "none":
             order = scored[np.lexsort((np.arange(scored.size), -s[scored], -ph[scored]))]
