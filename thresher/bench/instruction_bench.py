@@ -36,7 +36,7 @@ import torch
 from pydantic import Field, model_validator
 
 from thresher.bench.instruction_pool import JUNK_KINDS, TEMPLATE, InstructionPool, build_instruction_pool
-from thresher.bench.selection_quality import (ROOT, BenchSpec, _log, ModelSpec, TrainSpec, _Strict, select, summarize,
+from thresher.bench.selection_quality import (ROOT, BenchSpec, _log, method_plan, ModelSpec, TrainSpec, _Strict, select, summarize,
                                               tfidf_svd, tiny_gpt2, train_lm)
 from thresher.config import JobError
 from thresher.models.train_proxy import EOS, train_bpe_tokenizer
@@ -342,8 +342,7 @@ def run_instruction_bench(spec: InstructionBenchSpec, quiet: bool = False) -> di
 
     runs: list[dict[str, Any]] = []
     t_sel, t_train = 0.0, 0.0
-    plan = [(m, 1.0) for m, s in spec.methods.items() if s["type"] == "all"]
-    plan += [(m, b) for b in spec.budgets for m, s in spec.methods.items() if s["type"] != "all"]
+    plan = method_plan(spec.methods, spec.budgets)
     for seed in spec.seeds:
         for name, budget in plan:
             t = time.perf_counter()

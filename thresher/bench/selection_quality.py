@@ -395,6 +395,12 @@ def select(method: dict[str, Any], table: pa.Table, emb: np.ndarray, budget: flo
 # -- the benchmark ----------------------------------------------------------------------------
 
 
+def method_plan(methods: dict[str, dict[str, Any]], budgets: list[float]) -> list[tuple[str, float]]:
+    """(method, budget) runs per seed: full data once, every other method at every budget."""
+    plan = [(m, 1.0) for m, s in methods.items() if s["type"] == "all"]
+    return plan + [(m, b) for b in budgets for m, s in methods.items() if s["type"] != "all"]
+
+
 def _log(msg: str, quiet: bool) -> None:
     if not quiet:
         print(msg, file=sys.stderr, flush=True)
@@ -435,8 +441,7 @@ def run_bench(spec: BenchSpec, quiet: bool = False) -> dict[str, Any]:
 
     runs: list[dict[str, Any]] = []
     t_sel, t_train = 0.0, 0.0
-    plan = [(m, 1.0) for m, s in spec.methods.items() if s["type"] == "all"]
-    plan += [(m, b) for b in spec.budgets for m, s in spec.methods.items() if s["type"] != "all"]
+    plan = method_plan(spec.methods, spec.budgets)
     for seed in spec.seeds:
         for name, budget in plan:
             t = time.perf_counter()
