@@ -36,8 +36,9 @@ import torch
 from pydantic import Field, model_validator
 
 from thresher.bench.instruction_pool import JUNK_KINDS, TEMPLATE, InstructionPool, build_instruction_pool
-from thresher.bench.selection_quality import (ROOT, BenchSpec, _log, method_plan, ModelSpec, TrainSpec, _Strict, select, summarize,
-                                              tfidf_svd, tiny_gpt2, train_lm)
+from thresher.bench.selection_quality import (ROOT, BenchSpec, ModelSpec, TrainSpec, _log, _Strict, method_plan,
+                                              not_beating_random, select, summarize, summary_table, tfidf_svd,
+                                              tiny_gpt2, train_lm)
 from thresher.config import JobError
 from thresher.models.train_proxy import EOS, train_bpe_tokenizer
 
@@ -412,18 +413,8 @@ def markdown_instruction(res: dict[str, Any]) -> str:
              f"{c['vocab']}) from the same initialisation per seed for {c['train_tokens']:,} token positions "
              f"({sp['train']['steps']} steps x {sp['train']['batch']} packed blocks), loss on responses only; held-out "
              f"loss = mean response-token loss of the evaluation pairs, each scored alone. Seeds: {res['seeds']}.", "",
-             "Δ vs random: held-out loss minus random's at the same budget and seed (negative = better), mean ± std "
-             "over seeds; wins = seeds where the method beat random.", "",
-             "| method | budget | docs | held-out loss | Δ vs random | per-seed Δ | wins | junk | near-dup | redundant |",
-             "| --- | --- | ---: | --- | --- | --- | :---: | ---: | ---: | ---: |"]
-    for s in res["summary"]:
-        d = "–" if s["diff_mean"] is None else f"{s['diff_mean']:+.4f} ± {s['diff_std']:.4f}"
-        per = "–" if not s.get("diffs") else ", ".join(f"{x:+.3f}" for x in s["diffs"])
-        lines.append(f"| {s['method']} | {s['budget']:g} | {s['docs']:,} | {s['loss_mean']:.4f} ± {s['loss_std']:.4f} "
-                     f"| {d} | {per} | {s['wins'] or '–'} | {s['junk_frac']:.3f} | {s['dup_frac']:.3f} "
-                     f"| {s['redundant_frac']:.3f} |")
-    worse = [f"{s['method']} @ {s['budget']:g}" for s in res["summary"]
-             if s["diff_mean"] is not None and not s["diff_mean"] < 0]
+             *summary_table(res["summary"])]
+    worse = not_beating_random(res["summary"])
     lines += ["", "junk: share of the selection with a planted wrong or garbled answer; near-dup: share in planted "
               "near-duplicate prompt clusters; redundant: near-duplicates beyond the first of each cluster selected.", "",
               "Does not beat random (mean Δ ≥ 0): " + (", ".join(worse) if worse else "none") + ".", ""]

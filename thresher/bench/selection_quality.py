@@ -518,18 +518,8 @@ def markdown(res: dict[str, Any]) -> str:
              f"{c['train_tokens']:,} tokens ({sp['train']['steps']} steps x {sp['train']['batch']} blocks). "
              f"Seeds: {res['seeds']}. Quality: minus the loss of a tiny GPT-2 trained on {c['pool']['seed_docs']} "
              f"clean seed documents; embeddings: {c['embedding']}.", "",
-             "Δ vs random: held-out loss minus random's at the same budget and seed (negative = better), mean ± std "
-             "over seeds; wins = seeds where the method beat random.", "",
-             "| method | budget | docs | held-out loss | Δ vs random | per-seed Δ | wins | junk | near-dup | redundant |",
-             "| --- | --- | ---: | --- | --- | --- | :---: | ---: | ---: | ---: |"]
-    for s in res["summary"]:
-        d = "–" if s["diff_mean"] is None else f"{s['diff_mean']:+.4f} ± {s['diff_std']:.4f}"
-        per = "–" if not s.get("diffs") else ", ".join(f"{x:+.3f}" for x in s["diffs"])
-        lines.append(f"| {s['method']} | {s['budget']:g} | {s['docs']:,} | {s['loss_mean']:.4f} ± {s['loss_std']:.4f} "
-                     f"| {d} | {per} | {s['wins'] or '–'} | {s['junk_frac']:.3f} | {s['dup_frac']:.3f} "
-                     f"| {s['redundant_frac']:.3f} |")
-    worse = [f"{s['method']} @ {s['budget']:g}" for s in res["summary"]
-             if s["diff_mean"] is not None and not s["diff_mean"] < 0]
+             *summary_table(res["summary"])]
+    worse = not_beating_random(res["summary"])
     lines += ["", "junk / near-dup: share of the selection that is planted junk / planted near-duplicates; redundant: "
               "near-duplicates beyond the first of each cluster selected.", ""]
     lines.append("Does not beat random (mean Δ ≥ 0): " + (", ".join(worse) if worse else "none") + ".")
@@ -541,6 +531,26 @@ def markdown(res: dict[str, Any]) -> str:
               f"embeddings {t['embeddings']:.0f} s, selection {t['selection']:.0f} s, training {t['training']:.0f} s). "
               f"Reproduce: `thresher bench-selection jobs/bench_selection.yaml`.", ""]
     return "\n".join(lines)
+
+
+def summary_table(summary: list[dict[str, Any]]) -> list[str]:
+    """The Markdown results table (with its legend line) of `summarize`'s rows."""
+    lines = ["Δ vs random: held-out loss minus random's at the same budget and seed (negative = better), mean ± std "
+             "over seeds; wins = seeds where the method beat random.", "",
+             "| method | budget | docs | held-out loss | Δ vs random | per-seed Δ | wins | junk | near-dup | redundant |",
+             "| --- | --- | ---: | --- | --- | --- | :---: | ---: | ---: | ---: |"]
+    for s in summary:
+        d = "–" if s["diff_mean"] is None else f"{s['diff_mean']:+.4f} ± {s['diff_std']:.4f}"
+        per = "–" if not s.get("diffs") else ", ".join(f"{x:+.3f}" for x in s["diffs"])
+        lines.append(f"| {s['method']} | {s['budget']:g} | {s['docs']:,} | {s['loss_mean']:.4f} ± {s['loss_std']:.4f} "
+                     f"| {d} | {per} | {s['wins'] or '–'} | {s['junk_frac']:.3f} | {s['dup_frac']:.3f} "
+                     f"| {s['redundant_frac']:.3f} |")
+    return lines
+
+
+def not_beating_random(summary: list[dict[str, Any]]) -> list[str]:
+    """`method @ budget` for every row whose mean difference to random is not negative."""
+    return [f"{s['method']} @ {s['budget']:g}" for s in summary if s["diff_mean"] is not None and not s["diff_mean"] < 0]
 
 
 def write_outputs(res: dict[str, Any], out: Path, results_md: Path | None) -> None:
