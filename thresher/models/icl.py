@@ -19,7 +19,7 @@ reference with the same results):
   already have (their longest common prefix), so tokenisation is unchanged and the scored
   sequence is token-for-token the naive one;
 - length-sorted batches (longest first) keep padding low; batch rows are bounded by
-  continuation tokens and, separately, by the expanded prefix cache (`max_cache_tokens`);
+  continuation tokens and by the expanded prefix cache (``max_cache_tokens``);
 - logits only where needed: the LM head runs on the positions from the batch's first scored
   token on (``logits_to_keep``), and only on the last position of the prefix.
 
@@ -207,9 +207,9 @@ class ICLEngine:
     def _plan(self, items: Sequence[Item], extra: int) -> list[list[int]]:
         """Item indices per batch, longest first: rows x width within `max_tokens_per_batch` and
         rows x (width + extra), the expanded prefix cache and attention span, within
-        `max_cache_tokens` (default: the same on accelerators, 8x it on CPU, where memory is
-        plentiful and fewer, larger batches run faster)."""
-        cache_budget = self.max_cache_tokens or self.max_tokens_per_batch * (8 if self.device.type == "cpu" else 1)
+        `max_cache_tokens` (default `max_tokens_per_batch`). On an idle CPU larger cache budgets
+        were no faster (benchmarks/results/icon.md); under heavy CPU contention they were."""
+        cache_budget = self.max_cache_tokens or self.max_tokens_per_batch
         order = sorted(range(len(items)), key=lambda i: -len(items[i].ids))
         batches: list[list[int]] = []
         for i in order:
