@@ -86,6 +86,17 @@ def test_sigkill_then_rerun_gives_identical_output(tmp_path: Path) -> None:
     assert m["counts"] == json.loads((tmp_path / "clean" / "manifest.json").read_text())["counts"]
 
 
+def test_rerun_removes_temporaries_a_killed_job_left(tmp_path: Path, corpus: Path) -> None:
+    run(job_dict(corpus, tmp_path / "out"), progress=False)
+    stale = [tmp_path / "out" / "_scores" / ".part-00001.parquet.tmp-99999",
+             tmp_path / "out" / ".part-00000.parquet.tmp-99998"]
+    for p in stale:
+        p.write_bytes(b"half a shard")
+    again = run(job_dict(corpus, tmp_path / "out"), progress=False)
+    assert not any(p.exists() for p in stale)
+    assert again.manifest["resumed_shards"]["score"] == 4
+
+
 def test_second_job_on_same_folder_is_refused(tmp_path: Path, corpus: Path) -> None:
     layout = OutputLayout(tmp_path / "out")
     with JobLock(layout):

@@ -167,6 +167,21 @@ class AtomicParquetWriter:
             self.abort()
 
 
+def remove_stale_temporaries(root: Path) -> list[Path]:
+    """Delete temporary files a killed job left in an output folder; returns what was removed.
+
+    Only call this while holding the folder's JobLock: then no live writer owns any of them.
+    """
+    removed = []
+    for p in sorted(root.rglob(".*.tmp-*")):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
 class JobLock:
     """An exclusive lock on an output folder; a second job on the same folder is refused."""
 
@@ -190,6 +205,7 @@ class JobLock:
         fh.write(f"pid {os.getpid()} on {os.uname().nodename}")
         fh.flush()
         self._fh = fh
+        remove_stale_temporaries(self.path.parent.parent)
 
     def release(self) -> None:
         if self._fh is not None:
