@@ -164,7 +164,7 @@ def run_thresher_select(name: str, src: Path, work: Path, selector: dict[str, An
 
 
 def manifest_info(out: Path) -> dict[str, Any]:
-    m = json.loads((out / "manifest.json").read_text())
+    m = json.loads((out / "_manifest.json").read_text())
     counts = m["counts"]
     return {
         "docs_in": counts["input_rows"],

@@ -132,6 +132,6 @@ def test_output_folder_of_another_job_is_refused(tmp_path: Path, corpus: Path) -
 
 def test_manifest_is_json_with_counts(tmp_path: Path, corpus: Path) -> None:
     run_job(corpus, tmp_path / "out")
-    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    m = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     assert_accounted(m)
     assert m["counts"]["input_rows"] == 1200 and m["counts"]["selected"] == 300

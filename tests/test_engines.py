@@ -213,7 +213,7 @@ def test_killed_spark_job_resumes_at_shard_level(spark: Any, corpus_dir: Path, l
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert not (out / "manifest.json").exists()
+    assert not (out / "_manifest.json").exists()
     # resume in this process (the module's session; the master is not part of the job's hash)
     job["engine"] = SPARK
     res = run(job, progress=False)

@@ -27,7 +27,7 @@ def test_walkthrough_notebook_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert len(images) >= 4  # counts, histograms, overlap, score means (+ budget sweep)
     # the notebook's own outputs: three runs and a comparison report with its PNGs
     for name in ("top30", "top60", "random30"):
-        assert (tmp_path / "nb" / name / "manifest.json").exists()
+        assert (tmp_path / "nb" / name / "_manifest.json").exists()
     assert (tmp_path / "nb" / "compare" / "compare.html").exists()
     assert (tmp_path / "nb" / "compare" / "jaccard.png").exists()
 

@@ -75,15 +75,15 @@ def test_sigkill_then_rerun_gives_identical_output(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert len(list(done.glob("score-*.json"))) < 24, "the job finished before it was killed"
-    assert not (tmp_path / "killed" / "manifest.json").exists()
+    assert not (tmp_path / "killed" / "_manifest.json").exists()
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    m = json.loads((tmp_path / "killed" / "manifest.json").read_text())
+    m = json.loads((tmp_path / "killed" / "_manifest.json").read_text())
     assert m["resumed_shards"]["score"] >= 3
     run({**job, "output": {"path": str(tmp_path / "clean")}}, progress=False)
     assert digest(tmp_path / "killed") == digest(tmp_path / "clean")
     assert not list((tmp_path / "killed").rglob(".*.tmp-*"))  # no temporary file left behind... after rerun
-    assert m["counts"] == json.loads((tmp_path / "clean" / "manifest.json").read_text())["counts"]
+    assert m["counts"] == json.loads((tmp_path / "clean" / "_manifest.json").read_text())["counts"]
 
 
 def test_rerun_removes_temporaries_a_killed_job_left(tmp_path: Path, corpus: Path) -> None:
@@ -120,13 +120,13 @@ def test_overwrite_replaces_and_select_reuses_scores(tmp_path: Path, corpus: Pat
     scores_before = digest(out / "_scores")
     # score once, select many: a new budget re-runs only selection and writing
     assert cli_main(["select", str(out), "--set", "selector.budget=0.5", "-q"]) == 0
-    m = json.loads((out / "manifest.json").read_text())
+    m = json.loads((out / "_manifest.json").read_text())
     assert m["counts"]["selected"] == 600 and m["resumed_shards"]["score"] == 4
     assert digest(out / "_scores") == scores_before
     # into a new folder, with another selector
     assert cli_main(["select", str(out), "--output", str(tmp_path / "rand"), "--set",
                      "selector={type: random, budget: 0.1}", "-q"]) == 0
-    m2 = json.loads((tmp_path / "rand" / "manifest.json").read_text())
+    m2 = json.loads((tmp_path / "rand" / "_manifest.json").read_text())
     assert m2["counts"]["selected"] == 120 and m2["job"]["selector"]["type"] == "random"
     # run with a changed selector: refused, then allowed with overwrite
     job = job_dict(corpus, out, selector={"type": "random", "budget": 0.2})

@@ -100,7 +100,7 @@ def test_single_run_report(runs: dict[str, Path]) -> None:
     srcs = re.findall(r'<img [^>]*src="([^"]+)"', page)
     assert len(srcs) == 2 and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert base64.b64decode(srcs[0].split(",", 1)[1]) == (folder / "counts-0.png").read_bytes()
-    m = json.loads((runs["topk25"] / "manifest.json").read_text())
+    m = json.loads((runs["topk25"] / "_manifest.json").read_text())
     assert f"<td>{m['counts']['selected']:,}</td>" in page
     # the counts table adds up to the input rows
     assert f"<td>total (= input rows)</td><td>{m['counts']['input_rows']:,}</td>" in page
@@ -153,7 +153,7 @@ def test_budget_sweep_only_for_one_selector_type(runs: dict[str, Path]) -> None:
 
 
 def test_report_errors(tmp_path: Path) -> None:
-    with pytest.raises(JobError, match="no manifest.json"):
+    with pytest.raises(JobError, match="no _manifest.json"):
         load_run(tmp_path)
     assert cli_main(["report", str(tmp_path / "missing")]) == 2
 

@@ -183,7 +183,7 @@ def test_spark_submit_against_cluster(cluster: str, corpus: Path, tmp_path: Path
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "output:" in proc.stdout
-    manifest = json.loads((tmp_path / "submitted" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "submitted" / "_manifest.json").read_text())
     assert manifest["engine"] == "spark" and manifest["job"]["engine"]["spark"]["master"] == cluster
     assert manifest["counts"] == local.manifest["counts"]
     _same(local.output, tmp_path / "submitted")

@@ -2,7 +2,7 @@
 
 Layout of an output folder:
     part-00000.parquet ...       selected rows, one part per input shard (the dataset)
-    manifest.json, summary.txt   what the run did, counts that add up, timings
+    _manifest.json, _summary.txt what the run did, counts that add up, timings
     _scores/part-*.parquet       narrow score table (id + scores), "score once, select many"
     _rejected/part-*.parquet     rows that could not be used, with the reason and raw bytes
     _selection/part-*.parquet    per-row status and selector columns
@@ -10,6 +10,12 @@ Layout of an output folder:
 Every file is written to a temporary name in the same folder and renamed into place,
 and a completion marker is written only after the rename, so a reader never sees half a
 shard and a re-run never trusts one.
+
+Everything that is not a selected row starts with "_" so that the folder itself is a Parquet
+dataset: `pandas.read_parquet(folder)` and `pyarrow.dataset.dataset(folder)` read the parts and
+nothing else. (`datasets` skips only "." and "__" names, so give it `data_files="part-*.parquet"`.)
+Folders written by earlier versions hold `manifest.json` / `summary.txt` instead; `find_manifest`
+reads either.
 """
 
 from __future__ import annotations
@@ -28,6 +34,26 @@ import pyarrow.parquet as pq
 from thresher.config import JobError
 
 STAGES = ("score", "select", "write")
+MANIFEST_NAME = "_manifest.json"
+SUMMARY_NAME = "_summary.txt"
+# names used by folders written before the manifest and summary moved out of the dataset's way
+LEGACY_MANIFEST_NAME = "manifest.json"
+LEGACY_SUMMARY_NAME = "summary.txt"
+
+
+def find_manifest(root: str | os.PathLike[str]) -> Path | None:
+    """The manifest of the output folder `root`: `_manifest.json`, else a legacy `manifest.json`.
+
+    None when `root` is not a folder or holds neither (an unfinished or score-only run).
+    """
+    folder = Path(root)
+    if not folder.is_dir():
+        return None
+    for name in (MANIFEST_NAME, LEGACY_MANIFEST_NAME):
+        path = folder / name
+        if path.is_file():
+            return path
+    return None
 
 
 def _sha256(path: Path) -> str:
@@ -72,11 +98,11 @@ class OutputLayout:
 
     @property
     def manifest(self) -> Path:
-        return self._inside("manifest.json")
+        return self._inside(MANIFEST_NAME)
 
     @property
     def summary(self) -> Path:
-        return self._inside("summary.txt")
+        return self._inside(SUMMARY_NAME)
 
     def read_marker(self, stage: str, i: int | None = None) -> dict[str, Any] | None:
         path = self.marker(stage, i)
@@ -98,6 +124,13 @@ class OutputLayout:
                 p.unlink()
             for p in (self.manifest, self.summary):
                 p.unlink(missing_ok=True)
+            self.remove_legacy_files()
+
+    def remove_legacy_files(self) -> None:
+        """Delete a legacy `manifest.json` / `summary.txt` (older versions wrote them beside the
+        parts, where they break `pandas.read_parquet(folder)` and friends)."""
+        for name in (LEGACY_MANIFEST_NAME, LEGACY_SUMMARY_NAME):
+            self._inside(name).unlink(missing_ok=True)
 
 
 def write_json_atomic(obj: Any, path: Path) -> None:

@@ -122,6 +122,7 @@ def run_job(job: JobSpec, data: Any = None, overwrite: bool | None = None, progr
         write_json_atomic(manifest, layout.manifest)
         text = summary_text(manifest)
         layout.summary.write_text(text, encoding="utf-8")
+        layout.remove_legacy_files()  # a resumed folder from an older version: no stale copy beside the parts
     return RunResult(manifest, text, str(layout.root))
 
 

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from thresher.config import JobError
+from thresher.io.output import MANIFEST_NAME, find_manifest
 from thresher.report import plots
 
 BENCH_FILE = "selection_quality.json"
@@ -106,9 +107,9 @@ def load_run(path: str | Path) -> RunData | BenchData:
     root = Path(path)
     if (root / BENCH_FILE).exists():
         return BenchData(root, root.name, json.loads((root / BENCH_FILE).read_text()))
-    mpath = root / "manifest.json"
-    if not mpath.exists():
-        raise JobError(f"{root}: no manifest.json (not a finished thresher output folder) and no {BENCH_FILE}")
+    mpath = find_manifest(root)
+    if mpath is None:
+        raise JobError(f"{root}: no {MANIFEST_NAME} (not a finished thresher output folder) and no {BENCH_FILE}")
     manifest = json.loads(mpath.read_text())
     if "selection" not in manifest:
         raise JobError(f"{root}: the manifest has no selection (a score-only run); run `thresher select` first")

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from thresher.config import JobError
+from thresher.io.output import find_manifest
 from thresher.report.summary import _as_float, _numeric, describe
 
 
@@ -39,8 +40,8 @@ def inspect_data(path: str | Path) -> dict[str, Any]:
         "path": str(p), "files": len(files), "rows": dataset.count_rows(),
         "schema": {f.name: str(f.type) for f in dataset.schema}, "columns": stats,
     }
-    manifest = p / "manifest.json" if p.is_dir() else None
-    if manifest is not None and manifest.exists():
+    manifest = find_manifest(p)
+    if manifest is not None:
         m = json.loads(manifest.read_text())
         info["counts"] = m.get("counts")
         info["job"] = m.get("job", {}).get("name")

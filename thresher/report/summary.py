@@ -82,8 +82,8 @@ def summary_text(manifest: dict[str, Any]) -> str:
         for name, s in shown:
             lines.append(f"  {name:<34} {_fmt(s['pool']['mean']):>10} {_fmt(s['selected']['mean']):>10}")
         if len(scores) > len(shown):
-            lines.append(f"  ... {len(scores) - len(shown)} more score columns in manifest.json "
+            lines.append(f"  ... {len(scores) - len(shown)} more score columns in _manifest.json "
                          f"(or `thresher inspect`)")
     if manifest.get("shards") is not None:
-        lines.append(f"  output          {len(manifest['shards'])} part file(s) + manifest.json")
+        lines.append(f"  output          {len(manifest['shards'])} part file(s) + _manifest.json")
     return "\n".join(lines) + "\n"
