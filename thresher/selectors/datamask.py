@@ -195,7 +195,13 @@ def prune_by_quality(quality: np.ndarray, prune_fraction: float) -> np.ndarray:
 # Largest logit spread (max - min, nats) for which the linear-space fast paths are used: every
 # exp(L - max) >= e^-600 stays a normal float64 and every 1/Z <= e^600, so sums of up to ~1e45
 # terms stay finite. Wider spreads fall back to the log-space forms (same results, slower).
-_LINEAR_SPREAD = 600.0
+_LINEAR_SPREAD = 600.0  # float64: exp(600) and 745 * exp(600) stay finite
+_LINEAR_SPREAD_F32 = 80.0  # float32: 88 * exp(80) < 3.4e38
+
+
+def _linear_spread(dtype: torch.dtype) -> float:
+    """Largest logit spread the linear-space sampler and gradient handle in ``dtype``."""
+    return _LINEAR_SPREAD if dtype == torch.float64 else _LINEAR_SPREAD_F32
 
 
 def _spread(logits: torch.Tensor) -> float:
@@ -225,7 +231,7 @@ def gumbel_topk(logits: torch.Tensor, n_masks: int, size: int, gen: torch.Genera
     lg = logits.unsqueeze(0) if single else logits  # (B, n)
     u = torch.rand((lg.shape[0], n_masks, lg.shape[1]), generator=gen, device=lg.device, dtype=lg.dtype)
     tiny = torch.finfo(lg.dtype).tiny
-    if _row_spread(lg) <= _LINEAR_SPREAD:
+    if _row_spread(lg) <= _linear_spread(lg.dtype):
         inv_w = torch.exp(lg.amax(dim=1, keepdim=True) - lg).unsqueeze(1)  # 1 / w, in [1, e^600]
         keys = torch.log(u.clamp_(min=tiny)).mul_(inv_w)  # -E_i / w_i (U = 0 has probability ~2^-53)
     else:
@@ -271,7 +277,7 @@ def pl_grad(logits: torch.Tensor, order: torch.Tensor, weights: torch.Tensor | N
         order = order.unsqueeze(0) if order.dim() == 1 else order
         out = pl_grad(logits.unsqueeze(0), order.unsqueeze(0), None if weights is None else weights.unsqueeze(0))
         return out[0]
-    if _row_spread(logits) > _LINEAR_SPREAD:
+    if _row_spread(logits) > _linear_spread(logits.dtype):
         return torch.stack([pl_grad_log(lg, od, None if weights is None else wt)
                             for lg, od, wt in zip(logits, order, weights if weights is not None else [None] * len(order))])
     n_b, g_masks, _ = order.shape
@@ -362,6 +368,7 @@ class Calibration:
     m_d: float = 0.0
     s_d: float = 1.0
     ref_emb: torch.Tensor | None = None  # facility-location reference set V
+    sq_norms: torch.Tensor | None = None  # ||e_i||^2 of every block row (PWS), computed once
 
     def combine(self, qbar: torch.Tensor, div: torch.Tensor | None) -> torch.Tensor:
         f = self.lam * (qbar.to(torch.float64) - self.m_q) / self.s_q
@@ -372,17 +379,18 @@ class Calibration:
 
 
 def calibrate(quality: torch.Tensor, emb: torch.Tensor, size: int, kind: DiversityKind, lam: float,
-              gen: torch.Generator, draws: int = 32, ref_emb: torch.Tensor | None = None) -> Calibration:
+              gen: torch.Generator, draws: int = 32, ref_emb: torch.Tensor | None = None,
+              sq_norms: torch.Tensor | None = None) -> Calibration:
     """Mean/std of each metric over random ``size``-subsets of the block (quality: exact)."""
     n = quality.shape[0]
     q = quality.to(torch.float64)
     m_q = float(q.mean())
     s_q = float(q.std(unbiased=False)) * math.sqrt(max(n - size, 0) / max(size * (n - 1), 1))
-    cal = Calibration(lam, kind, size, m_q, s_q if s_q > 0 else 1.0, ref_emb=ref_emb)
+    cal = Calibration(lam, kind, size, m_q, s_q if s_q > 0 else 1.0, ref_emb=ref_emb, sq_norms=sq_norms)
     if lam < 1:
         keys = torch.rand((draws, n), generator=gen, device=emb.device)
         idx = torch.topk(keys, size, dim=1).indices
-        d = diversity(kind, emb, idx, ref_emb).to(torch.float64)
+        d = diversity(kind, emb, idx, ref_emb, sq_norms).to(torch.float64)
         cal.m_d = float(d.mean())
         sd = float(d.std(unbiased=False))
         cal.s_d = sd if sd > 0 else 1.0
@@ -393,7 +401,7 @@ def objective(quality: torch.Tensor, emb: torch.Tensor, idx: torch.Tensor, cal: 
     """The block-standardised objective of each subset in ``idx`` (G, S) -> (G,)."""
     idx = idx.unsqueeze(0) if idx.dim() == 1 else idx
     qbar = quality[idx].to(torch.float64).mean(dim=1)
-    div = diversity(cal.kind, emb, idx, cal.ref_emb) if cal.lam < 1 else None
+    div = diversity(cal.kind, emb, idx, cal.ref_emb, cal.sq_norms) if cal.lam < 1 else None
     return cal.combine(qbar, div)
 
 
@@ -467,14 +475,15 @@ def prepare_block(quality: np.ndarray, emb: np.ndarray, n_select: int, params: D
             gen = make_generator(dev, seed, block_id, _TAG_REF)
             ref = torch.topk(torch.rand(n, generator=gen, device=dev), params.fl_reference).indices
             ref_emb = e_all[torch.sort(ref).values]
-    return _Prepared(dev, len(quality), kept, q_all, e_all, ref_emb, (e_all * e_all).sum(dim=1))
+    sq_norms = torch.linalg.vector_norm(e_all, dim=1).square_()  # no (n, d) temporary
+    return _Prepared(dev, len(quality), kept, q_all, e_all, ref_emb, sq_norms)
 
 
 def block_calibration(prep: _Prepared, size: int, params: DataMaskParams, seed: int, block_id: int) -> Calibration:
     """Calibration of the block objective at subset size ``size`` (same for DATAMASK and greedy)."""
     gen = make_generator(prep.device, seed, block_id, _TAG_CALIB, size)
     return calibrate(prep.q_all, prep.e_all, max(size, 2 if params.lam < 1 else 1), params.diversity,
-                     params.lam, gen, params.calibration_draws, prep.ref_emb)
+                     params.lam, gen, params.calibration_draws, prep.ref_emb, prep.sq_norms)
 
 
 def finish_block(prep: _Prepared, chosen: np.ndarray, order: np.ndarray, logits: np.ndarray,
@@ -534,6 +543,7 @@ class ContextReadout:
         self.count = 0
         self.q_sum = self.sq_sum = 0.0
         self.e_sum = torch.zeros(prep.e_all.shape[1], dtype=torch.float64, device=kept_t.device)
+        self._eb = torch.empty(0, dtype=prep.e_all.dtype, device=kept_t.device)  # reused gather buffer
 
     def refresh(self, L: torch.Tensor) -> None:
         """R <- the top-S by the current logits; the sums follow the documents that entered or left."""
@@ -565,14 +575,25 @@ class ContextReadout:
         qbar = (q_rest + torch.gather(qb, 1, flat_order).reshape(k, g, sb).sum(dim=2)) / size
         if not with_div:
             return qbar, None
-        eb = pr.e_all[rows_b]  # (K, nb, d)
-        e_rest = self.e_sum - torch.bmm(mem.to(eb.dtype).unsqueeze(1), eb).squeeze(1).to(torch.float64)  # (K, d)
-        # ||r + s_g||^2 = ||r||^2 + 2 r.s_g + ||s_g||^2: the (K, G, d) mask sums s_g stay float32
-        # (they add up ~S_b unit vectors); the large rest sum r enters in float64 through ||r||^2
-        s_g = torch.nn.functional.embedding_bag(_offsets(order, nb), eb.reshape(k * nb, -1), mode="sum")
-        s_g = s_g.reshape(k, g, -1)
-        varying = (s_g * (s_g + 2 * e_rest.to(s_g.dtype).unsqueeze(1))).sum(dim=2)  # 2 r.s_g + ||s_g||^2
-        sq = (e_rest * e_rest).sum(dim=1, keepdim=True) + varying.to(torch.float64)
+        # With r = sum of R outside the batch and s_g = sum of the mask:
+        # ||r + s_g||^2 = ||r||^2 + 2 sum_{i in U_g} r.e_i + sum_{i,j in U_g} e_i.e_j.
+        # Everything a mask needs comes from the batch Gram matrix and r.e_i per batch document,
+        # so a mask costs O(S_b^2) instead of O(S_b d).
+        if self._eb.shape != (k * nb, pr.e_all.shape[1]):  # a large fresh buffer per step costs page faults
+            self._eb = torch.empty((k * nb, pr.e_all.shape[1]), dtype=pr.e_all.dtype, device=pr.e_all.device)
+        eb = torch.index_select(pr.e_all, 0, rows_b.reshape(-1), out=self._eb).view(k, nb, -1)  # (K, nb, d)
+        gram = torch.bmm(eb, eb.transpose(1, 2))  # (K, nb, nb)
+        memf = mem.to(eb.dtype)
+        in_r = torch.bmm(gram, memf.unsqueeze(2)).squeeze(2)  # (K, nb): e_i . (R within the batch)
+        e_sum_dot = eb @ self.e_sum.to(eb.dtype)  # (K, nb): e_i . (all of R)
+        r_dot = e_sum_dot - in_r  # (K, nb): e_i . r
+        # ||r||^2 is the same for every mask of a batch; it is formed in float64 from the sums
+        r_sq = (float((self.e_sum * self.e_sum).sum()) - 2 * (memf * e_sum_dot).sum(dim=1).to(torch.float64)
+                + (memf * in_r).sum(dim=1).to(torch.float64))
+        masks = torch.zeros((k, g, nb), dtype=eb.dtype, device=eb.device).scatter_(2, order, 1.0)
+        cross = torch.bmm(masks, r_dot.unsqueeze(2)).squeeze(2)  # r . s_g
+        s_sq = (torch.bmm(masks, gram) * masks).sum(dim=2)  # ||s_g||^2
+        sq = r_sq.unsqueeze(1) + (2 * cross + s_sq).to(torch.float64)
         sqn = pr.sq_norms[rows_b].to(torch.float64)
         diag = (self.sq_sum - (mem * sqn).sum(dim=1, keepdim=True)
                 + torch.gather(sqn, 1, flat_order).reshape(k, g, sb).sum(dim=2))
@@ -668,10 +689,10 @@ def _solve_block(quality: np.ndarray, emb: np.ndarray, n_select: int, params: Da
         n_steps = math.ceil(updates / n_par)
         stats.update(batch=nb, batch_select=sb, group_size=n_masks, parallel_batches=n_par, steps=n_steps,
                      batch_reward="context" if context else "batch")
-        bcal = block_calibration(prep, sb, p, seed, block_id)
         weights = {"quality": p.lam, "diversity": 1 - p.lam}
         means = []
         readout = ContextReadout(prep, kept_t, n_select) if context and nb < n_keep else None
+        bcal = None if readout is not None else block_calibration(prep, sb, p, seed, block_id)
         batches = batch_schedule(n_keep, nb, seed, block_id, dev) if nb < n_keep else None
         for step in range(n_steps):
             gen = make_generator(dev, seed, block_id, _TAG_STEP, step)
@@ -683,12 +704,14 @@ def _solve_block(quality: np.ndarray, emb: np.ndarray, n_select: int, params: Da
             lb = L[pos]
             if readout is not None:
                 readout.refresh(L)
-            order = gumbel_topk(lb, n_masks, sb, gen)  # (K, G, sb) positions in each batch
+            lb32 = lb.to(torch.float32)  # sampling and its gradient in float32; L accumulates in float64
+            order = gumbel_topk(lb32, n_masks, sb, gen)  # (K, G, sb) positions in each batch
             if readout is not None:
                 qbar, div = readout.metrics(pos, rows_b, order, p.lam < 1)
                 f = cal.combine(qbar, div)
             else:
                 qbar, div = _batch_metrics(prep, rows_b, order, p)
+                assert bcal is not None
                 f = bcal.combine(qbar, div)
             means.append(f.mean())
             if p.metric_norm == "group":
@@ -696,7 +719,7 @@ def _solve_block(quality: np.ndarray, emb: np.ndarray, n_select: int, params: Da
                                        weights, p.adv_eps)
             else:
                 adv = zscore(f, p.adv_eps)
-            L[pos] += pl_grad(lb, order, adv).mul_(p.lr / n_masks)
+            L[pos] += pl_grad(lb32, order, adv).to(L.dtype).mul_(p.lr / n_masks)
         curve = torch.stack(means).cpu().tolist() if means else []
 
     lk = L.cpu().numpy()
