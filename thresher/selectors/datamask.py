@@ -601,15 +601,23 @@ class ContextReadout:
         return qbar, -pws
 
 
-def batch_schedule(n_keep: int, nb: int, seed: int, block_id: int, device: torch.device) -> Iterator[torch.Tensor]:
-    """Batches of ``nb`` positions: consecutive slices of a fresh random permutation per epoch,
-    so every document takes part once per pass (the tail of an epoch that does not fill a batch
-    waits for the next permutation)."""
-    epoch = 0
-    while True:
-        perm = torch.randperm(n_keep, generator=make_generator(device, seed, block_id, _TAG_EPOCH, epoch), device=device)
-        for a in range(0, n_keep - nb + 1, nb):
-            yield perm[a:a + nb]
+def batch_schedule(n_keep: int, nb: int, per_step: int, updates: int, seed: int, block_id: int,
+                   device: torch.device) -> Iterator[torch.Tensor]:
+    """Steps of at most ``per_step`` disjoint batches of ``nb`` positions, ``updates`` batches in all:
+    (K, nb) per step. Batches are consecutive slices of a fresh random permutation per epoch, so
+    every document takes part once per pass (the tail of an epoch that does not fill a batch waits
+    for the next permutation); a step never spans two epochs, so its batches never overlap."""
+    m = n_keep // nb
+    done, epoch = 0, 0
+    while done < updates:
+        gen = make_generator(device, seed, block_id, _TAG_EPOCH, epoch)
+        perm = torch.randperm(n_keep, generator=gen, device=device)[: m * nb].view(m, nb)
+        for a in range(0, m, per_step):
+            take = min(per_step, m - a, updates - done)
+            yield perm[a:a + take]
+            done += take
+            if done >= updates:
+                return
         epoch += 1
 
 
@@ -686,20 +694,18 @@ def _solve_block(quality: np.ndarray, emb: np.ndarray, n_select: int, params: Da
         n_par = max(1, min(p.parallel_batches or max(1, _KEYS_PER_STEP // (n_masks * nb)), n_keep // nb))
         updates = p.steps if p.steps is not None else (
             math.ceil(p.epochs * n_keep / nb) if context else _BATCH_REWARD_STEPS)
-        n_steps = math.ceil(updates / n_par)
-        stats.update(batch=nb, batch_select=sb, group_size=n_masks, parallel_batches=n_par, steps=n_steps,
+        stats.update(batch=nb, batch_select=sb, group_size=n_masks, parallel_batches=n_par, updates=updates,
                      batch_reward="context" if context else "batch")
         weights = {"quality": p.lam, "diversity": 1 - p.lam}
         means = []
         readout = ContextReadout(prep, kept_t, n_select) if context and nb < n_keep else None
         bcal = None if readout is not None else block_calibration(prep, sb, p, seed, block_id)
-        batches = batch_schedule(n_keep, nb, seed, block_id, dev) if nb < n_keep else None
-        for step in range(n_steps):
+        if nb < n_keep:
+            schedule: Iterator[torch.Tensor] = batch_schedule(n_keep, nb, n_par, updates, seed, block_id, dev)
+        else:
+            schedule = iter([torch.arange(n_keep, device=dev).unsqueeze(0)] * updates)
+        for step, pos in enumerate(schedule):  # pos: (K, nb) disjoint batches
             gen = make_generator(dev, seed, block_id, _TAG_STEP, step)
-            if batches is not None:
-                pos = torch.stack([next(batches) for _ in range(n_par)])  # (K, nb) disjoint batches
-            else:
-                pos = torch.arange(n_keep, device=dev).unsqueeze(0)
             rows_b = kept_t[pos]  # block positions of the batches
             lb = L[pos]
             if readout is not None:
@@ -721,6 +727,7 @@ def _solve_block(quality: np.ndarray, emb: np.ndarray, n_select: int, params: Da
                 adv = zscore(f, p.adv_eps)
             L[pos] += pl_grad(lb32, order, adv).to(L.dtype).mul_(p.lr / n_masks)
         curve = torch.stack(means).cpu().tolist() if means else []
+        stats["steps"] = len(means)
 
     lk = L.cpu().numpy()
     order_keep = np.lexsort((kept, -lk))  # logit desc, ties by position
