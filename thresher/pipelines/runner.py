@@ -22,6 +22,7 @@ from thresher import __version__
 from thresher.config import JobError, JobSpec
 from thresher.io.output import JobLock, OutputLayout, write_json_atomic
 from thresher.io.readers import InputShard, as_arrow_table, plan_shards
+from thresher.models.fingerprint import changed_models, model_fingerprints
 from thresher.pipelines import stages
 from thresher.report.summary import score_summary, summary_text
 
@@ -61,16 +62,25 @@ def prepare_output(layout: OutputLayout, job: JobSpec, shards: list[InputShard],
     (which always starts afresh) or `reselect` (only the selection changed: `thresher select`).
     """
     root = layout.root
+    models = {"score": model_fingerprints(job.scorers), "select": model_fingerprints(job.selector)}
     state = {"score_hash": job.score_hash(), "select_hash": job.select_hash(), "inputs_hash": _inputs_hash(shards),
-             "job": job.model_dump(mode="json")}
+             "models": models, "job": job.model_dump(mode="json")}
     if layout.state.exists():
         old = json.loads(layout.state.read_text())
-        same_scores = old.get("score_hash") == state["score_hash"] and old.get("inputs_hash") == state["inputs_hash"]
-        same_select = old.get("select_hash") == state["select_hash"]
-        if overwrite:  # start afresh (also when the config is unchanged: models may have changed)
+        old_models = old.get("models") or models  # folders from older versions: not checked
+        changed = {k: changed_models(old_models.get(k, {}), models[k]) for k in models}
+        if reselect:  # re-selecting on saved scores: the scorers' models are not used again
+            changed["score"] = []
+            models["score"] = old_models.get("score", models["score"])
+        same_scores = (old.get("score_hash") == state["score_hash"] and old.get("inputs_hash") == state["inputs_hash"]
+                       and not changed["score"])
+        same_select = old.get("select_hash") == state["select_hash"] and not changed["select"]
+        if overwrite:  # start afresh (also when the config is unchanged)
             same_scores = same_select = False
         if not (same_scores and same_select):
             what = "input files or scorers" if not same_scores else "filters or selector"
+            if changed["score"] or changed["select"]:
+                what += f"; model files changed: {', '.join(changed['score'] + changed['select'])}"
             if not (overwrite or (reselect and same_scores)):
                 raise JobError(f"output folder {root} holds another job's output ({what} differ); "
                                f"use --overwrite, or `thresher select` to re-select on saved scores, "
