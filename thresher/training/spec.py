@@ -71,6 +71,9 @@ class TrainSpec(_Strict):
     seed: int | None = Field(None, description="default: the job's seed")
     num_workers: int = Field(0, ge=0)
     log_every: int = Field(10, gt=0)
+    checkpoint_every: int = Field(200, ge=0, description="resumable checkpoint every N steps; 0: only at the end")
+    resume: bool = Field(True, description="continue from the output folder's checkpoint of the same run; "
+                                           "false: discard it and start afresh")
     reweight: ReweightSpec | None = None
     sstoken: SSTokenSpec | None = None
     use_weight_column: bool = True

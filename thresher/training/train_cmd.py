@@ -5,29 +5,44 @@ built from a config (tokenizer trained on the shards) or a local model folder, w
 options of the ``train:`` section (reweighting, ssToken, steps, lr, batch, seed). Writes
 ``model.safetensors`` + config + tokenizer, ``loss_log.json`` and ``train_state.json``
 to the output folder. Nothing is downloaded.
+
+Resume: every ``checkpoint_every`` steps and at the end the run writes
+``checkpoint-<step>/`` (model, tokenizer, ``trainer_state.pt``: optimizer, scheduler,
+RNG, objective and data position, loss log) under a temporary name and renames it, so a
+``checkpoint-*`` folder is always complete; older ones are then removed. A re-run with
+the same spec, data and seed continues from the latest one; another run is refused
+unless ``resume: false`` (``--overwrite``) discards it.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pyarrow.parquet as pq
 import torch
 
+from thresher.config import JobError
 from thresher.training.data import ALPACA_TEMPLATE, ShardDataset, list_shards, make_loader
 from thresher.training.loss import Objective
 from thresher.training.reweight import ReweightConfig
 from thresher.training.spec import TrainSpec, validate_train_spec
-from thresher.training.sstoken import SSTokenConfig
+from thresher.training.sstoken import SSToken, SSTokenConfig
 
 EOS = "<|endoftext|>"
+CHECKPOINT_PREFIX = "checkpoint-"
+STATE_FILE = "trainer_state.pt"
+TMP_PREFIX = ".tmp-"
+# spec keys that do not change what is trained (left out of the resume fingerprint)
+_NOT_FINGERPRINTED = ("data", "output", "seed", "log_every", "checkpoint_every", "resume")
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> Any:
@@ -71,13 +86,18 @@ def _shard_texts(data: str, limit: int = 20_000) -> Iterable[str]:
                 return
 
 
-def load_model(spec: TrainSpec, data: str, seed: int) -> tuple[torch.nn.Module, Any]:
-    """The model and tokenizer named by the spec (tiny GPT-2 or a local folder)."""
+def load_model(spec: TrainSpec, data: str, seed: int, tokenizer: Any = None) -> tuple[torch.nn.Module, Any]:
+    """The model and tokenizer named by the spec (tiny GPT-2 or a local folder).
+
+    ``tokenizer`` (e.g. a checkpoint's) replaces the spec's or the trained one.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     n_pos = max(spec.block_size, spec.max_length)
     if spec.model == "tiny-gpt2":
-        if spec.tokenizer:
+        if tokenizer is not None:
+            tok = tokenizer
+        elif spec.tokenizer:
             tok = AutoTokenizer.from_pretrained(spec.tokenizer, local_files_only=True)
         else:
             tok = train_bpe_tokenizer(_shard_texts(data), spec.tiny.vocab_size)
@@ -87,7 +107,8 @@ def load_model(spec: TrainSpec, data: str, seed: int) -> tuple[torch.nn.Module, 
     if not path.is_dir():
         raise FileNotFoundError(f"train.model: {spec.model!r} is neither 'tiny-gpt2' nor a local model folder "
                                 "(models are never downloaded)")
-    tok = AutoTokenizer.from_pretrained(spec.tokenizer or str(path), local_files_only=True)
+    tok = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(spec.tokenizer or str(path),
+                                                                                 local_files_only=True)
     if tok.eos_token_id is None:
         raise ValueError(f"{path}: the tokenizer has no EOS token")
     model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
@@ -102,25 +123,43 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
 
 
 def train(spec: TrainSpec | dict[str, Any], data: str, output: str, seed: int = 0,
-          model: torch.nn.Module | None = None, tokenizer: Any = None) -> dict[str, Any]:
-    """Train with ``spec`` on the shards in ``data``; write a checkpoint to ``output``."""
+          model: torch.nn.Module | None = None, tokenizer: Any = None,
+          on_checkpoint: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Train with ``spec`` on the shards in ``data``; checkpoints and the final model go to ``output``.
+
+    Continues from ``output``'s latest ``checkpoint-<step>/`` when it comes from the same
+    spec, data and seed (``spec.resume``, the default); raises JobError when it comes from
+    another run; ``resume: false`` discards it. ``on_checkpoint(step)`` is called after each
+    checkpoint is written (a hook for tests). On CPU a resumed run reproduces the
+    uninterrupted one exactly (weights, loss log); on GPU up to kernel nondeterminism.
+    """
     if isinstance(spec, dict):
         spec = TrainSpec.model_validate(validate_train_spec(spec))
+    out = Path(output)
+    fingerprint = run_fingerprint(spec, data, seed)
+    ckpt, state = _open_output(out, fingerprint, spec.resume)
     torch.manual_seed(seed)
     if model is None or tokenizer is None:
-        model, tokenizer = load_model(spec, data, seed)
+        ckpt_tok = None
+        if ckpt is not None and tokenizer is None:  # the run's own tokenizer (not retrained)
+            from transformers import AutoTokenizer
+
+            ckpt_tok = AutoTokenizer.from_pretrained(str(ckpt), local_files_only=True)
+        model, tokenizer = load_model(spec, data, seed, tokenizer if tokenizer is not None else ckpt_tok)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).train()
     ds = ShardDataset(data, tokenizer, mode=spec.mode, max_length=spec.max_length, pack=spec.pack,
                       block_size=spec.block_size, seed=seed, prompt_template=spec.prompt_template or ALPACA_TEMPLATE,
                       use_weights=spec.use_weight_column, use_token_mask=spec.use_token_mask_column,
                       use_hist_loss=bool(spec.sstoken and spec.sstoken.history == "column"))
-    loader = make_loader(ds, spec.batch_size, num_workers=spec.num_workers)
+    # a private generator: creating a loader iterator must not draw from the global RNG (dropout)
+    loader = make_loader(ds, spec.batch_size, num_workers=spec.num_workers,
+                         generator=torch.Generator().manual_seed(seed))
     objective = Objective(
         reweight=ReweightConfig(**spec.reweight.model_dump()) if spec.reweight else None,
         sstoken=SSTokenConfig(**spec.sstoken.model_dump(), seed=seed) if spec.sstoken else None,
         use_weight_column=spec.use_weight_column, use_token_mask_column=spec.use_token_mask_column,
-    ).setup(model)
+    ).setup(model)  # before loading a checkpoint: ssToken's 'model' history is the start model
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": spec.weight_decay},
@@ -128,9 +167,32 @@ def train(spec: TrainSpec | dict[str, Any], data: str, output: str, seed: int = 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, spec.warmup_steps, spec.steps))
     log: list[dict[str, Any]] = []
     step, epoch, consumed, t0 = 0, 0, 0, time.time()
+    resume_data: dict[str, int] | None = None
+    if ckpt is not None and state is not None:
+        _restore(ckpt, state, model, opt, sched, objective, device)
+        step, epoch, log, resume_data = int(state["step"]), int(state["epoch"]), list(state["log"]), state["dataset"]
+        print(json.dumps({"resumed_from": str(ckpt), "step": step}), flush=True)
+    resumed_from = step if ckpt is not None else None
+    saved_step = step if ckpt is not None else -1
+
+    def save() -> None:
+        summary = _summary(spec, data, out, seed, step, epoch, log, t0, resumed_from)
+        trainer_state = {"format": 1, "fingerprint": fingerprint, "step": step, "epoch": epoch,
+                         "dataset": ds.state_dict(consumed), "log": log, "optimizer": opt.state_dict(),
+                         "scheduler": sched.state_dict(), "rng": _rng_state(), "objective": _objective_state(objective)}
+        save_checkpoint(out, step, model, tokenizer, trainer_state, summary)
+        if on_checkpoint is not None:
+            on_checkpoint(step)
+
     while step < spec.steps:
-        ds.set_epoch(epoch)
-        consumed = 0
+        if resume_data is not None:  # continue the checkpoint's epoch after the samples it consumed
+            ds.load_state_dict(resume_data)
+            consumed = int(resume_data["samples_consumed"])
+            resume_data = None
+        else:
+            ds.set_epoch(epoch)
+            consumed = 0
+        fresh_epoch = consumed == 0
         got_any = False
         for batch in loader:
             got_any = True
@@ -149,26 +211,181 @@ def train(spec: TrainSpec | dict[str, Any], data: str, output: str, seed: int = 
             if step % spec.log_every == 0 or step == spec.steps - 1:
                 print(json.dumps(entry), flush=True)
             step += 1
+            if spec.checkpoint_every and step % spec.checkpoint_every == 0 and step < spec.steps:
+                save()
+                saved_step = step
             if step >= spec.steps:
                 break
-        if not got_any:
+        if not got_any and fresh_epoch:
             raise ValueError(f"{data}: no training samples (empty shards, or blocks longer than the data)")
         if step < spec.steps:
             epoch += 1
-    out = Path(output)
+    if saved_step != step:
+        save()
+    _publish(_checkpoint_dir(out, step), out)
+    return _summary(spec, data, out, seed, step, epoch, log, t0, resumed_from)
+
+
+def _summary(spec: TrainSpec, data: str, out: Path, seed: int, step: int, epoch: int, log: list[dict[str, Any]],
+             t0: float, resumed_from: int | None) -> dict[str, Any]:
+    return {"steps": step, "epochs_started": epoch + 1, "final_loss": log[-1]["loss"] if log else None,
+            "seconds": round(time.time() - t0, 2), "output": str(out), "data": str(data), "seed": seed,
+            "resumed_from": resumed_from, "spec": spec.model_dump(mode="json")}
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+
+def run_fingerprint(spec: TrainSpec, data: str, seed: int) -> dict[str, Any]:
+    """What makes two runs the same: the spec (less output/logging keys), the seed and the shards.
+
+    Shards are identified by name, size and a hash of their last 64 KiB (the Parquet footer),
+    not by their folder, so moved data still resumes. A local model folder is named, not hashed.
+    """
+    keys = {k: v for k, v in spec.model_dump(mode="json").items() if k not in _NOT_FINGERPRINTED}
+    shards = []
+    for f in list_shards(data):
+        size = f.stat().st_size
+        with f.open("rb") as fh:
+            fh.seek(max(0, size - 65536))
+            shards.append([f.name, size, hashlib.sha256(fh.read()).hexdigest()])
+    return {"spec": keys, "seed": int(seed), "shards": shards}
+
+
+def _fingerprint_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    diff = [f"train.{k}: {old['spec'].get(k)!r} -> {new['spec'].get(k)!r}"
+            for k in sorted(set(old["spec"]) | set(new["spec"])) if old["spec"].get(k) != new["spec"].get(k)]
+    if old["seed"] != new["seed"]:
+        diff.append(f"seed: {old['seed']} -> {new['seed']}")
+    if old["shards"] != new["shards"]:
+        diff.append("the data shards differ")
+    return diff
+
+
+def _checkpoint_dir(out: Path, step: int) -> Path:
+    return out / f"{CHECKPOINT_PREFIX}{step:08d}"
+
+
+def latest_checkpoint(out: str | Path) -> Path | None:
+    """The ``checkpoint-<step>`` folder with the highest step in ``out``, or None."""
+    out = Path(out)
+    found = []
+    for p in out.glob(f"{CHECKPOINT_PREFIX}*") if out.is_dir() else []:
+        tail = p.name[len(CHECKPOINT_PREFIX):]
+        if p.is_dir() and tail.isdigit() and (p / STATE_FILE).is_file():
+            found.append((int(tail), p))
+    return max(found)[1] if found else None
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or folder; a folder is renamed to a temporary name first (never half there)."""
+    if path.is_dir() and not path.name.startswith(TMP_PREFIX):
+        trash = path.with_name(f"{TMP_PREFIX}old-{path.name}-{os.getpid()}")
+        os.rename(path, trash)
+        path = trash
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _open_output(out: Path, fingerprint: dict[str, Any], resume: bool) -> tuple[Path | None, dict[str, Any] | None]:
+    """Clear temporary leftovers; return the checkpoint to resume and its state (or Nones)."""
+    if not out.is_dir():
+        return None, None
+    for p in out.glob(f"{TMP_PREFIX}*"):  # what a killed run was writing
+        _remove(p)
+    ckpt = latest_checkpoint(out)
+    if ckpt is None:
+        return None, None
+    if not resume:
+        for p in out.glob(f"{CHECKPOINT_PREFIX}*"):
+            _remove(p)
+        return None, None
+    state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
+    diff = _fingerprint_diff(state["fingerprint"], fingerprint)
+    if diff:
+        raise JobError(f"{out}: holds a checkpoint ({ckpt.name}) of a different training run ({'; '.join(diff)}); "
+                       "use another output folder, or start afresh with --overwrite (train.resume: false)")
+    return ckpt, state
+
+
+def save_checkpoint(out: Path, step: int, model: torch.nn.Module, tokenizer: Any, trainer_state: dict[str, Any],
+                    summary: dict[str, Any]) -> Path:
+    """Write ``out/checkpoint-<step>`` atomically (temporary folder + rename); remove older ones."""
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    summary = {"steps": step, "epochs_started": epoch + 1, "final_loss": log[-1]["loss"] if log else None,
-               "seconds": round(time.time() - t0, 2), "output": str(out), "data": str(data), "seed": seed,
-               "spec": spec.model_dump(mode="json")}
-    _write_json(out / "loss_log.json", {"summary": summary, "log": log})
-    _write_json(out / "train_state.json", {"step": step, "dataset": ds.state_dict(consumed)})
-    return summary
+    final = _checkpoint_dir(out, step)
+    tmp = out / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    torch.save(trainer_state, tmp / STATE_FILE)
+    _write_json(tmp / "loss_log.json", {"summary": summary, "log": trainer_state["log"]})
+    _write_json(tmp / "train_state.json", {"step": step, "dataset": trainer_state["dataset"]})
+    if final.exists():
+        _remove(final)
+    os.rename(tmp, final)
+    for p in out.glob(f"{CHECKPOINT_PREFIX}*"):
+        if p != final and p.is_dir():
+            _remove(p)
+    return final
+
+
+def _publish(ckpt: Path, out: Path) -> None:
+    """Make the checkpoint's model, tokenizer and logs the output folder's top-level files."""
+    for f in sorted(ckpt.iterdir()):
+        if f.name == STATE_FILE or not f.is_file():
+            continue
+        tmp = out / f"{TMP_PREFIX}{f.name}-{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(f, tmp)
+        except OSError:
+            shutil.copy2(f, tmp)
+        os.replace(tmp, out / f.name)
+
+
+def _rng_state() -> dict[str, Any]:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return {"torch": torch.get_rng_state(), "cuda": list(cuda)}
+
+
+def _objective_state(objective: Objective) -> dict[str, Any]:
+    """The objective's state that changes during training: the last step and an EMA history model.
+
+    Everything else is either configuration, per-step logging (``last``, ``last_weights``,
+    ``last_stats``), or rebuilt as it was (ssToken's 'model' history is the start model).
+    """
+    state: dict[str, Any] = {"last_step": objective._last_step}
+    sst = objective.sstoken
+    if isinstance(sst, SSToken) and sst.config.history == "ema" and sst.history_model is not None:
+        state["ema_history"] = sst.history_model.state_dict()
+    return state
+
+
+def _restore(ckpt: Path, state: dict[str, Any], model: torch.nn.Module, opt: torch.optim.Optimizer,
+             sched: torch.optim.lr_scheduler.LRScheduler, objective: Objective, device: torch.device) -> None:
+    """Load a checkpoint's weights, optimizer, scheduler, objective and RNG states."""
+    from safetensors.torch import load_model as load_safetensors
+
+    load_safetensors(model, ckpt / "model.safetensors", strict=True, device=str(device))
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    obj = state["objective"]
+    objective._last_step = obj["last_step"]
+    if "ema_history" in obj:
+        sst = objective.sstoken
+        if not isinstance(sst, SSToken) or sst.history_model is None:
+            raise ValueError(f"{ckpt}: holds an ssToken EMA history model but this run has none")
+        sst.history_model.load_state_dict(obj["ema_history"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if torch.cuda.is_available() and len(state["rng"]["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=1))
     os.replace(tmp, path)
 
@@ -179,7 +396,7 @@ def run(job: Any, args: argparse.Namespace | None = None) -> dict[str, Any]:
     """Run the ``train:`` section of a loaded JobSpec (CLI flags in ``args`` override it)."""
     raw = dict(job.train or {})
     if args is not None:
-        for key in ("steps", "lr", "batch_size", "seed", "data", "output", "model"):
+        for key in ("steps", "lr", "batch_size", "seed", "data", "output", "model", "checkpoint_every"):
             val = getattr(args, key, None)
             if val is not None:
                 raw[key] = val
@@ -188,6 +405,8 @@ def run(job: Any, args: argparse.Namespace | None = None) -> dict[str, Any]:
                                                                     "strategy": args.reweight}
         if getattr(args, "sstoken", False):
             raw["sstoken"] = raw.get("sstoken") or {}
+        if getattr(args, "overwrite", False):
+            raw["resume"] = False
     spec = TrainSpec.model_validate(validate_train_spec(raw, "train"))
     data = spec.data or job.output.path
     output = spec.output or str(Path(job.output.path) / "_train")
@@ -208,6 +427,10 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="'tiny-gpt2' or a local model folder")
     p.add_argument("--reweight", choices=["none", "uniform", "linupper", "quadratic", "extremes"])
     p.add_argument("--sstoken", action="store_true", help="turn on ssToken with the spec's (or default) settings")
+    p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int,
+                   help="resumable checkpoint every N steps (0: only at the end)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="discard the output folder's checkpoint and start afresh (default: resume the same run)")
 
 
 def main_args(args: argparse.Namespace) -> int:
