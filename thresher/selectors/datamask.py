@@ -388,8 +388,7 @@ def calibrate(quality: torch.Tensor, emb: torch.Tensor, size: int, kind: Diversi
     s_q = float(q.std(unbiased=False)) * math.sqrt(max(n - size, 0) / max(size * (n - 1), 1))
     cal = Calibration(lam, kind, size, m_q, s_q if s_q > 0 else 1.0, ref_emb=ref_emb, sq_norms=sq_norms)
     if lam < 1:
-        keys = torch.rand((draws, n), generator=gen, device=emb.device)
-        idx = torch.topk(keys, size, dim=1).indices
+        idx = torch.stack([torch.randperm(n, generator=gen, device=emb.device)[:size] for _ in range(draws)])
         d = diversity(kind, emb, idx, ref_emb, sq_norms).to(torch.float64)
         cal.m_d = float(d.mean())
         sd = float(d.std(unbiased=False))
@@ -579,18 +578,20 @@ class ContextReadout:
         # ||r + s_g||^2 = ||r||^2 + 2 sum_{i in U_g} r.e_i + sum_{i,j in U_g} e_i.e_j.
         # Everything a mask needs comes from the batch Gram matrix and r.e_i per batch document,
         # so a mask costs O(S_b^2) instead of O(S_b d).
-        if self._eb.shape != (k * nb, pr.e_all.shape[1]):  # a large fresh buffer per step costs page faults
-            self._eb = torch.empty((k * nb, pr.e_all.shape[1]), dtype=pr.e_all.dtype, device=pr.e_all.device)
-        eb = torch.index_select(pr.e_all, 0, rows_b.reshape(-1), out=self._eb).view(k, nb, -1)  # (K, nb, d)
+        rows = rows_b.reshape(-1)
+        d = pr.e_all.shape[1]
+        if self._eb.shape[0] < rows.shape[0]:  # grow only: a fresh large buffer per step costs page faults
+            self._eb = torch.empty((rows.shape[0], d), dtype=pr.e_all.dtype, device=pr.e_all.device)
+        eb = torch.index_select(pr.e_all, 0, rows, out=self._eb[: rows.shape[0]]).view(k, nb, d)  # (K, nb, d)
         gram = torch.bmm(eb, eb.transpose(1, 2))  # (K, nb, nb)
-        memf = mem.to(eb.dtype)
-        in_r = torch.bmm(gram, memf.unsqueeze(2)).squeeze(2)  # (K, nb): e_i . (R within the batch)
         e_sum_dot = eb @ self.e_sum.to(eb.dtype)  # (K, nb): e_i . (all of R)
+        memf = mem.to(gram.dtype)
+        in_r = torch.bmm(gram, memf.unsqueeze(2)).squeeze(2)  # (K, nb): e_i . (R within the batch)
         r_dot = e_sum_dot - in_r  # (K, nb): e_i . r
         # ||r||^2 is the same for every mask of a batch; it is formed in float64 from the sums
         r_sq = (float((self.e_sum * self.e_sum).sum()) - 2 * (memf * e_sum_dot).sum(dim=1).to(torch.float64)
                 + (memf * in_r).sum(dim=1).to(torch.float64))
-        masks = torch.zeros((k, g, nb), dtype=eb.dtype, device=eb.device).scatter_(2, order, 1.0)
+        masks = torch.zeros((k, g, nb), dtype=gram.dtype, device=gram.device).scatter_(2, order, 1.0)
         cross = torch.bmm(masks, r_dot.unsqueeze(2)).squeeze(2)  # r . s_g
         s_sq = (torch.bmm(masks, gram) * masks).sum(dim=2)  # ||s_g||^2
         sq = r_sq.unsqueeze(1) + (2 * cross + s_sq).to(torch.float64)
