@@ -36,10 +36,9 @@ import torch
 from pydantic import Field, model_validator
 
 from thresher.bench.instruction_pool import JUNK_KINDS, TEMPLATE, InstructionPool, build_instruction_pool
-from thresher.bench.selection_quality import (ROOT, BenchSpec, ModelSpec, TrainSpec, _log, _Strict, method_plan,
-                                              not_beating_random, select, summarize, summary_table, tfidf_svd,
+from thresher.bench.selection_quality import (ROOT, BenchSpec, ModelSpec, TrainSpec, _log, _Strict,
+                                              not_beating_random, run_methods, summarize, summary_table, tfidf_svd,
                                               tiny_gpt2, train_lm)
-from thresher.config import JobError
 from thresher.models.train_proxy import EOS, train_bpe_tokenizer
 
 RESULTS_MD_ICON = ROOT / "benchmarks" / "results" / "selection_quality_icon.md"
@@ -341,31 +340,18 @@ def run_instruction_bench(spec: InstructionBenchSpec, quiet: bool = False) -> di
     table = score_table(pool, quality, emb, np.array([len(q) + len(r) for q, r in pool_ex]), extra)
     save_scores(table, pool, Path(spec.output))
 
-    runs: list[dict[str, Any]] = []
-    t_sel, t_train = 0.0, 0.0
-    plan = method_plan(spec.methods, spec.budgets)
-    for seed in spec.seeds:
-        for name, budget in plan:
-            t = time.perf_counter()
-            sel, stats = select(spec.methods[name], table, emb, budget, seed)
-            t_sel += time.perf_counter() - t
-            if not sel.any():
-                raise JobError(f"bench: {name} at budget {budget} selected nothing (pool too small?)")
-            t = time.perf_counter()
-            model = tiny_gpt2(spec.model, vocab_size, seed=seed)
-            chosen = [pool_ex[i] for i in np.flatnonzero(sel)]
-            ids, labels = pack(chosen, ctx, eos)
-            curve = train_lm(model, ids, spec.train, seed=seed, labels=labels)
-            loss = heldout_loss(model, eval_ex, eos, ctx)
-            t_train += time.perf_counter() - t
-            runs.append({"method": name, "budget": budget, "seed": seed, "heldout_loss": loss,
-                         "train_loss_end": float(np.mean(curve[-10:])), "docs": int(sel.sum()),
-                         "tokens": int(sum(len(q) + len(r) for q, r in chosen)),
-                         "response_tokens": int((labels != IGNORE).sum()), **composition(sel, kinds, clusters),
-                         "tasks": {k: int(v) for k, v in zip(*np.unique(tasks[sel], return_counts=True))},
-                         "mean_quality": float(quality[sel].mean()), "stats": stats})
-            _log(f"seed {seed} {name:>16} @ {budget:<4g} loss {loss:.4f}  junk {runs[-1]['junk_frac']:.3f}  "
-                 f"dup {runs[-1]['dup_frac']:.3f}  ({time.perf_counter() - t:.1f}s)", quiet)
+    def train_eval(sel: np.ndarray, seed: int) -> dict[str, Any]:
+        model = tiny_gpt2(spec.model, vocab_size, seed=seed)
+        chosen = [pool_ex[i] for i in np.flatnonzero(sel)]
+        ids, labels = pack(chosen, ctx, eos)
+        curve = train_lm(model, ids, spec.train, seed=seed, labels=labels)
+        return {"heldout_loss": heldout_loss(model, eval_ex, eos, ctx), "train_loss_end": float(np.mean(curve[-10:])),
+                "docs": int(sel.sum()), "tokens": int(sum(len(q) + len(r) for q, r in chosen)),
+                "response_tokens": int((labels != IGNORE).sum()), **composition(sel, kinds, clusters),
+                "tasks": {k: int(v) for k, v in zip(*np.unique(tasks[sel], return_counts=True))},
+                "mean_quality": float(quality[sel].mean())}
+
+    runs, t_sel, t_train = run_methods(spec, table, emb, train_eval, quiet)
     timings.update(selection=t_sel, training=t_train, total=time.perf_counter() - t0)
     eval_tokens = int(sum(len(r) + 1 for _, r in eval_ex))
     return {"name": spec.name, "mode": "instruction", "spec": spec.model_dump(mode="json"),

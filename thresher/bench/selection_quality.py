@@ -30,7 +30,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -406,6 +406,34 @@ def _log(msg: str, quiet: bool) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
+def run_methods(spec: BenchSpec, table: pa.Table, emb: np.ndarray,
+                train_eval: Callable[[np.ndarray, int], dict[str, Any]], quiet: bool
+                ) -> tuple[list[dict[str, Any]], float, float]:
+    """Select with every (method, budget) for every seed, then train and evaluate on the selection.
+
+    ``train_eval(selected, seed)`` trains the proxy model on the selection and returns the run's
+    record (heldout_loss, junk_frac, dup_frac, ...). Returns the runs and the seconds spent
+    selecting and training.
+    """
+    runs: list[dict[str, Any]] = []
+    t_sel, t_train = 0.0, 0.0
+    for seed in spec.seeds:
+        for name, budget in method_plan(spec.methods, spec.budgets):
+            t = time.perf_counter()
+            sel, stats = select(spec.methods[name], table, emb, budget, seed)
+            t_sel += time.perf_counter() - t
+            if not sel.any():
+                raise JobError(f"bench: {name} at budget {budget} selected nothing (pool too small?)")
+            t = time.perf_counter()
+            record = train_eval(sel, seed)
+            t_train += time.perf_counter() - t
+            runs.append({"method": name, "budget": budget, "seed": seed, **record, "stats": stats})
+            _log(f"seed {seed} {name:>16} @ {budget:<4g} loss {record['heldout_loss']:.4f}  "
+                 f"junk {record['junk_frac']:.3f}  dup {record['dup_frac']:.3f}  ({time.perf_counter() - t:.1f}s)",
+                 quiet)
+    return runs, t_sel, t_train
+
+
 def run_bench(spec: BenchSpec, quiet: bool = False) -> dict[str, Any]:
     """Run every (budget, method, seed); return the results dictionary (also the JSON file)."""
     t0 = time.perf_counter()
@@ -439,34 +467,20 @@ def run_bench(spec: BenchSpec, quiet: bool = False) -> dict[str, Any]:
     quality_by_kind = {k: float(quality[kinds == k].mean()) for k in sorted(set(pool.kinds))}
     _log(f"quality proxy (mean by kind): {quality_by_kind}", quiet)
 
-    runs: list[dict[str, Any]] = []
-    t_sel, t_train = 0.0, 0.0
-    plan = method_plan(spec.methods, spec.budgets)
-    for seed in spec.seeds:
-        for name, budget in plan:
-            t = time.perf_counter()
-            sel, stats = select(spec.methods[name], table, emb, budget, seed)
-            t_sel += time.perf_counter() - t
-            if not sel.any():
-                raise JobError(f"bench: {name} at budget {budget} selected nothing (pool too small?)")
-            t = time.perf_counter()
-            model = tiny_gpt2(spec.model, vocab_size, seed=seed)
-            train_data = blocks([pool_docs[i] for i in np.flatnonzero(sel)], ctx, eos)
-            curve = train_lm(model, train_data, spec.train, seed=seed)
-            loss = eval_loss(model, eval_data)
-            t_train += time.perf_counter() - t
-            n_dup = int(dup[sel].sum())
-            covered = len(set(clusters[sel & dup].tolist()))
-            runs.append({"method": name, "budget": budget, "seed": seed, "heldout_loss": loss,
-                         "train_loss_end": float(np.mean(curve[-10:])), "docs": int(sel.sum()),
-                         "tokens": int(sum(len(pool_docs[i]) for i in np.flatnonzero(sel))),
-                         "junk_frac": float(junk[sel].mean()), "dup_frac": float(dup[sel].mean()),
-                         "redundant_frac": float((n_dup - covered) / sel.sum()),
-                         "junk_by_kind": {k: int((kinds[sel] == k).sum()) for k in ("shuffled", "boilerplate",
-                                                                                      "random_chars", "repeated")},
-                         "mean_quality": float(quality[sel].mean()), "stats": stats})
-            _log(f"seed {seed} {name:>16} @ {budget:<4g} loss {loss:.4f}  junk {runs[-1]['junk_frac']:.3f}  "
-                 f"dup {runs[-1]['dup_frac']:.3f}  ({time.perf_counter() - t:.1f}s)", quiet)
+    def train_eval(sel: np.ndarray, seed: int) -> dict[str, Any]:
+        model = tiny_gpt2(spec.model, vocab_size, seed=seed)
+        curve = train_lm(model, blocks([pool_docs[i] for i in np.flatnonzero(sel)], ctx, eos), spec.train, seed=seed)
+        n_dup = int(dup[sel].sum())
+        covered = len(set(clusters[sel & dup].tolist()))
+        return {"heldout_loss": eval_loss(model, eval_data), "train_loss_end": float(np.mean(curve[-10:])),
+                "docs": int(sel.sum()), "tokens": int(sum(len(pool_docs[i]) for i in np.flatnonzero(sel))),
+                "junk_frac": float(junk[sel].mean()), "dup_frac": float(dup[sel].mean()),
+                "redundant_frac": float((n_dup - covered) / sel.sum()),
+                "junk_by_kind": {k: int((kinds[sel] == k).sum()) for k in ("shuffled", "boilerplate",
+                                                                             "random_chars", "repeated")},
+                "mean_quality": float(quality[sel].mean())}
+
+    runs, t_sel, t_train = run_methods(spec, table, emb, train_eval, quiet)
     timings.update(selection=t_sel, training=t_train, total=time.perf_counter() - t0)
     return {"name": spec.name, "spec": spec.model_dump(mode="json"), "methods": list(spec.methods),
             "budgets": spec.budgets, "seeds": spec.seeds, "runs": runs, "summary": summarize(runs, spec),
