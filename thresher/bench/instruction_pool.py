@@ -30,6 +30,8 @@ from typing import Callable
 
 import numpy as np
 
+from thresher.bench.pool import PlantedLabels
+
 TASKS = ("add", "reverse", "upper", "copy", "sort", "lookup")
 JUNK_KINDS = ("wrong", "garbled")
 TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
@@ -152,7 +154,7 @@ def reword(prompt: str, rng: np.random.Generator) -> str:
 
 
 @dataclass
-class InstructionPool:
+class InstructionPool(PlantedLabels):
     """Candidate (prompt, response) pairs with planted labels, plus eval and assessment sets."""
 
     ids: list[str]
@@ -164,14 +166,7 @@ class InstructionPool:
     eval_pairs: list[tuple[str, str]]
     assessment_pairs: list[tuple[str, str]]
     info: dict[str, object] = field(default_factory=dict)
-
-    @property
-    def junk(self) -> np.ndarray:
-        return np.isin(np.asarray(self.kinds), JUNK_KINDS)
-
-    @property
-    def dup(self) -> np.ndarray:
-        return np.asarray(self.kinds) == "dup"
+    JUNK = JUNK_KINDS
 
     @property
     def texts(self) -> list[str]:

@@ -127,8 +127,23 @@ def near_duplicate(doc: str, rng: np.random.Generator, vocab: list[str], edit_ra
     return text
 
 
+class PlantedLabels:
+    """The junk / near-duplicate masks of a benchmark pool, from its ``kinds`` labels."""
+
+    kinds: list[str]
+    JUNK: tuple[str, ...] = ()  # the kinds that count as junk
+
+    @property
+    def junk(self) -> np.ndarray:
+        return np.isin(np.asarray(self.kinds), self.JUNK)
+
+    @property
+    def dup(self) -> np.ndarray:
+        return np.asarray(self.kinds) == "dup"
+
+
 @dataclass
-class Pool:
+class Pool(PlantedLabels):
     """Candidate documents with their planted labels, plus the clean seed and held-out sets."""
 
     ids: list[str]
@@ -138,14 +153,7 @@ class Pool:
     seed_texts: list[str]
     eval_texts: list[str]
     info: dict[str, object] = field(default_factory=dict)
-
-    @property
-    def junk(self) -> np.ndarray:
-        return np.isin(np.asarray(self.kinds), JUNK_KINDS)
-
-    @property
-    def dup(self) -> np.ndarray:
-        return np.asarray(self.kinds) == "dup"
+    JUNK = JUNK_KINDS
 
 
 def build_pool(n_docs: int = 4000, junk: float = 0.25, dup: float = 0.25, dup_clusters: int = 40,
