@@ -85,8 +85,8 @@ def test_quick_benchmark(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "| method | budget | docs | held-out loss | Δ vs random | per-seed Δ |" in table
     assert table.count("| topk_quality |") == len(budgets)
     assert "ICon is not run" in table
-    page = (out / "report" / "report.html").read_text()
-    assert (out / "report" / "heldout-loss.png").exists() and 'data-name="heldout-loss"' in page
+    page = (out / "_report" / "report.html").read_text()
+    assert (out / "_report" / "heldout-loss.png").exists() and 'data-name="heldout-loss"' in page
     assert "held-out loss" in capsys.readouterr().out
 
 
@@ -220,4 +220,4 @@ def test_quick_instruction_benchmark(tmp_path: Path) -> None:
     for m in methods:
         assert table.count(f"| {m} |") == (1 if m == "full" else len(budgets)) * 2  # main + composition table
     assert "ICon score (RICo" in table and "bench_selection_icon.yaml --quick" in table
-    assert (out / "report" / "report.html").exists()
+    assert (out / "_report" / "report.html").exists()

@@ -51,6 +51,14 @@ def test_pandas_and_pyarrow_read_the_folder(out: Path) -> None:
     assert sorted(dataset.to_table(columns=["id"]).column("id").to_pylist()) == sorted(ids)
 
 
+def test_folder_stays_a_dataset_after_report(out: Path) -> None:
+    from thresher.report.html import write_report
+
+    page = write_report([out])  # the default place: inside the folder, under a "_" name
+    assert page == out / "_report" / "report.html" and list(page.parent.glob("*.png"))
+    assert len(pd.read_parquet(out)) == len(part_ids(out))
+
+
 def test_datasets_loads_the_parts(out: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # `data_dir=out` alone is not enough: datasets skips only "." and "__" names, so it would also
     # read _scores/ _selection/ _rejected/ and _manifest.json; name the parts (as the README does).

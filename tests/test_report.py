@@ -90,7 +90,7 @@ def synthetic_run(n: int = 600, k: int = 12) -> RunData:
 
 def test_single_run_report(runs: dict[str, Path]) -> None:
     assert cli_main(["report", str(runs["topk25"])]) == 0
-    folder = runs["topk25"] / "report"
+    folder = runs["topk25"] / "_report"
     page = (folder / "report.html").read_text()
     pngs = sorted(p.name for p in folder.glob("*.png"))
     assert pngs == ["counts-0.png", "scores-0.png"]

@@ -14,7 +14,7 @@
    and the planted junk / near-duplicate share of every selection.
 
 Outputs in the output folder: `selection_quality.json`, `selection_quality.md`, and the HTML
-report (`report/report.html`) with the held-out loss plot. ICon is not run here: it selects
+report (`_report/report.html`) with the held-out loss plot. ICon is not run here: it selects
 instruction (SFT) data and this pool is pre-training text. `mode: instruction` in the job
 (jobs/bench_selection_icon.yaml) runs the instruction-data variant with ICon instead
 (`thresher.bench.instruction_bench`).

@@ -488,11 +488,15 @@ def render_html(sections: list[Section], title: str, subtitle: str = "") -> str:
 
 
 def write_report(paths: list[str | Path], out: str | Path | None = None) -> Path:
-    """Write the report of `paths` to `out` (default FIRST/report/report.html) and its PNGs next to it."""
+    """Write the report of `paths` to `out` and its PNGs next to it.
+
+    The default is FIRST/_report/report.html: inside the output folder but, like everything there
+    that is not a selected row, under a `_` name, so the folder stays readable as a dataset.
+    """
     if not paths:
         raise JobError("report: give at least one output folder")
     items = [load_run(p) for p in paths]
-    out_path = Path(out) if out is not None else Path(paths[0]) / "report" / "report.html"
+    out_path = Path(out) if out is not None else Path(paths[0]) / "_report" / "report.html"
     sections = build_report(items)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     for s in sections:
