@@ -13,6 +13,7 @@ Every solver gets the same number of torch threads (``--threads``, default all c
 
     .venv/bin/python benchmarks/bench_datamask.py            # default (pws), ~12 min on 2 CPU cores
     .venv/bin/python benchmarks/bench_datamask.py --sizes 1000 2000 4000 --diversity disf --variants batch
+    .venv/bin/python benchmarks/bench_datamask.py --device cuda --out /tmp/datamask_gpu.md   # on a GPU machine
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def timed(fn, repeats: int):
 
 
 def run(sizes: list[int], diversity: str, greedy_limit: float, budget: float, variants: list[str],
-        threads: int, repeats: int) -> list[dict]:
+        threads: int, repeats: int, device: str = "cpu") -> list[dict]:
     rows = []
     fits: dict[str, tuple[list[int], list[float]]] = {g: ([], []) for g in GREEDY_POOLS}
     for n in sizes:
@@ -74,7 +75,7 @@ def run(sizes: list[int], diversity: str, greedy_limit: float, budget: float, va
         s = int(budget * n)
         row: dict = {"n": n, "s": s}
         for v in variants:
-            p = DataMaskParams(quality="q", diversity=diversity, device="cpu", threads=threads, batch_reward=v)
+            p = DataMaskParams(quality="q", diversity=diversity, device=device, threads=threads, batch_reward=v)
             row[f"dm_{v}_t"], r = timed(lambda: solve_block(q, emb, s, p, seed=0), repeats)
             row[f"dm_{v}_obj"] = r.objective
             row["topk_obj"] = r.stats["objective_quality_topk"]
@@ -84,7 +85,7 @@ def run(sizes: list[int], diversity: str, greedy_limit: float, budget: float, va
             pred_t = pred[0] * n ** pred[1] if pred else 0.0
             if pred_t <= greedy_limit:
                 kw = {} if prune is None else {"prune_fraction": prune}
-                p = DataMaskParams(quality="q", diversity=diversity, device="cpu", threads=threads, **kw)
+                p = DataMaskParams(quality="q", diversity=diversity, device=device, threads=threads, **kw)
                 row[f"g_{g}_t"], res = timed(lambda: greedy_block(q, emb, s, p, seed=0), 1)
                 row[f"g_{g}_obj"] = res.objective
                 row[f"g_{g}_measured"] = True
@@ -164,20 +165,23 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                     help="torch threads for every solver (default: all cores)")
     ap.add_argument("--repeats", type=int, default=3, help="DATAMASK runs per size (median time reported)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device for every solver")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     sections = []
     for div in args.diversity:
-        rows = run(args.sizes, div, args.greedy_limit, args.budget, args.variants, args.threads, args.repeats)
+        rows = run(args.sizes, div, args.greedy_limit, args.budget, args.variants, args.threads, args.repeats,
+                   args.device)
         sections.append(table(rows, args.variants, div))
     p = DataMaskParams(quality="q")
+    device_name = f"cuda ({torch.cuda.get_device_name()})" if args.device == "cuda" else "cpu"
     text = "\n".join([
         "# DATAMASK vs greedy on the same objective",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{args.threads} torch thread(s) for every solver, CPU. DATAMASK time: median of {args.repeats} runs; "
-        "greedy: one run.",
+        f"{args.threads} torch thread(s) for every solver, device {device_name}. "
+        f"DATAMASK time: median of {args.repeats} runs; greedy: one run.",
         f"Data: synthetic, 50 clusters, 384-d unit embeddings, budget {args.budget:.0%} of documents, lam 0.5. "
         f"DATAMASK defaults: metric_norm {p.metric_norm}, lr {p.lr}, prune_fraction {p.prune_fraction}, init {p.init}; "
         f"batch_reward context: batches of 32 documents, G 32, {p.epochs:g} passes over the pruned block, parallel "
