@@ -17,6 +17,7 @@ from thresher.selectors.datamask import (
     allocate,
     block_calibration,
     group_advantages,
+    draw_masks,
     gumbel_topk,
     make_generator,
     objective,
@@ -24,6 +25,7 @@ from thresher.selectors.datamask import (
     pl_log_prob,
     prepare_block,
     prune_by_quality,
+    sequential_draws,
     solve_block,
     split_blocks,
 )
@@ -69,10 +71,17 @@ def solver_params(**kw) -> DataMaskParams:
 # ------------------------------------------------------------------ 1. sampler
 
 
-def test_gumbel_topk_matches_sequential_softmax_chi2() -> None:
+def _both_samplers(logits: torch.Tensor, n_masks: int, size: int, seed: int) -> dict[str, torch.Tensor]:
+    """(n_masks, size) draws from one batch by Gumbel-top-k and by sequential draws."""
+    return {"gumbel": gumbel_topk(logits, n_masks, size, make_generator(CPU, seed)),
+            "sequential": sequential_draws(logits.unsqueeze(0), n_masks, size, make_generator(CPU, seed))[0]}
+
+
+@pytest.mark.parametrize("sampler", ["gumbel", "sequential"])
+def test_sampler_matches_sequential_softmax_chi2(sampler: str) -> None:
     logits = torch.tensor([0.3, -1.0, 1.2, 0.0, -0.4], dtype=torch.float64)
     n_draws = 100_000
-    order = gumbel_topk(logits, n_draws, 2, make_generator(CPU, 123)).numpy()
+    order = _both_samplers(logits, n_draws, 2, 123)[sampler].numpy()
     p = torch.softmax(logits, 0).numpy()
     # ordered pairs (a then b): the draw order is part of the distribution (20 cells, 19 dof)
     expected, observed = [], []
@@ -95,6 +104,38 @@ def test_gumbel_topk_matches_sequential_softmax_chi2() -> None:
         obs_set[key] = obs_set.get(key, 0) + o
     chi2_sets = sum((obs_set[k] - exp_set[k]) ** 2 / exp_set[k] for k in exp_set)
     assert len(exp_set) == 10 and chi2_sets < 27.88  # chi2(9) 0.999 quantile
+
+
+def test_samplers_agree_on_ordered_triples_chi2() -> None:
+    # 3 ordered draws of 6 (120 cells): sequential draws against the exact Plackett-Luce
+    # probabilities, with a wide-ish spread (6 nats) so the skipped intervals matter
+    logits = torch.tensor([2.0, -1.0, 0.5, -4.0, 1.0, 0.0], dtype=torch.float64)
+    n_draws = 200_000
+    order = sequential_draws(logits.unsqueeze(0), n_draws, 3, make_generator(CPU, 7))[0].numpy()
+    assert all(len(set(r)) == 3 for r in order[:1000])
+    counts = np.bincount(order[:, 0] * 36 + order[:, 1] * 6 + order[:, 2], minlength=216)
+    p = torch.softmax(logits, 0).numpy()
+    chi2 = 0.0
+    for a, b, c in itertools.permutations(range(6), 3):
+        e = n_draws * p[a] * p[b] / (1 - p[a]) * p[c] / (1 - p[a] - p[b])
+        chi2 += (counts[a * 36 + b * 6 + c] - e) ** 2 / e
+    assert chi2 < 173.6  # chi2(119) 0.999 quantile
+
+
+def test_draw_masks_routes_wide_batches_to_gumbel() -> None:
+    # one narrow batch, one with a 40-nat spread: the wide one must come from Gumbel-top-k
+    # (the same generator state, so it equals gumbel_topk on that row alone)
+    narrow = torch.linspace(-2, 2, 16, dtype=torch.float64)
+    wide = torch.linspace(-20, 20, 16, dtype=torch.float64)
+    got = draw_masks(torch.stack([narrow, wide]), 12, 3, make_generator(CPU, 3))
+    gen = make_generator(CPU, 3)
+    want_narrow = sequential_draws(narrow.unsqueeze(0), 12, 3, gen)[0]
+    want_wide = gumbel_topk(wide.unsqueeze(0).float(), 12, 3, gen)[0]
+    assert torch.equal(got[0], want_narrow) and torch.equal(got[1], want_wide)
+    assert all(len(set(r.tolist())) == 3 for r in got.reshape(-1, 3))
+    # more than 8 draws per mask: Gumbel-top-k for every batch
+    many = draw_masks(narrow.unsqueeze(0), 4, 9, make_generator(CPU, 4))
+    assert torch.equal(many, gumbel_topk(narrow.unsqueeze(0).float(), 4, 9, make_generator(CPU, 4)))
 
 
 def test_gumbel_topk_is_seeded() -> None:
@@ -288,7 +329,7 @@ def test_context_reward_is_the_block_objective_of_the_completed_subset() -> None
     pos = torch.stack([torch.arange(0, 32), torch.arange(100, 132)])  # two disjoint batches
     order = gumbel_topk(logits[pos], 5, 4, make_generator(CPU, 1))
     assert order.shape == (2, 5, 4)
-    qbar, div = readout.metrics(pos, kept[pos], order, with_div=True)
+    qbar, div = readout.metrics(pos, order, with_div=True)
     f = cal.combine(qbar, div)
     assert float(f.std()) > 1e-2  # the masks differ, so the tolerance below is meaningful
     top = set(torch.topk(logits, 40).indices.tolist())

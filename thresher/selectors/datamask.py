@@ -69,7 +69,8 @@ _CONTEXT_BATCH = 32  # default batch size with the context reward
 _CONTEXT_GROUP, _BATCH_REWARD_GROUP = 32, 128  # default G per reward
 _BATCH_REWARD_STEPS = 400  # default steps with the batch reward
 _BATCH_REWARD_FRACTION = 0.05  # default batch share with the batch reward (paper: 5-10%)
-_KEYS_PER_STEP = 1 << 19  # default parallel batches: about this many sampling keys (K x G x batch) per step
+_KEYS_PER_STEP = 1 << 19  # default parallel batches, batch reward: about this many sampling keys (K x G x batch)
+_DOCS_PER_STEP = 1 << 15  # default parallel batches, context reward: about this many batch documents per step
 
 
 class DataMaskParams(BudgetParams):
@@ -103,13 +104,17 @@ class DataMaskParams(BudgetParams):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, description="torch CPU threads while solving (None: leave as is)")
     readout: Literal["topk"] = "topk"
+    sampler: Literal["auto", "gumbel"] = Field(
+        "auto", description="gumbel: Gumbel-top-k for every batch; auto: sequential draws (the same race, run "
+                            "lazily) where a batch draws at most 8 documents with a logit spread <= 16 nats")
     batch_reward: Literal["auto", "context", "batch"] = Field(
         "auto", description="context: score a batch mask as the block subset it completes (U + current readout "
                             "outside the batch; pws only); batch: the batch subset alone; auto: context for pws")
     batch_size: int | None = Field(None, ge=2, description="documents per batch; with batch_fraction also None: "
                                                           "32 with the context reward, 5% of the block with the batch reward")
     parallel_batches: int | None = Field(None, ge=1, description="disjoint batches updated together, vectorised "
-                                                                 "(None: about 2^19 sampling keys per step)")
+                                                                 "(None: about 2^15 batch documents per step with the "
+                                                                 "context reward, 2^19 sampling keys with the batch reward)")
 
     @model_validator(mode="after")
     def _one_quality(self) -> "DataMaskParams":
@@ -238,6 +243,71 @@ def gumbel_topk(logits: torch.Tensor, n_masks: int, size: int, gen: torch.Genera
         keys = lg.unsqueeze(1) - torch.log(-torch.log(u.clamp_(min=tiny, max=1 - torch.finfo(lg.dtype).eps)))
     order = torch.topk(keys, size, dim=2, largest=True, sorted=True).indices
     return order[0] if single else order
+
+
+def sequential_draws(logits: torch.Tensor, n_masks: int, size: int, gen: torch.Generator) -> torch.Tensor:
+    """The Plackett-Luce draws of ``gumbel_topk`` made one draw at a time: (B, n) -> (B, G, size).
+
+    This is the same exponential race run lazily: by memorylessness the race's next finisher
+    is a softmax draw over the documents still running, so each draw is one uniform mapped
+    through the batch's cumulative weights with the drawn documents' intervals skipped. It
+    costs O(n + G * size^2) per batch instead of G * n keys and a top-k, which pays for the
+    few-draws-per-batch case (the context reward's 3 of 32).
+
+    Exact up to float64 rounding of the cumulative weights only while every weight stays
+    resolvable against the batch's total: callers keep it to rows with a logit spread of at
+    most ``_SEQUENTIAL_SPREAD`` (``draw_masks``).
+    """
+    b, n = logits.shape
+    lg = logits.to(torch.float64)
+    w = torch.exp(lg - lg.amax(dim=1, keepdim=True))  # (B, n), max 1
+    cdf = torch.cumsum(w, dim=1)
+    start = cdf - w  # left edge of each document's interval
+    u = torch.rand((size, b, n_masks), generator=gen, dtype=torch.float64, device=logits.device)
+    picks = torch.empty((size, b, n_masks), dtype=torch.long, device=logits.device)
+    s_d, w_d = torch.empty_like(u), torch.empty_like(u)  # drawn intervals: left edge, width
+    left = cdf[:, -1:].expand(b, n_masks).contiguous()  # mass still in the race, per mask
+    for t in range(size):
+        x = u[t].mul_(left)  # a point in the remaining mass, laid out without the drawn intervals
+        y = x
+        for _ in range(t):  # back onto the full layout: y = x + widths of the drawn intervals below y
+            y = x + (w_d[:t] * (s_d[:t] <= y)).sum(dim=0)  # (a fixed point, reached in <= t rounds)
+        pick = torch.searchsorted(cdf, y, right=True).clamp_(max=n - 1)
+        picks[t] = pick
+        torch.gather(w, 1, pick, out=w_d[t])
+        torch.gather(start, 1, pick, out=s_d[t])
+        left.sub_(w_d[t]).clamp_(min=0.0)
+    return picks.permute(1, 2, 0)
+
+
+# Largest logit spread (nats) for sequential draws: every weight is then >= e^-16 / n of the
+# batch's mass, so float64 rounding of the cumulative sums moves a draw probability by < ~1e-7
+# relative (the float32 Gumbel keys' own precision). After training, batches of the benchmark
+# have spreads of 9-13 nats; wider rows use Gumbel-top-k.
+_SEQUENTIAL_SPREAD = 16.0
+_SEQUENTIAL_MAX_DRAWS = 8  # sequential draws loop over the draws: only for a few per batch
+
+
+def draw_masks(logits: torch.Tensor, n_masks: int, size: int, gen: torch.Generator,
+               sampler: str = "auto") -> torch.Tensor:
+    """Ordered Plackett-Luce draws for a stack of batches: logits (B, n) -> (B, G, size).
+
+    ``gumbel``: Gumbel-top-k on every batch (float32 keys). ``auto``: ``sequential_draws`` for
+    up to ``_SEQUENTIAL_MAX_DRAWS`` draws per mask on the batches whose logit spread is at most
+    ``_SEQUENTIAL_SPREAD``, Gumbel-top-k for the rest. Both have the same distribution.
+    """
+    if sampler == "gumbel" or size > _SEQUENTIAL_MAX_DRAWS:
+        return gumbel_topk(logits.to(torch.float32), n_masks, size, gen)
+    spread = logits.amax(dim=1) - logits.amin(dim=1)
+    wide = spread > _SEQUENTIAL_SPREAD
+    if not bool(wide.any()):
+        return sequential_draws(logits, n_masks, size, gen)
+    order = torch.empty((logits.shape[0], n_masks, size), dtype=torch.long, device=logits.device)
+    narrow = ~wide
+    if bool(narrow.any()):
+        order[narrow] = sequential_draws(logits[narrow], n_masks, size, gen)
+    order[wide] = gumbel_topk(logits[wide].to(torch.float32), n_masks, size, gen)
+    return order
 
 
 def pl_log_prob(logits: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
@@ -534,68 +604,78 @@ class ContextReadout:
     block's current selection, not only against the few documents drawn with it (the batch
     reward); this is what lets small batches carry the block's diversity signal. R is taken
     afresh at every step. PWS only: the rest of the block enters through one summed embedding.
+
+    The kept documents' embeddings are copied once into one matrix with a spare last row, which
+    holds the sum of R at every step: gathering a batch together with that row lets one batched
+    Gram product give both e_i.e_j and e_i.(sum of R). Positions are kept positions throughout.
     """
 
     def __init__(self, prep: _Prepared, kept_t: torch.Tensor, n_select: int) -> None:
-        self.prep, self.kept_t, self.n_select = prep, kept_t, n_select
-        self.member = torch.zeros(kept_t.shape[0], dtype=torch.bool, device=kept_t.device)
+        self.n_select = n_select
+        n_keep, dev = kept_t.shape[0], kept_t.device
+        self.q = prep.q_all[kept_t].to(torch.float64)
+        self.sqn = prep.sq_norms[kept_t].to(torch.float64)
+        self.emb = torch.empty((n_keep + 1, prep.e_all.shape[1]), dtype=prep.e_all.dtype, device=dev)
+        torch.index_select(prep.e_all, 0, kept_t, out=self.emb[:n_keep])
+        self.member = torch.zeros(n_keep, dtype=torch.bool, device=dev)
         self.count = 0
         self.q_sum = self.sq_sum = 0.0
-        self.e_sum = torch.zeros(prep.e_all.shape[1], dtype=torch.float64, device=kept_t.device)
-        self._eb = torch.empty(0, dtype=prep.e_all.dtype, device=kept_t.device)  # reused gather buffer
+        self.e_sum = torch.zeros(prep.e_all.shape[1], dtype=torch.float64, device=dev)
+        self._eb = torch.empty(0, dtype=prep.e_all.dtype, device=dev)  # reused gather buffer
 
     def refresh(self, L: torch.Tensor) -> None:
         """R <- the top-S by the current logits; the sums follow the documents that entered or left."""
         new = torch.zeros_like(self.member)
         new[torch.topk(L, self.n_select, sorted=False).indices] = True
         for change, sign in ((new & ~self.member, 1.0), (self.member & ~new, -1.0)):
-            rows = self.kept_t[change]
-            if rows.numel():
-                self.q_sum += sign * float(self.prep.q_all[rows].sum(dtype=torch.float64))
-                self.sq_sum += sign * float(self.prep.sq_norms[rows].sum(dtype=torch.float64))
-                self.e_sum += sign * self.prep.e_all[rows].sum(dim=0, dtype=torch.float64)
+            at = change.nonzero().squeeze(1)
+            if at.numel():
+                self.q_sum += sign * float(self.q[at].sum())
+                self.sq_sum += sign * float(self.sqn[at].sum())
+                self.e_sum += sign * self.emb[at].sum(dim=0, dtype=torch.float64)
         self.member = new
         self.count = self.n_select
+        self.emb[-1] = self.e_sum  # the spare row: gathered with every batch
 
-    def metrics(self, pos: torch.Tensor, rows_b: torch.Tensor, order: torch.Tensor,
+    def metrics(self, pos: torch.Tensor, order: torch.Tensor,
                 with_div: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(mean quality, -PWS) of U_g + (R minus its batch) for each mask of K batches: (K, G) each.
 
-        ``pos``/``rows_b`` (K, nb) kept positions / block rows of the batches, ``order`` (K, G, S_b).
+        ``pos`` (K, nb) kept positions of the batches, ``order`` (K, G, S_b) positions within them.
         """
-        pr = self.prep
         k, g, sb = order.shape
         nb = pos.shape[1]
         mem = self.member[pos].to(torch.float64)  # (K, nb): batch documents currently in R
         size = (self.count - mem.sum(dim=1) + sb).unsqueeze(1)  # (K, 1)
         flat_order = order.reshape(k, -1)
-        qb = pr.q_all[rows_b].to(torch.float64)
+        qb = self.q[pos]
         q_rest = self.q_sum - (mem * qb).sum(dim=1, keepdim=True)
         qbar = (q_rest + torch.gather(qb, 1, flat_order).reshape(k, g, sb).sum(dim=2)) / size
         if not with_div:
             return qbar, None
         # With r = sum of R outside the batch and s_g = sum of the mask:
         # ||r + s_g||^2 = ||r||^2 + 2 sum_{i in U_g} r.e_i + sum_{i,j in U_g} e_i.e_j.
-        # Everything a mask needs comes from the batch Gram matrix and r.e_i per batch document,
-        # so a mask costs O(S_b^2) instead of O(S_b d).
-        rows = rows_b.reshape(-1)
-        d = pr.e_all.shape[1]
-        if self._eb.shape[0] < rows.shape[0]:  # grow only: a fresh large buffer per step costs page faults
-            self._eb = torch.empty((rows.shape[0], d), dtype=pr.e_all.dtype, device=pr.e_all.device)
-        eb = torch.index_select(pr.e_all, 0, rows, out=self._eb[: rows.shape[0]]).view(k, nb, d)  # (K, nb, d)
-        gram = torch.bmm(eb, eb.transpose(1, 2))  # (K, nb, nb)
-        e_sum_dot = eb @ self.e_sum.to(eb.dtype)  # (K, nb): e_i . (all of R)
+        # Everything a mask needs comes from the batch Gram matrix, extended by the spare row
+        # (e_i . sum of R), so a mask costs O(S_b^2) gathered entries instead of O(S_b d).
+        m = nb + 1
+        idx = torch.cat([pos, pos.new_full((k, 1), self.emb.shape[0] - 1)], dim=1).reshape(-1)
+        d = self.emb.shape[1]
+        if self._eb.shape[0] < idx.shape[0]:  # grow only: a fresh large buffer per step costs page faults
+            self._eb = torch.empty((idx.shape[0], d), dtype=self.emb.dtype, device=self.emb.device)
+        eb = torch.index_select(self.emb, 0, idx, out=self._eb[: idx.shape[0]]).view(k, m, d)
+        gram = torch.bmm(eb, eb[:, :nb].transpose(1, 2))  # (K, nb + 1, nb): the last row is (sum of R) . e_j
+        e_sum_dot = gram[:, nb, :]  # (K, nb): e_i . (all of R)
         memf = mem.to(gram.dtype)
-        in_r = torch.bmm(gram, memf.unsqueeze(2)).squeeze(2)  # (K, nb): e_i . (R within the batch)
+        in_r = (gram[:, :nb, :] * memf.unsqueeze(1)).sum(dim=2)  # (K, nb): e_i . (R within the batch)
         r_dot = e_sum_dot - in_r  # (K, nb): e_i . r
         # ||r||^2 is the same for every mask of a batch; it is formed in float64 from the sums
         r_sq = (float((self.e_sum * self.e_sum).sum()) - 2 * (memf * e_sum_dot).sum(dim=1).to(torch.float64)
                 + (memf * in_r).sum(dim=1).to(torch.float64))
-        masks = torch.zeros((k, g, nb), dtype=gram.dtype, device=gram.device).scatter_(2, order, 1.0)
-        cross = torch.bmm(masks, r_dot.unsqueeze(2)).squeeze(2)  # r . s_g
-        s_sq = (torch.bmm(masks, gram) * masks).sum(dim=2)  # ||s_g||^2
+        cross = torch.gather(r_dot, 1, flat_order).reshape(k, g, sb).sum(dim=2)  # r . s_g
+        pairs = (order.unsqueeze(3) * nb + order.unsqueeze(2)).reshape(k, -1)  # every (i, j) of each mask
+        s_sq = torch.gather(gram.reshape(k, m * nb), 1, pairs).reshape(k, g, sb * sb).sum(dim=2)  # ||s_g||^2
         sq = r_sq.unsqueeze(1) + (2 * cross + s_sq).to(torch.float64)
-        sqn = pr.sq_norms[rows_b].to(torch.float64)
+        sqn = self.sqn[pos]
         diag = (self.sq_sum - (mem * sqn).sum(dim=1, keepdim=True)
                 + torch.gather(sqn, 1, flat_order).reshape(k, g, sb).sum(dim=2))
         pws = (sq - diag) / (size * (size - 1))
@@ -692,7 +772,8 @@ def _solve_block(quality: np.ndarray, emb: np.ndarray, n_select: int, params: Da
         need = 2 if p.lam < 1 else 1
         sb = min(nb - 1, max(need, round(ratio * nb))) if nb > need else nb
         n_masks = p.group_size or (_CONTEXT_GROUP if context else _BATCH_REWARD_GROUP)
-        n_par = max(1, min(p.parallel_batches or max(1, _KEYS_PER_STEP // (n_masks * nb)), n_keep // nb))
+        auto_par = _DOCS_PER_STEP // nb if context else _KEYS_PER_STEP // (n_masks * nb)
+        n_par = max(1, min(p.parallel_batches or max(1, auto_par), n_keep // nb))
         updates = p.steps if p.steps is not None else (
             math.ceil(p.epochs * n_keep / nb) if context else _BATCH_REWARD_STEPS)
         stats.update(batch=nb, batch_select=sb, group_size=n_masks, parallel_batches=n_par, updates=updates,
@@ -707,17 +788,16 @@ def _solve_block(quality: np.ndarray, emb: np.ndarray, n_select: int, params: Da
             schedule = iter([torch.arange(n_keep, device=dev).unsqueeze(0)] * updates)
         for step, pos in enumerate(schedule):  # pos: (K, nb) disjoint batches
             gen = make_generator(dev, seed, block_id, _TAG_STEP, step)
-            rows_b = kept_t[pos]  # block positions of the batches
             lb = L[pos]
             if readout is not None:
                 readout.refresh(L)
-            lb32 = lb.to(torch.float32)  # sampling and its gradient in float32; L accumulates in float64
-            order = gumbel_topk(lb32, n_masks, sb, gen)  # (K, G, sb) positions in each batch
+            order = draw_masks(lb, n_masks, sb, gen, p.sampler)  # (K, G, sb) positions in each batch
+            lb32 = lb.to(torch.float32)  # the gradient in float32; L accumulates in float64
             if readout is not None:
-                qbar, div = readout.metrics(pos, rows_b, order, p.lam < 1)
+                qbar, div = readout.metrics(pos, order, p.lam < 1)
                 f = cal.combine(qbar, div)
             else:
-                qbar, div = _batch_metrics(prep, rows_b, order, p)
+                qbar, div = _batch_metrics(prep, kept_t[pos], order, p)
                 assert bcal is not None
                 f = bcal.combine(qbar, div)
             means.append(f.mean())
@@ -726,7 +806,8 @@ def _solve_block(quality: np.ndarray, emb: np.ndarray, n_select: int, params: Da
                                        weights, p.adv_eps)
             else:
                 adv = zscore(f, p.adv_eps)
-            L[pos] += pl_grad(lb32, order, adv).to(L.dtype).mul_(p.lr / n_masks)
+            step_grad = pl_grad(lb32, order, adv).to(L.dtype).mul_(p.lr / n_masks)
+            L.index_add_(0, pos.reshape(-1), step_grad.reshape(-1))  # the batches of a step are disjoint
         curve = torch.stack(means).cpu().tolist() if means else []
         stats["steps"] = len(means)
 
