@@ -164,7 +164,7 @@ def main() -> None:
     ap.add_argument("--greedy-limit", type=float, default=360.0, help="skip greedy above this predicted time (s)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                     help="torch threads for every solver (default: all cores)")
-    ap.add_argument("--repeats", type=int, default=3, help="DATAMASK runs per size (median time reported)")
+    ap.add_argument("--repeats", type=int, default=5, help="DATAMASK runs per size (median time reported)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device for every solver")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()

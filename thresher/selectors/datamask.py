@@ -29,14 +29,17 @@ PWS) it is scored as the block subset it completes: U_g plus the current readout
 logit) outside the batch, i.e. exactly the block objective the readout is judged on. A
 document's reward then carries its interaction with the whole selection, which lets batches be
 small (32 documents, G = 32) and many (vectorised ``parallel_batches`` per step); with PWS the
-rest of the block enters as one summed embedding, so the cost per mask stays O(S_b d). It
+rest of the block enters as one summed embedding, so the cost per mask stays small. It
 reaches 0.98-0.99 of greedy's objective where the batch reward reached 0.87-0.93
 (benchmarks/results/datamask.md).
 
-Speed (per step, G x batch keys): the Gumbel-top-k keys are formed as the equivalent exponential
-race (one log per key), the exact Plackett-Luce gradient runs in linear space (cumsum instead of
-logcumsumexp; log space only for logit spreads > 600 nats) with no dense (G, N) temporary in the
-weighted form, and the step's batch is gathered once before scoring.
+Speed. Sampling: Gumbel-top-k forms its keys as the equivalent exponential race (one log per
+key); when a batch draws only a few documents (the context reward's 3 of 32) the same race is
+run lazily instead (``sequential_draws``: one uniform per draw, no G x batch keys, no top-k).
+Reward: one batched Gram product per step over the batches, extended by a row holding the
+readout's summed embedding, gives every mask's PWS from gathered entries. Gradient: the exact
+Plackett-Luce gradient runs in linear space (cumsum instead of logcumsumexp; log space only
+for wide logit spreads) with no dense (G, N) temporary in the weighted form.
 """
 
 from __future__ import annotations
@@ -92,7 +95,9 @@ class DataMaskParams(BudgetParams):
                                                                    "(None: see batch_size)")
     min_batch: int = Field(64, ge=2, description="smallest batch, for small blocks")
     prune_fraction: float = Field(0.4, ge=0, lt=1, description="drop this bottom share by quality first")
-    block_size: int = Field(1_000_000, ge=2, description="documents per independently solved block")
+    block_size: int = Field(1_000_000, ge=2, description="documents per independently solved block (memory: the "
+                                                          "block's embeddings, plus a copy of the kept ones with the "
+                                                          "context reward: about 1.6 x block x dim x 4 bytes)")
     init: Literal["quality", "uniform"] = "quality"
     metric_norm: Literal["group", "fixed"] = Field(
         "fixed", description="group: z-score each metric within the group before mixing; "
