@@ -363,6 +363,11 @@ def test_context_reward_beats_batch_reward_and_nears_greedy() -> None:
     assert ctx.stats["batch_reward"] == "context" and bat.stats["batch_reward"] == "batch"
     assert ctx.objective > bat.objective
     assert ctx.objective >= 0.97 * gr.objective
+    # Gumbel-top-k everywhere: the same distribution of draws, so the same quality of optimum
+    gum = solve_block(q, emb, 300, DataMaskParams(**base, batch_reward="context", sampler="gumbel"), seed=0)
+    assert not np.array_equal(gum.logits, ctx.logits)  # the option reaches the solver
+    assert gum.objective >= 0.97 * gr.objective
+    assert abs(gum.objective - ctx.objective) <= 0.01 * gr.objective
 
 
 def test_context_reward_is_pws_only() -> None:
