@@ -121,8 +121,12 @@ def test_duplicate_ids_keep_the_first_and_reject_the_rest(tmp_path: Path) -> Non
 
 def test_output_folder_of_another_job_is_refused(tmp_path: Path, corpus: Path) -> None:
     run_job(corpus, tmp_path / "out")
-    with pytest.raises(JobError, match="holds another job's output"):
+    with pytest.raises(JobError, match="holds another job's output") as err:
         run_job(corpus, tmp_path / "out", selector={"type": "random", "budget": 0.5})
+    # the message names what changed, key by key
+    assert "selector.type: 'topk' -> 'random'" in str(err.value)
+    assert "selector.budget: 0.25 -> 0.5" in str(err.value)
+    assert "selector.column: 'n_words' -> (not set)" in str(err.value)
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "notes.txt").write_text("mine")
     with pytest.raises(JobError, match="not empty and was not written by thresher"):

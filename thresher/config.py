@@ -150,6 +150,26 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def config_diff(old: Any, new: Any, path: str = "") -> list[str]:
+    """``key.path: old -> new`` for every value that differs between two JSON-like configs.
+
+    Dicts are compared key by key (a missing key shows as ``(not set)``); anything else,
+    lists included, is compared whole.
+    """
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new), key=str):
+            sub = f"{path}.{key}" if path else str(key)
+            if key not in old:
+                out.append(f"{sub}: (not set) -> {new[key]!r}")
+            elif key not in new:
+                out.append(f"{sub}: {old[key]!r} -> (not set)")
+            else:
+                out += config_diff(old[key], new[key], sub)
+        return out
+    return [] if old == new else [f"{path or '(top level)'}: {old!r} -> {new!r}"]
+
+
 # -- loading ------------------------------------------------------------------------
 
 

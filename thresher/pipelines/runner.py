@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from thresher import __version__
-from thresher.config import JobError, JobSpec
+from thresher.config import JobError, JobSpec, config_diff
 from thresher.io.output import JobLock, OutputLayout, write_json_atomic
 from thresher.io.readers import InputShard, as_arrow_table, plan_shards
 from thresher.models.fingerprint import changed_models, model_fingerprints
@@ -78,11 +78,15 @@ def prepare_output(layout: OutputLayout, job: JobSpec, shards: list[InputShard],
         if overwrite:  # start afresh (also when the config is unchanged)
             same_scores = same_select = False
         if not (same_scores and same_select):
-            what = "input files or scorers" if not same_scores else "filters or selector"
+            what = ("input files or scorers" if not same_scores else "filters or selector") + " differ"
+            keys = [d for d in config_diff(old.get("job", {}), state["job"])
+                    if not d.startswith("output.overwrite")] if "job" in old else []
+            if keys:
+                what += ": " + "; ".join(keys[:8]) + (f"; and {len(keys) - 8} more" if len(keys) > 8 else "")
             if changed["score"] or changed["select"]:
                 what += f"; model files changed: {', '.join(changed['score'] + changed['select'])}"
             if not (overwrite or (reselect and same_scores)):
-                raise JobError(f"output folder {root} holds another job's output ({what} differ); "
+                raise JobError(f"output folder {root} holds another job's output ({what}); "
                                f"use --overwrite, or `thresher select` to re-select on saved scores, "
                                f"or another --output")
             if not same_scores:

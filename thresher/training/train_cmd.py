@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable
 import pyarrow.parquet as pq
 import torch
 
-from thresher.config import JobError
+from thresher.config import JobError, config_diff
 from thresher.training.data import ALPACA_TEMPLATE, ShardDataset, list_shards, make_loader
 from thresher.training.loss import Objective
 from thresher.training.reweight import ReweightConfig
@@ -252,8 +252,7 @@ def run_fingerprint(spec: TrainSpec, data: str, seed: int) -> dict[str, Any]:
 
 
 def _fingerprint_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    diff = [f"train.{k}: {old['spec'].get(k)!r} -> {new['spec'].get(k)!r}"
-            for k in sorted(set(old["spec"]) | set(new["spec"])) if old["spec"].get(k) != new["spec"].get(k)]
+    diff = config_diff(old["spec"], new["spec"], "train")
     if old["seed"] != new["seed"]:
         diff.append(f"seed: {old['seed']} -> {new['seed']}")
     if old["shards"] != new["shards"]:
