@@ -122,6 +122,18 @@ def test_samplers_agree_on_ordered_triples_chi2() -> None:
     assert chi2 < 173.6  # chi2(119) 0.999 quantile
 
 
+def test_sequential_draws_never_repeat_a_document() -> None:
+    # every size up to the whole batch, spreads up to the 16-nat limit, many masks
+    gen = torch.Generator().manual_seed(31)
+    for n in (2, 3, 5, 9, 32):
+        for size in sorted({1, 2, min(n, 8), min(n - 1, 8)} - {0}):
+            for spread in (0.0, 4.0, 16.0):
+                logits = spread * torch.rand((6, n), generator=gen, dtype=torch.float64)
+                order = sequential_draws(logits, 200, size, make_generator(CPU, n, size, int(spread)))
+                assert order.shape == (6, 200, size) and int(order.min()) >= 0 and int(order.max()) < n
+                assert bool((order.sort(dim=2).values.diff(dim=2) > 0).all())
+
+
 def test_draw_masks_routes_wide_batches_to_gumbel() -> None:
     # one narrow batch, one with a 40-nat spread: the wide one must come from Gumbel-top-k
     # (the same generator state, so it equals gumbel_topk on that row alone)
