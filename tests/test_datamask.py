@@ -36,6 +36,7 @@ from thresher.selectors.diversity import (
     pairwise_similarity,
     pairwise_similarity_explicit,
     pool_pairwise_similarity,
+    pws_subset_moments,
 )
 from thresher.selectors.greedy import (
     disf_offdiag_after_adding,
@@ -439,6 +440,36 @@ def test_pws_identity_equals_explicit_mean() -> None:
     sums = emb[idx].sum(1).astype(np.float64)
     assert np.allclose(((sums ** 2).sum(1) - s) / (s * (s - 1)), slow, atol=1e-5)
     assert pool_pairwise_similarity(emb) == pytest.approx(pairwise_similarity_explicit(emb, np.arange(50)), abs=1e-9)
+
+
+def test_pws_subset_moments_equal_enumeration_of_all_subsets() -> None:
+    # every subset of 9 rows, for several sizes: the closed form is the exact mean and std
+    rng = np.random.default_rng(19)
+    emb = unit(rng.normal(size=(9, 4)) + 0.5).astype(np.float64)  # a shared direction: mostly positive
+    e = torch.from_numpy(emb)  # float64, so the comparison is exact to rounding
+    sq = (e * e).sum(dim=1)
+    for s in (2, 3, 5, 9):
+        vals = [pairwise_similarity_explicit(emb, np.array(sub)) for sub in itertools.combinations(range(9), s)]
+        mean, sd = pws_subset_moments(e, s, sq, make_generator(CPU, 1))
+        assert mean == pytest.approx(np.mean(vals), abs=1e-12)
+        assert sd == pytest.approx(np.std(vals), rel=1e-9, abs=1e-12)
+
+
+def test_pws_subset_moments_with_estimated_pair_squares_match_sampling() -> None:
+    # above 2048 rows the squared-similarity sum is estimated from random pairs: the std must
+    # still agree with the spread of many random subsets (sampling error of 4000 draws ~1.1%)
+    rng = np.random.default_rng(20)
+    centres = unit(rng.normal(size=(8, 16)))
+    emb = unit(centres[rng.integers(0, 8, 3000)] + 0.8 * rng.normal(size=(3000, 16))).astype(np.float32)
+    e = torch.from_numpy(emb)
+    sq = (e * e).sum(dim=1)
+    mean, sd = pws_subset_moments(e, 300, sq, make_generator(CPU, 2))
+    idx = torch.stack([torch.randperm(3000, generator=make_generator(CPU, 3, i))[:300] for i in range(4000)])
+    sims = pairwise_similarity(e, idx, sq).double()
+    assert mean == pytest.approx(float(sims.mean()), abs=3 * float(sims.std()) / math.sqrt(4000))
+    assert sd == pytest.approx(float(sims.std()), rel=0.05)
+    with pytest.raises(ValueError, match="subset size"):
+        pws_subset_moments(e, 1, sq, make_generator(CPU, 2))
 
 
 def test_fl_and_disf_match_definitions() -> None:

@@ -64,7 +64,7 @@ from thresher.selectors.base import (
     budget_target,
     column_numpy,
 )
-from thresher.selectors.diversity import DiversityKind, diversity, pool_pairwise_similarity
+from thresher.selectors.diversity import DiversityKind, diversity, pool_pairwise_similarity, pws_subset_moments
 
 _INIT_FLOOR = 0.1  # q' = (q - min) / (max - min) + floor, so quality init spans log(1 + 1/floor) nats
 _CURVE_POINTS = 100
@@ -104,7 +104,8 @@ class DataMaskParams(BudgetParams):
                              "fixed: mix the block-standardised objective (exactly what greedy maximises)")
     adv_eps: float = Field(1e-8, gt=0, description="floor of the group std in the advantage")
     fl_reference: int = Field(1024, ge=1, description="facility location: reference docs V per block")
-    calibration_draws: int = Field(32, ge=2, description="random subsets used to standardise diversity")
+    calibration_draws: int = Field(32, ge=2, description="random subsets used to standardise fl/disf diversity "
+                                                           "(pws: exact moments, no subsets)")
     normalized_tol: float = Field(1e-3, gt=0, description="allowed | ||e|| - 1 | for pws/fl")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, description="torch CPU threads while solving (None: leave as is)")
@@ -456,13 +457,21 @@ class Calibration:
 def calibrate(quality: torch.Tensor, emb: torch.Tensor, size: int, kind: DiversityKind, lam: float,
               gen: torch.Generator, draws: int = 32, ref_emb: torch.Tensor | None = None,
               sq_norms: torch.Tensor | None = None) -> Calibration:
-    """Mean/std of each metric over random ``size``-subsets of the block (quality: exact)."""
+    """Mean/std of each metric over random ``size``-subsets of the block.
+
+    Quality and PWS: exact moments (closed forms); facility location and DiSF: estimated from
+    ``draws`` random subsets.
+    """
     n = quality.shape[0]
     q = quality.to(torch.float64)
     m_q = float(q.mean())
     s_q = float(q.std(unbiased=False)) * math.sqrt(max(n - size, 0) / max(size * (n - 1), 1))
     cal = Calibration(lam, kind, size, m_q, s_q if s_q > 0 else 1.0, ref_emb=ref_emb, sq_norms=sq_norms)
-    if lam < 1:
+    if lam < 1 and kind == "pws":
+        assert sq_norms is not None
+        mean_sim, sd = pws_subset_moments(emb, size, sq_norms, gen)
+        cal.m_d, cal.s_d = -mean_sim, (sd if sd > 0 else 1.0)  # diversity = -similarity
+    elif lam < 1:
         idx = torch.stack([torch.randperm(n, generator=gen, device=emb.device)[:size] for _ in range(draws)])
         d = diversity(kind, emb, idx, ref_emb, sq_norms).to(torch.float64)
         cal.m_d = float(d.mean())
