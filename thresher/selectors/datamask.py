@@ -468,7 +468,6 @@ def calibrate(quality: torch.Tensor, emb: torch.Tensor, size: int, kind: Diversi
     s_q = float(q.std(unbiased=False)) * math.sqrt(max(n - size, 0) / max(size * (n - 1), 1))
     cal = Calibration(lam, kind, size, m_q, s_q if s_q > 0 else 1.0, ref_emb=ref_emb, sq_norms=sq_norms)
     if lam < 1 and kind == "pws":
-        assert sq_norms is not None
         mean_sim, sd = pws_subset_moments(emb, size, sq_norms, gen)
         cal.m_d, cal.s_d = -mean_sim, (sd if sd > 0 else 1.0)  # diversity = -similarity
     elif lam < 1:

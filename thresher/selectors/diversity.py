@@ -136,10 +136,11 @@ _EXACT_PAIR_SQUARES_ROWS = 2048  # up to this many rows, sum (e_i.e_j)^2 comes f
 _PAIR_SQUARES_SAMPLE = 1 << 13  # beyond: estimated from this many random pairs
 
 
-def pws_subset_moments(emb: torch.Tensor, size: int, sq_norms: torch.Tensor,
+def pws_subset_moments(emb: torch.Tensor, size: int, sq_norms: torch.Tensor | None,
                        gen: torch.Generator) -> tuple[float, float]:
     """Mean and standard deviation of ``pairwise_similarity`` over uniformly random subsets of
-    ``size`` rows of ``emb``, in closed form (no subsets are drawn).
+    ``size`` rows of ``emb``, in closed form (no subsets are drawn). ``sq_norms``: ||e_i||^2 per
+    row, computed here when None.
 
     With h_ij = e_i.e_j, c_i = sum_{j != i} h_ij, T = sum_i c_i and A = sum_{i != j} h_ij^2, the
     subset's sum P over ordered pairs has E[P] = p2 T and
@@ -153,7 +154,7 @@ def pws_subset_moments(emb: torch.Tensor, size: int, sq_norms: torch.Tensor,
     n = emb.shape[0]
     if not 2 <= size <= n:
         raise ValueError(f"subset size must be in [2, {n}], got {size}")
-    sq = sq_norms.to(torch.float64)
+    sq = ((emb * emb).sum(dim=1) if sq_norms is None else sq_norms).to(torch.float64)  # as pairwise_similarity
     total = emb.sum(dim=0).to(torch.float64)  # torch sums in cascade, accurate in float32 (no float64 copy)
     c = (emb @ total.to(emb.dtype)).to(torch.float64) - sq  # c_i = e_i . (sum of the others)
     t = float(total @ total - sq.sum())
