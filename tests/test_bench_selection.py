@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from thresher.cli import main as cli_main
+from thresher.commands.cli import main as cli_main
 from thresher.config import JobError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -189,7 +189,7 @@ def test_spark_task_failing_always_gives_clear_error(spark: Any, corpus_dir: Pat
 
 
 def _cli(job_file: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "thresher.cli", "run", str(job_file), "-q", *extra]
+    return [sys.executable, "-m", "thresher.commands.cli", "run", str(job_file), "-q", *extra]
 
 
 def test_killed_spark_job_resumes_at_shard_level(spark: Any, corpus_dir: Path, local_run: Any,

@@ -18,7 +18,7 @@ import yaml
 
 from conftest import job_dict, write_parquet_corpus
 from thresher import run
-from thresher.cli import main as cli_main
+from thresher.commands.cli import main as cli_main
 from thresher.config import JobError
 from thresher.io.output import AtomicParquetWriter, JobLock, OutputLayout
 
@@ -65,7 +65,7 @@ def test_sigkill_then_rerun_gives_identical_output(tmp_path: Path) -> None:
     job = job_dict(tmp_path / "c", tmp_path / "killed", selector={"type": "random", "budget": 0.3})
     job_file = tmp_path / "job.yaml"
     job_file.write_text(yaml.safe_dump(job))
-    cmd = [sys.executable, "-m", "thresher.cli", "run", str(job_file), "-q"]
+    cmd = [sys.executable, "-m", "thresher.commands.cli", "run", str(job_file), "-q"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     done = tmp_path / "killed" / "_thresher" / "done"

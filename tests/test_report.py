@@ -21,7 +21,7 @@ import pytest
 
 from conftest import job_dict, write_parquet_corpus
 from thresher import run
-from thresher.cli import main as cli_main
+from thresher.commands.cli import main as cli_main
 from thresher.config import JobError
 from thresher.report.html import (
     BENCH_FILE,

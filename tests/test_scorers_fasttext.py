@@ -44,7 +44,7 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # Trained through the CLI in a fresh process, as users do. Trained inside the long pytest
     # process, fastText stopped twice with "Encountered NaN" in fresh-clone CI runs of the full
     # suite (never in a run of this file alone), so some state of that process leaks into it.
-    res = subprocess.run([sys.executable, "-m", "thresher.cli", "train-classifier", "--positive", str(pos),
+    res = subprocess.run([sys.executable, "-m", "thresher.commands.cli", "train-classifier", "--positive", str(pos),
                           "--negative", str(neg), "--output", str(out), "--epoch", "25", "--lr", "0.1",
                           "--dim", "16", "--seed", "1"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr

@@ -210,7 +210,7 @@ def test_checkpoint_of_another_run_is_refused(tmp_path, straight):
 
 
 def test_cli_resumes_refuses_and_overwrites(tmp_path, capsys):
-    from thresher.cli import main as cli_main
+    from thresher.commands.cli import main as cli_main
 
     data = tmp_path / "out"
     write_shards(redundant_corpus(12, seed=2), data, n_shards=2)

@@ -67,7 +67,7 @@ def test_train_command_writes_safetensors_checkpoint_and_loss_log(tmp_path):
                      "reweight": {"strategy": "linupper", "temperature": 0.5, "warmup_steps": 2}}}
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(job))
-    from thresher.cli import main as cli_main
+    from thresher.commands.cli import main as cli_main
 
     assert cli_main(["train", str(path), "--steps", "5", "--lr", "1e-3"]) == 0
     out = data / "_train"

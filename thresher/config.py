@@ -16,17 +16,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from thresher.scorers.registry import validate_scorer_spec
+from thresher.selectors.registry import validate_selector_spec
+from thresher.specs import JobError, Strict, format_validation_error
+from thresher.training.spec import validate_train_spec
 
-class JobError(ValueError):
-    """A job spec that cannot be used; the message names the file and key."""
-
-
-class Strict(BaseModel):
-    """Base for every spec model: unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid", frozen=False)
+__all__ = ["JobSpec", "load_job", "apply_overrides", "parse_override"]
 
 
 class InputSpec(Strict):
@@ -101,15 +98,11 @@ class JobSpec(Strict):
     @field_validator("scorers")
     @classmethod
     def _check_scorers(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        from thresher.scorers.registry import validate_scorer_spec
-
         return [validate_scorer_spec(entry, f"scorers.{i}") for i, entry in enumerate(value)]
 
     @field_validator("selector")
     @classmethod
     def _check_selector(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from thresher.selectors.registry import validate_selector_spec
-
         return validate_selector_spec(value, "selector")
 
     @field_validator("train")
@@ -117,8 +110,6 @@ class JobSpec(Strict):
     def _check_train(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is None:
             return None
-        from thresher.training.spec import validate_train_spec
-
         return validate_train_spec(value, "train")
 
     @model_validator(mode="after")
@@ -148,51 +139,6 @@ class JobSpec(Strict):
 
 def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def config_diff(old: Any, new: Any, path: str = "") -> list[str]:
-    """``key.path: old -> new`` for every value that differs between two JSON-like configs.
-
-    Dicts are compared key by key (a missing key shows as ``(not set)``); anything else,
-    lists included, is compared whole.
-    """
-    if isinstance(old, dict) and isinstance(new, dict):
-        out: list[str] = []
-        for key in sorted(set(old) | set(new), key=str):
-            sub = f"{path}.{key}" if path else str(key)
-            if key not in old:
-                out.append(f"{sub}: (not set) -> {new[key]!r}")
-            elif key not in new:
-                out.append(f"{sub}: {old[key]!r} -> (not set)")
-            else:
-                out += config_diff(old[key], new[key], sub)
-        return out
-    return [] if old == new else [f"{path or '(top level)'}: {old!r} -> {new!r}"]
-
-
-# -- loading ------------------------------------------------------------------------
-
-
-def format_validation_error(err: ValidationError, source: str) -> str:
-    """Turn a pydantic error into lines of `source: key.path: message`."""
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        lines.append(f"{source}: {loc}: {msg}")
-    return "\n".join(lines)
-
-
-def param_errors(err: ValidationError, where: str) -> str:
-    """One line per error of a scorer/selector parameter model, keys prefixed by `where`."""
-    msgs = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"])
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        msgs.append(f"{where}.{key}: {msg}")
-    return "; ".join(msgs)
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

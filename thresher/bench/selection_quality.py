@@ -39,7 +39,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from thresher.bench.pool import Pool, build_pool
-from thresher.config import JobError
+from thresher.specs import JobError
 from thresher.models.train_proxy import EOS, train_bpe_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]

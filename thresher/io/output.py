@@ -31,7 +31,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from thresher.config import JobError
+from thresher.specs import JobError
 
 STAGES = ("score", "select", "write")
 MANIFEST_NAME = "_manifest.json"

@@ -20,7 +20,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from thresher.config import JobError
+from thresher.specs import JobError
 
 DEBIAN_JDK17 = ("/usr/lib/jvm/java-17-openjdk-amd64", "/usr/lib/jvm/java-17-openjdk-arm64",
                 "/usr/lib/jvm/java-17-openjdk")

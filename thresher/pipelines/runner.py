@@ -19,7 +19,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from thresher import __version__
-from thresher.config import JobError, JobSpec, config_diff
+from thresher.config import JobSpec
+from thresher.specs import JobError, config_diff
 from thresher.io.output import JobLock, OutputLayout, write_json_atomic
 from thresher.io.readers import InputShard, as_arrow_table, plan_shards
 from thresher.models.fingerprint import changed_models, model_fingerprints

@@ -12,7 +12,7 @@ import json
 
 import pyarrow as pa
 
-from thresher.config import JobError
+from thresher.specs import JobError
 from thresher.io.readers import InputShard
 
 Task = tuple[int, str, "bytes | None"]

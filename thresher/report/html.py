@@ -26,7 +26,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from thresher.config import JobError
+from thresher.specs import JobError
 from thresher.io.output import MANIFEST_NAME, find_manifest
 from thresher.report import plots
 

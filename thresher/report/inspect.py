@@ -9,7 +9,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from thresher.config import JobError
+from thresher.specs import JobError
 from thresher.io.output import find_manifest
 from thresher.report.summary import _as_float, _numeric, describe
 

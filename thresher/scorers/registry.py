@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from thresher.config import param_errors
+from thresher.specs import param_errors
 from thresher.scorers.base import GlobalScorer, Scorer
 
 # type name -> "module:Class"; imported lazily so a job only imports what it uses

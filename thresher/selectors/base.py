@@ -23,6 +23,8 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from thresher.common.arrays import column_numpy  # noqa: F401  (selectors read score columns with it)
+
 
 class SelectorParams(BaseModel):
     """Base for selector parameters: unknown keys are errors."""
@@ -78,10 +80,13 @@ class Selector(ABC):
 
     def required_columns(self) -> list[str]:
         """Score-table columns this selector reads (besides id/_shard/_row)."""
-        cols = []
-        if isinstance(self.params, BudgetParams):
-            cols.append(self.params.token_column)
-        return cols
+        token = self.token_column()
+        return [token] if token is not None else []
+
+    def token_column(self) -> str | None:
+        """The per-document token count behind token budgets and the pool's token total
+        (None: this selector has no budget)."""
+        return self.params.token_column if isinstance(self.params, BudgetParams) else None
 
     def text_columns(self) -> list[str]:
         """Normalised input columns (`text`, `prompt`, `response`) this selector reads.
@@ -116,14 +121,3 @@ def take_in_order(order: np.ndarray, n_rows: int, params: BudgetParams, ctx: Sel
         cum = np.cumsum(tokens[order])
         selected[order[cum <= target + 1e-9]] = True
     return selected
-
-
-def column_numpy(table: pa.Table, name: str, dtype: Any = np.float64) -> np.ndarray:
-    """A score column as numpy; a missing column or nulls is a clear error."""
-    if name not in table.column_names:
-        raise KeyError(f"score column {name!r} not found; available: {sorted(table.column_names)}")
-    col = table.column(name)
-    if col.null_count:
-        raise ValueError(f"score column {name!r} has {col.null_count} nulls; filter them first "
-                         f"(filters: [{{column: {name}, op: not_null}}])")
-    return col.to_numpy().astype(dtype, copy=False)

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from thresher.config import param_errors
+from thresher.specs import param_errors
 from thresher.selectors.base import Selector
 
 SELECTORS: dict[str, str] = {

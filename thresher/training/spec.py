@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
+from thresher.specs import Strict as _Strict
+from thresher.specs import param_errors
 from thresher.training.reweight import check_strategy
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class TinyModelSpec(_Strict):
@@ -97,10 +95,5 @@ def validate_train_spec(value: Any, where: str = "train") -> dict[str, Any]:
     try:
         spec = TrainSpec.model_validate(value)
     except ValidationError as err:
-        msgs = []
-        for e in err.errors():
-            key = ".".join(str(p) for p in e["loc"])
-            msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-            msgs.append(f"{where}.{key}: {msg}")
-        raise ValueError("; ".join(msgs)) from None
+        raise ValueError(param_errors(err, where)) from None
     return spec.model_dump(mode="json")

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable
 import pyarrow.parquet as pq
 import torch
 
-from thresher.config import JobError, config_diff
+from thresher.specs import JobError, config_diff
 from thresher.training.data import ALPACA_TEMPLATE, ShardDataset, list_shards, make_loader
 from thresher.training.loss import Objective
 from thresher.training.reweight import ReweightConfig

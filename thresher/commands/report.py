@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from thresher.config import JobError
+from thresher.specs import JobError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,10 +15,10 @@ from thresher.io.output import OutputLayout
 
 # sub-commands implemented in other modules: name -> (module, help)
 PLUGINS = {
-    "train": ("thresher.training.train_cmd", "train a model on selected shards (reweighting, ssToken)"),
-    "train-proxy": ("thresher.models.train_proxy", "train a small proxy LM on reference text"),
-    "train-classifier": ("thresher.models.train_classifier", "train a fastText quality classifier"),
-    "report": ("thresher.report.report_cmd", "HTML report with plots of an output folder"),
+    "train": ("thresher.commands.train", "train a model on selected shards (reweighting, ssToken)"),
+    "train-proxy": ("thresher.commands.train_proxy", "train a small proxy LM on reference text"),
+    "train-classifier": ("thresher.commands.train_classifier", "train a fastText quality classifier"),
+    "report": ("thresher.commands.report", "HTML report with plots of an output folder"),
     "bench-selection": ("thresher.bench.selection_quality", "train a proxy model on each method's selection"),
 }
 

@@ -1,0 +1,1 @@
+"""The `thresher` command line: the CLI and every command implementation (top layer)."""
