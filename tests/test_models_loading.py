@@ -10,7 +10,8 @@ import torch
 
 from conftest_models import tiny_bert, tiny_gpt2, tiny_llama, train_tokenizer
 from thresher.models import loading
-from thresher.models.loading import (ModelConfig, ModelError, load_model, resolve_device, resolve_dtype,
+from thresher.common.device import DeviceError, resolve_device
+from thresher.models.loading import (ModelConfig, ModelError, load_model, resolve_dtype,
                                      resolve_model_ref)
 
 
@@ -47,11 +48,13 @@ def test_device_and_dtype() -> None:
     assert resolve_device("cpu") == torch.device("cpu")
     auto = resolve_device("auto")
     assert auto.type == ("cuda" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(ModelError, match="bad device"):
+    with pytest.raises(DeviceError, match="bad device"):
         resolve_device("tpu")
     if not torch.cuda.is_available():
-        with pytest.raises(ModelError, match="no CUDA"):
+        with pytest.raises(DeviceError, match="no CUDA"):
             resolve_device("cuda:0")
+        with pytest.raises(ModelError, match="no CUDA"):  # load_model names it as a model error
+            load_model(ModelConfig("minilm", "embedding", device="cuda"))
     cpu = torch.device("cpu")
     assert resolve_dtype("auto", cpu) == torch.float32
     assert resolve_dtype("bf16", cpu) == torch.bfloat16

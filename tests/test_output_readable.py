@@ -79,38 +79,14 @@ def test_datasets_loads_the_parts(out: Path, tmp_path: Path, monkeypatch: pytest
 def test_find_manifest(tmp_path: Path) -> None:
     assert find_manifest(tmp_path / "missing") is None
     assert find_manifest(tmp_path) is None
-    (tmp_path / "manifest.json").write_text("{}")
-    assert find_manifest(tmp_path) == tmp_path / "manifest.json"
+    (tmp_path / "manifest.json").write_text("{}")  # not thresher's name: no legacy names at 0.1.0
+    assert find_manifest(tmp_path) is None
     (tmp_path / "_manifest.json").write_text("{}")
     assert find_manifest(tmp_path) == tmp_path / "_manifest.json"
     assert find_manifest(tmp_path / "_manifest.json") is None  # a file is not an output folder
 
 
-def make_legacy(out: Path) -> None:
-    """Turn a fresh output folder into one written by an older thresher."""
-    (out / "_manifest.json").rename(out / "manifest.json")
-    (out / "_summary.txt").rename(out / "summary.txt")
-
-
-def test_legacy_folder_is_still_read(out: Path) -> None:
-    counts = json.loads((out / "_manifest.json").read_text())["counts"]
-    make_legacy(out)
-    assert find_manifest(out) == out / "manifest.json"
-    info = inspect_data(out)
-    assert info["counts"] == counts and info["rows"] == counts["selected"]
-    assert load_run(out).manifest["counts"] == counts
-
-
-def test_rerun_on_legacy_folder_drops_the_old_names(out: Path, corpus: Path) -> None:
-    make_legacy(out)
-    run(job_dict(corpus, out), progress=False)  # same job: resumes every stage
-    assert (out / "_manifest.json").exists() and (out / "_summary.txt").exists()
-    assert not (out / "manifest.json").exists() and not (out / "summary.txt").exists()
-    assert len(pd.read_parquet(out)) == 300
-
-
-def test_clear_write_stage_removes_legacy_files(out: Path) -> None:
-    make_legacy(out)
+def test_clear_write_stage_removes_manifest_and_summary(out: Path) -> None:
     OutputLayout(out).clear_stage("write")
     assert not list(out.glob("part-*.parquet"))
-    assert not any((out / n).exists() for n in ("manifest.json", "summary.txt", "_manifest.json", "_summary.txt"))
+    assert not any((out / n).exists() for n in ("_manifest.json", "_summary.txt"))

@@ -1,8 +1,8 @@
 """thresher: select and weight training data for language models."""
 
-__version__ = "0.1.0"
-
-from thresher.config import JobError, JobSpec, load_job  # noqa: E402
+from thresher.config import JobSpec, load_job
+from thresher.specs import JobError
+from thresher.version import __version__
 
 __all__ = ["JobError", "JobSpec", "load_job", "run", "__version__"]
 

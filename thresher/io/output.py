@@ -14,8 +14,6 @@ shard and a re-run never trusts one.
 Everything that is not a selected row starts with "_" so that the folder itself is a Parquet
 dataset: `pandas.read_parquet(folder)` and `pyarrow.dataset.dataset(folder)` read the parts and
 nothing else. (`datasets` skips only "." and "__" names, so give it `data_files="part-*.parquet"`.)
-Folders written by earlier versions hold `manifest.json` / `summary.txt` instead; `find_manifest`
-reads either.
 """
 
 from __future__ import annotations
@@ -31,29 +29,21 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from thresher.common.atomic import TMP_GLOB, temp_name
 from thresher.specs import JobError
 
 STAGES = ("score", "select", "write")
 MANIFEST_NAME = "_manifest.json"
 SUMMARY_NAME = "_summary.txt"
-# names used by folders written before the manifest and summary moved out of the dataset's way
-LEGACY_MANIFEST_NAME = "manifest.json"
-LEGACY_SUMMARY_NAME = "summary.txt"
 
 
 def find_manifest(root: str | os.PathLike[str]) -> Path | None:
-    """The manifest of the output folder `root`: `_manifest.json`, else a legacy `manifest.json`.
+    """The manifest (`_manifest.json`) of the output folder `root`.
 
-    None when `root` is not a folder or holds neither (an unfinished or score-only run).
+    None when `root` is not a folder or holds none (an unfinished or score-only run).
     """
-    folder = Path(root)
-    if not folder.is_dir():
-        return None
-    for name in (MANIFEST_NAME, LEGACY_MANIFEST_NAME):
-        path = folder / name
-        if path.is_file():
-            return path
-    return None
+    path = Path(root) / MANIFEST_NAME
+    return path if path.is_file() else None
 
 
 def _sha256(path: Path) -> str:
@@ -124,24 +114,6 @@ class OutputLayout:
                 p.unlink()
             for p in (self.manifest, self.summary):
                 p.unlink(missing_ok=True)
-            self.remove_legacy_files()
-
-    def remove_legacy_files(self) -> None:
-        """Delete a legacy `manifest.json` / `summary.txt` (older versions wrote them beside the
-        parts, where they break `pandas.read_parquet(folder)` and friends)."""
-        for name in (LEGACY_MANIFEST_NAME, LEGACY_SUMMARY_NAME):
-            self._inside(name).unlink(missing_ok=True)
-
-
-def write_json_atomic(obj: Any, path: Path) -> None:
-    """Write JSON to a temporary name, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 class AtomicParquetWriter:
@@ -149,7 +121,7 @@ class AtomicParquetWriter:
 
     def __init__(self, path: Path, schema: pa.Schema | None = None, compression: str = "zstd") -> None:
         self.path = path
-        self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        self.tmp = temp_name(path)
         self.schema = schema
         self.compression = None if compression == "none" else compression
         self.rows = 0
@@ -206,7 +178,7 @@ def remove_stale_temporaries(root: Path) -> list[Path]:
     Only call this while holding the folder's JobLock: then no live writer owns any of them.
     """
     removed = []
-    for p in sorted(root.rglob(".*.tmp-*")):
+    for p in sorted(root.rglob(TMP_GLOB)):
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
         else:

@@ -30,6 +30,9 @@ from typing import Any, Iterator, Literal
 
 import torch
 
+from thresher.common.device import DeviceError, resolve_device
+from thresher.common.threads import apply_torch_threads
+
 ModelKind = Literal["causal_lm", "sequence_classification", "embedding"]
 
 SMOLLM2_DIRNAME = "smollm2-135m-instruct"
@@ -175,28 +178,7 @@ def _hub_cache_lookup(repo_id: str) -> Path | None:
         return None
 
 
-# -- device, dtype, threads -------------------------------------------------------------------
-def resolve_device(device: str = "auto") -> torch.device:
-    """`auto` (first GPU when one is present, else CPU), `cpu`, `cuda` or `cuda:N`."""
-    device = (device or "auto").strip().lower()
-    if device == "auto":
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    if device == "cpu":
-        return torch.device("cpu")
-    if device == "cuda" or device.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ModelError(f"device {device!r} asked for, but torch sees no CUDA GPU (use 'auto' or 'cpu')")
-        index = 0 if device == "cuda" else device.split(":", 1)[1]
-        try:
-            index = int(index)
-        except ValueError:
-            raise ModelError(f"bad device {device!r}; use auto, cpu, cuda or cuda:N") from None
-        if not 0 <= index < torch.cuda.device_count():
-            raise ModelError(f"device {device!r}: only {torch.cuda.device_count()} GPU(s) visible")
-        return torch.device(f"cuda:{index}")
-    raise ModelError(f"bad device {device!r}; use auto, cpu, cuda or cuda:N")
-
-
+# -- dtype -----------------------------------------------------------------------------------
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
@@ -211,15 +193,6 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype not in _DTYPES:
         raise ModelError(f"bad dtype {dtype!r}; use auto, float32, bfloat16 or float16")
     return _DTYPES[dtype]
-
-
-def set_torch_threads(n: int | None) -> None:
-    """Set torch's intra-op threads (None: `$THRESHER_TORCH_THREADS`, else leave torch's default)."""
-    if n is None:
-        env = os.environ.get("THRESHER_TORCH_THREADS")
-        n = int(env) if env else None
-    if n is not None and n > 0 and torch.get_num_threads() != n:
-        torch.set_num_threads(n)
 
 
 def autocast_context(device: torch.device, cpu_bf16_autocast: bool) -> contextlib.AbstractContextManager[Any]:
@@ -326,14 +299,17 @@ def _load_tokenizer(path: Path, config: ModelConfig) -> Any:
 def _load_uncached(config: ModelConfig) -> LoadedModel:
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    set_torch_threads(config.torch_threads)
+    apply_torch_threads(config.torch_threads)
     path = resolve_model_ref(config.ref)
     if path.is_file():
         raise ModelError(f"model {config.ref!r} resolves to the file {path}; an HF model is a folder "
                          "with config.json (fastText files go to the fasttext scorer)")
     if not (path / "config.json").exists():
         raise ModelError(f"{path} is not a Hugging Face model folder (no config.json)")
-    device = resolve_device(config.device)
+    try:
+        device = resolve_device(config.device)
+    except DeviceError as exc:
+        raise ModelError(str(exc)) from None
     dtype = resolve_dtype(config.dtype, device)
     try:
         hf_config = AutoConfig.from_pretrained(str(path), local_files_only=True,

@@ -29,16 +29,17 @@ import base64
 import json
 import os
 import pickle
-import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
 
-from thresher.config import JobError, JobSpec
+from thresher.config import JobSpec
 from thresher.io.readers import InputShard
+from thresher.pipelines.engine import ItemFn, StageFn, check_item_count, in_shard_order, short_error
 from thresher.pipelines.tasks import decode_task, encode_tasks
+from thresher.specs import JobError
 
 try:
     import apache_beam as beam
@@ -46,7 +47,6 @@ try:
 except ImportError as _exc:  # runner.make_engine turns this into a JobError
     raise ModuleNotFoundError(f"engine beam needs apache-beam: pip install 'thresher[beam]' ({_exc})") from None
 
-StageFn = Callable[[JobSpec, InputShard, str, "pa.Table | None"], dict[str, Any]]
 DIRECT = {"DirectRunner", "direct", "SwitchingDirectRunner", "BundleBasedDirectRunner", "FnApiRunner"}
 
 
@@ -78,22 +78,12 @@ class _StageDoFn(beam.DoFn):  # type: ignore[misc]
 class _CallDoFn(beam.DoFn):  # type: ignore[misc]
     """parallel_map: call fn on (index, item) and emit base64(pickle((index, result)))."""
 
-    def __init__(self, fn: Callable[[Any], Any]) -> None:
+    def __init__(self, fn: ItemFn) -> None:
         self.fn = fn
 
     def process(self, element: tuple[int, Any]) -> Iterator[str]:
         i, item = element
         yield base64.b64encode(pickle.dumps((i, self.fn(item)), protocol=5)).decode()
-
-
-def _short(exc: BaseException, limit: int = 600) -> str:
-    """The Python error a Beam worker raised, without the runner's wrapping."""
-    text = str(exc)
-    found = re.findall(r"^((?:[\w.]+\.)?\w*(?:Error|Exception)): (.+)$", text, flags=re.M)
-    if found:
-        name, msg = found[-1]
-        return f"{name.rsplit('.', 1)[-1]}: {msg}"[:limit]
-    return " ".join(text.split())[:limit] or type(exc).__name__
 
 
 class BeamEngine:
@@ -157,7 +147,7 @@ class BeamEngine:
         except JobError:
             raise
         except Exception as exc:
-            raise JobError(f"engine beam ({self.runner}): the {label} pipeline failed: {_short(exc)}") from None
+            raise JobError(f"engine beam ({self.runner}): the {label} pipeline failed: {short_error(exc)}") from None
         from apache_beam.io.filesystems import FileSystems
 
         lines: list[str] = []
@@ -175,24 +165,15 @@ class BeamEngine:
         tasks = encode_tasks(shards, table)
         dofn = _StageDoFn(fn, job.model_dump_json(), os.path.abspath(out_root), self.torch_threads)
         lines = self._run(stage, tasks, dofn)
-        results: dict[int, dict[str, Any]] = {}
-        for line in lines:
-            res = json.loads(line)
-            results[int(res["shard"])] = res
-        missing = [s.index for s in shards if s.index not in results]
-        if missing or len(lines) != len(shards):
-            raise JobError(f"engine beam: {stage} returned {len(lines)} results for {len(shards)} shards "
-                           f"(missing {missing[:10]})")
-        return [results[s.index] for s in shards]
+        return in_shard_order(self.name, stage, shards, [json.loads(line) for line in lines])
 
-    def parallel_map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    def parallel_map(self, fn: ItemFn, items: list[Any]) -> list[Any]:
         """Map a picklable function over items, one element per item (in order)."""
         if not items:
             return []
         lines = self._run("parallel_map", list(enumerate(items)), _CallDoFn(fn))
         pairs = dict(pickle.loads(base64.b64decode(line)) for line in lines)
-        if len(pairs) != len(items):
-            raise JobError(f"engine beam: parallel_map returned {len(pairs)} results for {len(items)} items")
+        check_item_count(self.name, list(pairs), items)
         return [pairs[i] for i in range(len(items))]
 
     def close(self) -> None:

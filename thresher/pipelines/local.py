@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from typing import Any
 
@@ -13,9 +12,8 @@ from tqdm.auto import tqdm
 
 from thresher.config import JobSpec
 from thresher.io.readers import InputShard
+from thresher.pipelines.engine import ItemFn, StageFn, check_item_count, in_shard_order
 from thresher.pipelines.worker import init_worker
-
-StageFn = Callable[[JobSpec, InputShard, str, "pa.Table | None"], dict[str, Any]]
 
 
 class LocalEngine:
@@ -35,10 +33,10 @@ class LocalEngine:
         """Call `fn(job, shard, out_root, slice)` for every shard; results in shard order."""
         total = sum(s.rows or 0 for s in shards) or None
         bar = tqdm(total=total, desc=f"{stage:>6}", unit="doc", disable=not self.progress, dynamic_ncols=True)
-        results: dict[int, dict[str, Any]] = {}
+        results: list[dict[str, Any]] = []
 
         def done(res: dict[str, Any]) -> None:
-            results[res["shard"]] = res
+            results.append(res)
             bar.update(res.get("rows_in", 0))
             bar.set_postfix_str(f"shards {len(results)}/{len(shards)}")
 
@@ -56,13 +54,13 @@ class LocalEngine:
                         done(f.result())  # re-raises a worker's error with its message
         finally:
             bar.close()
-        return [results[s.index] for s in shards]
+        return in_shard_order(self.name, stage, shards, results)
 
-    def parallel_map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    def parallel_map(self, fn: ItemFn, items: list[Any]) -> list[Any]:
         """Map a picklable function over items in the worker pool (in order)."""
         if min(self.workers, len(items)) <= 1:
             return [fn(x) for x in items]
-        return list(self._get_pool().map(fn, items))
+        return check_item_count(self.name, list(self._get_pool().map(fn, items)), items)
 
     def _get_pool(self) -> ProcessPoolExecutor:
         """One pool for the whole job, so workers (and their models) live across stages."""

@@ -7,48 +7,27 @@ decides how the two map stages are spread over workers.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import time
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from thresher import __version__
 from thresher.config import JobSpec
 from thresher.specs import JobError, config_diff
-from thresher.io.output import JobLock, OutputLayout, write_json_atomic
+from thresher.common.atomic import write_json_atomic, write_text_atomic
+from thresher.io.output import JobLock, OutputLayout
 from thresher.io.readers import InputShard, as_arrow_table, plan_shards
 from thresher.models.fingerprint import changed_models, model_fingerprints
 from thresher.pipelines import stages
-from thresher.report.summary import score_summary, summary_text
-
-ENGINES = {
-    "local": "thresher.pipelines.local:LocalEngine",
-    "spark": "thresher.pipelines.spark_engine:SparkEngine",
-    "beam": "thresher.pipelines.beam_engine:BeamEngine",
-}
-
+from thresher.pipelines.engine import make_engine
+from thresher.pipelines.manifest import build_manifest, summary_text
 
 @dataclass
 class RunResult:
     manifest: dict[str, Any]
     summary: str
     output: str
-
-
-def make_engine(job: JobSpec, progress: bool = True) -> Any:
-    """The engine named by `job.engine.name`."""
-    module, cls = ENGINES[job.engine.name].split(":")
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        raise JobError(f"engine {job.engine.name!r} is not available: {exc}") from None
-    return getattr(mod, cls)(job, progress=progress)
 
 
 def _inputs_hash(shards: list[InputShard]) -> str:
@@ -136,80 +115,5 @@ def run_job(job: JobSpec, data: Any = None, overwrite: bool | None = None, progr
         manifest = build_manifest(job, layout, shards, score_res, select_res, write_res, timings, engine.name)
         write_json_atomic(manifest, layout.manifest)
         text = summary_text(manifest)
-        layout.summary.write_text(text, encoding="utf-8")
-        layout.remove_legacy_files()  # a resumed folder from an older version: no stale copy beside the parts
+        write_text_atomic(text, layout.summary)
     return RunResult(manifest, text, str(layout.root))
-
-
-def count_rows(layout: OutputLayout, n_shards: int) -> dict[str, Any]:
-    """Selected / not selected / rejected counts, by reason, from the files on disk."""
-    status: Counter[str] = Counter()
-    reasons: dict[str, Counter[str]] = {"not_selected": Counter(), "rejected": Counter()}
-    for i in range(n_shards):
-        sel = pq.read_table(layout.selection(i), columns=["status", "reason"])
-        for (st, rs), n in Counter(zip(sel.column("status").to_pylist(), sel.column("reason").to_pylist())).items():
-            status[st] += n
-            if st in reasons:
-                reasons[st][rs or "unknown"] += n
-        rej = layout.rejected(i)
-        if rej.exists():
-            r = pq.read_table(rej, columns=["reason"])
-            for rs, n in Counter(r.column("reason").to_pylist()).items():
-                status["rejected"] += n
-                reasons["rejected"][rs] += n
-    return {
-        "selected": status["selected"],
-        "not_selected": {"total": status["not_selected"], "by_reason": dict(reasons["not_selected"])},
-        "rejected": {"total": status["rejected"], "by_reason": dict(reasons["rejected"])},
-    }
-
-
-def build_manifest(job: JobSpec, layout: OutputLayout, shards: list[InputShard], score_res: list[dict[str, Any]],
-                   select_res: dict[str, Any] | None, write_res: list[dict[str, Any]] | None,
-                   timings: dict[str, float], engine: str) -> dict[str, Any]:
-    """Everything a reader needs to trust the output; the counts must add up."""
-    input_rows = sum(r["rows_in"] for r in score_res)
-    scorer_stats: dict[str, dict[str, float]] = {}
-    for r in score_res:
-        for name, st in (r.get("scorers") or {}).items():
-            agg = scorer_stats.setdefault(name, {"rows": 0, "seconds": 0.0})
-            agg["rows"] += st["rows"]
-            agg["seconds"] += st["seconds"]
-    manifest: dict[str, Any] = {
-        "thresher_version": __version__,
-        "job": job.model_dump(mode="json"),
-        "score_hash": job.score_hash(),
-        "select_hash": job.select_hash(),
-        "engine": engine,
-        "inputs": [{"shard": s.index, "source": s.name, "fingerprint": s.fingerprint, "rows": r["rows_in"]}
-                   for s, r in zip(shards, score_res)],
-        "counts": {"input_rows": input_rows},
-        "scorers": scorer_stats,
-        "timings": {k: round(v, 4) for k, v in timings.items()},
-        "resumed_shards": {"score": sum(bool(r.get("skipped")) for r in score_res)},
-    }
-    if select_res is None or write_res is None:
-        return manifest
-    counts = count_rows(layout, len(shards))
-    total = counts["selected"] + counts["not_selected"]["total"] + counts["rejected"]["total"]
-    if total != input_rows:
-        raise JobError(f"accounting error: {input_rows} input rows but {total} counted "
-                       f"(selected + not selected + rejected); please report this bug")
-    written = sum(r["part"]["rows"] for r in write_res)
-    if written != counts["selected"]:
-        raise JobError(f"accounting error: {counts['selected']} selected but {written} rows written")
-    manifest["counts"].update(counts)
-    manifest["shards"] = [r["part"] for r in write_res]
-    manifest["selection"] = {k: v for k, v in select_res.items() if k not in ("skipped",)}
-    manifest["scores"] = score_summary(layout, len(shards))
-    manifest["resumed_shards"]["write"] = sum(bool(r.get("skipped")) for r in write_res)
-    manifest["resumed_shards"]["select"] = bool(select_res.get("skipped"))
-    tokens = None
-    if manifest["shards"]:
-        try:
-            tokens = sum(pc.sum(pq.read_table(layout.part(s.index), columns=["n_words"]).column("n_words")).as_py()
-                         or 0 for s in shards)
-        except (KeyError, pa.ArrowInvalid):
-            tokens = None
-    manifest["counts"]["selected_words"] = tokens
-    return manifest

@@ -45,18 +45,20 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-import thresher
-from thresher.config import JobError, JobSpec, SparkEngineSpec
+from thresher.config import JobSpec, SparkEngineSpec
 from thresher.io.readers import InputShard
+from thresher.pipelines.engine import ItemFn, StageFn, check_item_count, in_shard_order, short_error
 from thresher.pipelines.tasks import decode_task, encode_tasks
+from thresher.pipelines.worker import init_worker, set_task_device
+from thresher.specs import JobError
 
-StageFn = Callable[[JobSpec, InputShard, str, "pa.Table | None"], dict[str, Any]]
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the thresher package folder (shipped to executors)
 
 RESULT_SCHEMA = "shard int, result string"
 # test hook: "STAGE:SHARD:MODE" (MODE = fail_before | fail_after | hang) from the job's local
@@ -70,7 +72,6 @@ WAIT_KEY = "spark.thresher.executorWaitSeconds"
 # -- executor side ----------------------------------------------------------------------
 
 _JOBS: dict[str, JobSpec] = {}
-_DEVICE_SET: dict[str, str] = {}
 # driver side: the package zip shipped to each SparkContext (by application id). It must
 # outlive the engine (executors that start later fetch it from the driver), so it lives
 # in a temp folder removed when the process exits.
@@ -85,29 +86,15 @@ def _job_from_json(text: str) -> JobSpec:
 
 
 def _use_task_gpu(ctx: Any) -> str | None:
-    """Point this task's scorers at the GPU Spark assigned to it; returns the device or None.
-
-    Preferred: `worker.set_task_device("cuda:N")` (scorers with `device: auto` use it; the
-    per-worker cache keys on it). Fallback when worker.py has no such hook: set
-    CUDA_VISIBLE_DEVICES=N, which only works before CUDA is initialised in this worker
-    (true when each executor owns one GPU, the usual layout)."""
+    """Point this task's scorers at the GPU Spark assigned to it (`device: auto` scorers use
+    it; the per-worker cache keys on it); returns the device or None."""
     resources = ctx.resources() if ctx is not None else {}
     gpu = resources.get("gpu")
     if gpu is None or not gpu.addresses:
         return None
-    addr = str(gpu.addresses[0])
-    from thresher.pipelines import worker
-
-    setter = getattr(worker, "set_task_device", None)
-    if setter is not None:
-        setter(f"cuda:{addr}")
-        return f"cuda:{addr}"
-    pinned = _DEVICE_SET.setdefault("cuda_visible", addr)
-    if pinned != addr:
-        print(f"thresher: task got GPU {addr} but this Python worker is pinned to GPU {pinned} "
-              f"(CUDA_VISIBLE_DEVICES); give each executor one GPU", file=sys.stderr)
-    os.environ["CUDA_VISIBLE_DEVICES"] = pinned
-    return f"cuda:{pinned}"
+    device = f"cuda:{gpu.addresses[0]}"
+    set_task_device(device)
+    return device
 
 
 def _fault(spec: str | None, stage: str, shard: int, attempt: int, when: str) -> None:
@@ -129,8 +116,6 @@ def _run_tasks(batches: Iterator[pa.RecordBatch], fn: StageFn, stage: str, job_j
                torch_threads: int) -> Iterator[pa.RecordBatch]:
     """mapInArrow body: run the stage on each shard task of the partition, yield result rows."""
     from pyspark import TaskContext
-
-    from thresher.pipelines.worker import init_worker
 
     init_worker(torch_threads)
     ctx = TaskContext.get()
@@ -190,7 +175,7 @@ def check_master_reachable(master: str, timeout: float = 5.0) -> None:
 @functools.lru_cache(maxsize=8)
 def _thresher_importable_by(python: str) -> bool:
     """Whether `python` (started outside this folder) imports this very thresher package."""
-    here = os.path.realpath(os.path.dirname(thresher.__file__))
+    here = os.path.realpath(PACKAGE_DIR)
     try:
         out = subprocess.run([python, "-c", "import os, thresher; print(os.path.realpath(os.path.dirname("
                               "thresher.__file__)))"], capture_output=True, text=True, timeout=60, cwd="/")
@@ -201,7 +186,7 @@ def _thresher_importable_by(python: str) -> bool:
 
 def package_zip(dest_dir: str) -> str:
     """Zip the thresher package (Python files only) for `addPyFile`."""
-    root = Path(thresher.__file__).resolve().parent
+    root = PACKAGE_DIR
     path = os.path.join(dest_dir, "thresher.zip")
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
         for f in sorted(root.rglob("*.py")):
@@ -256,19 +241,8 @@ def get_session(spec: SparkEngineSpec, progress: bool = True) -> tuple[Any, bool
         spark = builder.getOrCreate()
     except Exception as exc:  # JVM did not start, bad conf, master refused the app
         raise JobError(f"engine spark: could not start a SparkSession on {spec.master!r}: "
-                       f"{type(exc).__name__}: {_short(exc)}") from None
+                       f"{type(exc).__name__}: {short_error(exc)}") from None
     return spark, True
-
-
-def _short(exc: BaseException, limit: int = 600) -> str:
-    """The useful last line(s) of a Spark/Py4J error (the Python exception raised in a task)."""
-    text = str(exc)
-    found = re.findall(r"^((?:[\w.]+\.)?\w*(?:Error|Exception)): (.+)$", text, flags=re.M)
-    python_side = [f for f in found if not f[0].startswith(("org.", "java.", "scala.", "py4j."))]
-    if python_side:
-        name, msg = python_side[-1]
-        return f"{name.rsplit('.', 1)[-1]}: {msg}"[:limit]
-    return " ".join(text.split())[:limit]
 
 
 class SparkEngine:
@@ -338,22 +312,18 @@ class SparkEngine:
         try:
             got = tasks.mapInArrow(body, RESULT_SCHEMA).collect()
         except Exception as exc:
-            raise JobError(f"engine spark: the {stage} stage failed: {_short(exc)}") from None
-        results = {int(r["shard"]): json.loads(r["result"]) for r in got}
-        missing = [s.index for s in shards if s.index not in results]
-        if missing or len(got) != len(shards):
-            raise JobError(f"engine spark: {stage} returned {len(got)} results for {len(shards)} shards "
-                           f"(missing {missing[:10]})")
-        return [results[s.index] for s in shards]
+            raise JobError(f"engine spark: the {stage} stage failed: {short_error(exc)}") from None
+        return in_shard_order(self.name, stage, shards, [json.loads(r["result"]) for r in got])
 
-    def parallel_map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    def parallel_map(self, fn: ItemFn, items: list[Any]) -> list[Any]:
         """Map a picklable function over items, one Spark task per item (in order)."""
         if not items:
             return []
         try:
-            return self.sc.parallelize(items, len(items)).map(fn).collect()
+            results = self.sc.parallelize(items, len(items)).map(fn).collect()
         except Exception as exc:
-            raise JobError(f"engine spark: parallel_map failed: {_short(exc)}") from None
+            raise JobError(f"engine spark: parallel_map failed: {short_error(exc)}") from None
+        return check_item_count(self.name, results, items)
 
     def close(self) -> None:
         """Stop the session if this engine started it (and remove the zip shipped to it)."""

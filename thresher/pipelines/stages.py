@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,11 +18,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from thresher.config import FilterSpec, JobError, JobSpec
-from thresher.io.output import AtomicParquetWriter, OutputLayout, write_json_atomic
+from thresher.config import FilterSpec, JobSpec
+from thresher.specs import JobError
+from thresher.common.atomic import write_json_atomic
+from thresher.io.output import AtomicParquetWriter, OutputLayout
 from thresher.io.readers import REJECT_SCHEMA, InputShard, read_shard
 from thresher.pipelines.worker import global_scorers, scorers_for
-from thresher.selectors.base import SelectContext, serial_map
+from thresher.scorers.base import GlobalScorer
+from thresher.selectors.base import ParallelMap, SelectContext, SelectionResult, Selector, serial_map
 from thresher.selectors.registry import build_selector
 
 BASE_COLUMNS = ("id", "_shard", "_row", "n_chars", "n_words")
@@ -164,20 +167,65 @@ def read_text_columns(job: JobSpec, shards: list[InputShard] | None, table: pa.T
     return {c: pa.chunked_array(v, pa.string()) for c, v in pieces.items()}
 
 
-def select(job: JobSpec, layout: OutputLayout, n_shards: int,
-           parallel_map: Callable[[Callable[[Any], Any], list[Any]], list[Any]] = serial_map,
+@dataclass
+class RowStatus:
+    """Per-row outcome of the select stage over the score table (status, reason, extra columns)."""
+
+    status: np.ndarray  # "selected" | "not_selected" | "rejected"
+    reason: np.ndarray  # None, "duplicate_id", a filter label or "not_chosen"
+    columns: dict[str, pa.Array] = field(default_factory=dict)  # full-length, null where not computed
+
+    @classmethod
+    def start(cls, n: int) -> "RowStatus":
+        return cls(np.full(n, "not_selected", dtype=object), np.full(n, None, dtype=object))
+
+
+def select(job: JobSpec, layout: OutputLayout, n_shards: int, parallel_map: ParallelMap = serial_map,
            shards: list[InputShard] | None = None, input_table: pa.Table | None = None) -> dict[str, Any]:
     """Run global scorers, filters and the selector; write `_selection/part-i` per shard.
 
-    `parallel_map` is the engine's way to spread a selector's independent pieces of work.
+    The steps, in order: load the narrow score table (plus any input columns the selector
+    reads), reject duplicate ids, run global scorers, apply filters, size the pool for the
+    budget, run the selector, write the per-shard selection files and the marker.
+    `parallel_map` is the engine's way to spread a selector's independent pieces of work;
     `shards` (and `input_table` for in-memory input) are needed only by selectors that read
-    text columns (`Selector.text_columns()`)."""
+    input columns (`Selector.text_columns()`)."""
     done = layout.read_marker("select")
     if done is not None and done.get("select_hash") == job.select_hash():
         return {**done, "skipped": True}
     start = time.perf_counter()
     selector = build_selector(job.selector)
     gscorers = global_scorers(job.scorers)
+    table = load_select_table(job, layout, n_shards, selector, gscorers, shards, input_table)
+    rows = RowStatus.start(table.num_rows)
+    live_idx = reject_duplicate_ids(table, rows)
+    live_table = run_global_scorers(gscorers, table.take(pa.array(live_idx)), job.seed, rows, live_idx)
+    elig_idx, filter_counts = apply_filters(job.filters, live_table, rows, live_idx)
+    ctx = select_context(job, layout, selector, live_table, parallel_map)
+    result = run_selector(selector, live_table.take(pa.array(elig_idx)), ctx)
+    picked = np.asarray(result.selected, dtype=bool)
+    chosen, not_chosen = live_idx[elig_idx[picked]], live_idx[elig_idx[~picked]]
+    rows.status[chosen] = "selected"
+    rows.reason[not_chosen] = "not_chosen"
+    for name, arr in result.columns.items():
+        rows.columns[name] = _scatter(arr, live_idx[elig_idx], table.num_rows)
+    write_selection(job, layout, n_shards, table, rows)
+    marker = {
+        "select_hash": job.select_hash(), "selector": selector.name,
+        "rows": table.num_rows, "selected": int((rows.status == "selected").sum()),
+        "duplicate_id": int((rows.reason == "duplicate_id").sum()),
+        "filtered": filter_counts, "not_chosen": int(len(not_chosen)),
+        "selector_stats": result.stats, "seconds": round(time.perf_counter() - start, 4),
+    }
+    write_json_atomic(marker, layout.marker("select"))
+    return {**marker, "skipped": False}
+
+
+def load_select_table(job: JobSpec, layout: OutputLayout, n_shards: int, selector: Selector,
+                      gscorers: list[GlobalScorer], shards: list[InputShard] | None,
+                      input_table: pa.Table | None) -> pa.Table:
+    """The columns of the score table that the selector, filters and global scorers need
+    (a clear error names any that no scorer produced), plus the input columns the selector reads."""
     needed = set(BASE_COLUMNS) | set(selector.required_columns()) | {f.column for f in job.filters}
     for g in gscorers:
         needed |= set(g.required_columns())
@@ -192,76 +240,78 @@ def select(job: JobSpec, layout: OutputLayout, n_shards: int,
     if text_cols:
         for name, arr in read_text_columns(job, shards, input_table, text_cols, table.column("_row")).items():
             table = table.append_column(name, arr)
-    n = table.num_rows
-    status = np.full(n, "not_selected", dtype=object)
-    reason = np.full(n, None, dtype=object)
+    return table
 
-    # duplicate ids: the first occurrence (in shard, row order) stays, later ones are rejected
+
+def reject_duplicate_ids(table: pa.Table, rows: RowStatus) -> np.ndarray:
+    """Reject every later occurrence of an id (the first, in shard and row order, stays);
+    returns the indices of the rows that stay."""
     ids = table.column("id").to_numpy(zero_copy_only=False).astype(str)
     _, first = np.unique(ids, return_index=True)
-    dup = np.ones(n, dtype=bool)
+    dup = np.ones(table.num_rows, dtype=bool)
     dup[first] = False
-    status[dup] = "rejected"
-    reason[dup] = "duplicate_id"
-    live = ~dup
-    extra: dict[str, pa.Array] = {}
+    rows.status[dup] = "rejected"
+    rows.reason[dup] = "duplicate_id"
+    return np.flatnonzero(~dup)
 
-    live_idx = np.flatnonzero(live)
-    live_table = table.take(pa.array(live_idx))
+
+def run_global_scorers(gscorers: list[GlobalScorer], live_table: pa.Table, seed: int, rows: RowStatus,
+                       live_idx: np.ndarray) -> pa.Table:
+    """Add each global scorer's columns to the live rows (and to the written selection)."""
     for g in gscorers:
-        cols = g.fit_transform(live_table, job.seed)
-        for name, arr in cols.items():
+        for name, arr in g.fit_transform(live_table, seed).items():
             live_table = live_table.append_column(name, arr)
-            extra[name] = arr
+            rows.columns[name] = _scatter(arr, live_idx, len(rows.status))
+    return live_table
+
+
+def apply_filters(filters: list[FilterSpec], live_table: pa.Table, rows: RowStatus, live_idx: np.ndarray
+                  ) -> tuple[np.ndarray, dict[str, int]]:
+    """Apply the job's filters in order; a row is labelled by the first filter that drops it.
+    Returns the indices (into the live rows) of the eligible rows and the count per filter."""
     eligible = np.ones(len(live_idx), dtype=bool)
-    filter_counts: dict[str, int] = {}
-    for f in job.filters:
+    counts: dict[str, int] = {}
+    for f in filters:
         keep = _filter_mask(live_table, f)
         label = f"filter:{f.column} {f.op}" + ("" if f.op in ("is_null", "not_null") else f" {f.value}")
         newly = eligible & ~keep
-        filter_counts[label] = int(newly.sum())
-        reason[live_idx[newly]] = label
+        counts[label] = int(newly.sum())
+        rows.reason[live_idx[newly]] = label
         eligible &= keep
-    elig_idx = np.flatnonzero(eligible)
+    return np.flatnonzero(eligible), counts
+
+
+def select_context(job: JobSpec, layout: OutputLayout, selector: Selector, live_table: pa.Table,
+                   parallel_map: ParallelMap) -> SelectContext:
+    """What the selector knows besides its rows: the pool the budget is a fraction of (valid
+    documents, and their tokens by the selector's token column), the seed and the engine."""
     pool_tokens = 0.0
-    token_col = getattr(selector.params, "token_column", "n_words")
-    if token_col in live_table.column_names:
+    token_col = selector.token_column()
+    if token_col is not None and token_col in live_table.column_names:
         pool_tokens = float(pc.sum(live_table.column(token_col)).as_py() or 0)
-    ctx = SelectContext(seed=job.seed, pool_docs=len(live_idx), pool_tokens=pool_tokens, parallel_map=parallel_map,
-                        scorers=list(job.scorers), artifacts_dir=str(layout.selection(0).parent))
-    result = selector.select(live_table.take(pa.array(elig_idx)), ctx)
-    if len(result.selected) != len(elig_idx):
-        raise JobError(f"selector {selector.name!r} returned {len(result.selected)} flags for {len(elig_idx)} rows")
-    chosen = live_idx[elig_idx[np.asarray(result.selected, dtype=bool)]]
-    status[chosen] = "selected"
-    budget_cut = live_idx[elig_idx[~np.asarray(result.selected, dtype=bool)]]
-    reason[budget_cut] = "not_chosen"
+    return SelectContext(seed=job.seed, pool_docs=live_table.num_rows, pool_tokens=pool_tokens,
+                         parallel_map=parallel_map, scorers=list(job.scorers),
+                         artifacts_dir=str(layout.selection(0).parent))
 
-    # per-row extra columns over the whole table (null where not computed)
-    full_cols: dict[str, pa.Array] = {}
-    for name, arr in extra.items():
-        full_cols[name] = _scatter(arr, live_idx, n)
-    for name, arr in result.columns.items():
-        full_cols[name] = _scatter(arr, live_idx[elig_idx], n)
 
-    shard_col = table.column("_shard").to_numpy()
-    rows_col = table.column("_row")
-    sel_table = pa.table({"_row": rows_col, "status": pa.array(status.tolist(), pa.string()),
-                          "reason": pa.array(reason.tolist(), pa.string()), **full_cols})
-    bounds = np.searchsorted(shard_col, np.arange(n_shards + 1))
+def run_selector(selector: Selector, table: pa.Table, ctx: SelectContext) -> SelectionResult:
+    """Call the selector on the eligible rows; it must return one flag per row."""
+    result = selector.select(table, ctx)
+    if len(result.selected) != table.num_rows:
+        raise JobError(f"selector {selector.name!r} returned {len(result.selected)} flags for {table.num_rows} rows")
+    return result
+
+
+def write_selection(job: JobSpec, layout: OutputLayout, n_shards: int, table: pa.Table, rows: RowStatus) -> None:
+    """Write `_selection/part-i` (row, status, reason, selector columns) for every shard."""
+    sel_table = pa.table({"_row": table.column("_row"), "status": pa.array(rows.status.tolist(), pa.string()),
+                          "reason": pa.array(rows.reason.tolist(), pa.string()), **rows.columns})
+    bounds = np.searchsorted(table.column("_shard").to_numpy(), np.arange(n_shards + 1))
     for i in range(n_shards):
         piece = sel_table.slice(int(bounds[i]), int(bounds[i + 1] - bounds[i]))
         w = AtomicParquetWriter(layout.selection(i), schema=sel_table.schema, compression=job.output.compression)
         w.write(piece)
         w.close()
-    marker = {
-        "select_hash": job.select_hash(), "selector": selector.name,
-        "rows": n, "selected": int((status == "selected").sum()), "duplicate_id": int(dup.sum()),
-        "filtered": filter_counts, "not_chosen": int(len(budget_cut)),
-        "selector_stats": result.stats, "seconds": round(time.perf_counter() - start, 4),
-    }
-    write_json_atomic(marker, layout.marker("select"))
-    return {**marker, "skipped": False}
 
 
 def _scatter(arr: pa.Array, idx: np.ndarray, n: int) -> pa.Array:

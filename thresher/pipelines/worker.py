@@ -8,10 +8,9 @@ tasks instead of reloading it for every shard.
 from __future__ import annotations
 
 import json
-import os
-import sys
 from typing import Any
 
+from thresher.common.threads import limit_process_threads
 from thresher.scorers.base import GlobalScorer, Scorer
 from thresher.scorers.registry import build_scorer, scorer_class
 
@@ -49,13 +48,8 @@ def global_scorers(specs: list[dict[str, Any]]) -> list[GlobalScorer]:
 
 
 def init_worker(torch_threads: int | None) -> None:
-    """Process-pool initialiser: cap torch threads so workers do not oversubscribe cores.
+    """Process-pool initialiser: cap math threads so workers do not oversubscribe cores.
 
     Only environment variables are set (torch reads them when a model scorer first imports
     it), so workers of jobs without model scorers never pay for importing torch."""
-    if torch_threads:
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "THRESHER_TORCH_THREADS"):
-            os.environ[var] = str(torch_threads)
-        torch = sys.modules.get("torch")
-        if torch is not None:
-            torch.set_num_threads(torch_threads)
+    limit_process_threads(torch_threads)

@@ -11,7 +11,7 @@ import pyarrow.dataset as ds
 
 from thresher.specs import JobError
 from thresher.io.output import find_manifest
-from thresher.report.summary import _as_float, _numeric, describe
+from thresher.pipelines.manifest import _as_float, _numeric, describe
 
 
 def _files(path: Path) -> list[Path]:

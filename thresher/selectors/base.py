@@ -40,6 +40,9 @@ class BudgetParams(SelectorParams):
     token_column: str = Field("n_words", description="per-document token count for token budgets")
 
 
+ParallelMap = Callable[[Callable[[Any], Any], list[Any]], list[Any]]
+
+
 def serial_map(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
     """The default `SelectContext.parallel_map`: in this process, in order."""
     return [fn(x) for x in items]
@@ -54,7 +57,7 @@ class SelectContext:
     pool_tokens: float  # their tokens, by the selector's token column (0 if unknown)
     # maps a picklable module-level function over independent work items (e.g. DATAMASK
     # blocks) on the job's engine: local processes, Spark tasks or Beam elements
-    parallel_map: Callable[[Callable[[Any], Any], list[Any]], list[Any]] = serial_map
+    parallel_map: ParallelMap = serial_map
     # the job's validated scorer specs (`type`, optional `name`, params), for selectors that
     # reuse a scorer's settings (e.g. the icon selector's classifier uses the icon scorer's model)
     scorers: list[dict[str, Any]] = field(default_factory=list)
