@@ -12,7 +12,7 @@ import torch
 
 from conftest_models import sample_texts, tiny_bert
 from thresher.scorers.clusters import eps_suffix, max_sim_to_earlier
-from thresher.scorers.embedding import vectors_to_numpy
+from thresher.common.arrays import vectors_to_numpy
 from thresher.scorers.registry import build_scorer
 
 

@@ -333,13 +333,21 @@ def _fits_32(arr: pa.Array) -> bool:
     return (pc.sum(pc.binary_length(arr)).as_py() or 0) < 2**31 - 1
 
 
-def normalise(raw: pa.RecordBatch, spec: InputSpec, shard: InputShard, first_row: int) -> ReadBatch:
-    """Map a raw batch to the thresher schema and split off rows that cannot be used."""
+def normalise(raw: pa.RecordBatch, spec: InputSpec, shard: InputShard, first_row: int = 0, *,
+              rows: pa.Array | None = None, reasons: list[pa.Array] | None = None,
+              raw_bytes: pa.Array | None = None) -> ReadBatch:
+    """Map a raw batch to the thresher schema and split off rows that cannot be used.
+
+    The one set of row rules for every format. `rows` gives each row's ordinal in its shard
+    (default: consecutive from `first_row`); `reasons` are format-specific checks that come
+    first (JSONL: a missing or non-string key); `raw_bytes` is what a rejected row keeps
+    (default: its text column's bytes)."""
     n = raw.num_rows
-    rows = pa.array(range(first_row, first_row + n), type=pa.int64())
+    if rows is None:
+        rows = pa.array(range(first_row, first_row + n), type=pa.int64())
     names = raw.schema.names
     _check_schema(spec, raw.schema, shard.name)
-    reasons: list[pa.Array] = []  # one string-or-null array per check, first non-null wins
+    reasons = list(reasons or [])  # one string-or-null array per check, first non-null wins
     cols: dict[str, pa.Array] = {}
 
     def text_col(name: str, empty_reason: str) -> pa.Array:
@@ -359,10 +367,12 @@ def normalise(raw: pa.RecordBatch, spec: InputSpec, shard: InputShard, first_row
             prompt = pc.if_else(pc.equal(pc.utf8_length(extra), 0), prompt,
                                 pc.binary_join_element_wise(prompt, extra, "\n\n"))
         cols["prompt"], cols["response"] = prompt, response
+        # instruction data: a row's own text where it has one, else prompt and response
+        text = pc.binary_join_element_wise(pc.fill_null(prompt, ""), pc.fill_null(response, ""), "\n\n")
         if spec.text_column in names:
-            text = text_col(spec.text_column, "empty_text")
-        else:
-            text = pc.binary_join_element_wise(pc.fill_null(prompt, ""), pc.fill_null(response, ""), "\n\n")
+            given, _ = _as_text(raw.column(spec.text_column))
+            has_text = pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(given)), 0), False)
+            text = pc.if_else(has_text, given.cast(text.type), text)
     else:
         text = text_col(spec.text_column, "empty_text")
     if spec.id_column:
@@ -384,17 +394,23 @@ def normalise(raw: pa.RecordBatch, spec: InputSpec, shard: InputShard, first_row
     bad_mask = pc.invert(ok)
     if not pc.any(bad_mask).as_py():
         return ReadBatch(good, _empty_rejects())
-    raw_text = raw.column(spec.prompt_column if spec.instruction else spec.text_column)
+    if raw_bytes is None:
+        raw_bytes = raw.column(spec.prompt_column if spec.instruction else spec.text_column)
     rejected = pa.RecordBatch.from_pydict({
         "_row": rows.filter(bad_mask),
         "id": _string32(ids).filter(bad_mask),
         "reason": reason.filter(bad_mask),
-        "raw": _to_binary(raw_text).filter(bad_mask),
+        "raw": _to_binary(raw_bytes).filter(bad_mask),
     }, schema=REJECT_SCHEMA)
     if spec.on_bad_row == "fail":
-        raise JobError(f"{shard.name}: row {rejected.column('_row')[0]}: {rejected.column('reason')[0]} "
-                       f"(input.on_bad_row is 'fail')")
+        _fail(shard, rejected.column("_row")[0].as_py(), rejected.column("reason")[0].as_py())
     return ReadBatch(good, rejected)
+
+
+def _fail(shard: InputShard, row: int, reason: str) -> None:
+    """The error of `on_bad_row: fail`: the file and the line (JSONL, 1-based) or row."""
+    where = f"line {row + 1}" if shard.kind == "jsonl" else f"row {row}"
+    raise JobError(f"{shard.name}: {where}: {reason} (input.on_bad_row is 'fail')")
 
 
 def _string32(arr: pa.Array) -> pa.Array:
@@ -436,50 +452,42 @@ def _open_text(path: str) -> io.BufferedIOBase:
 
 
 def _read_jsonl(shard: InputShard, spec: InputSpec) -> Iterator[ReadBatch]:
-    """JSONL: one JSON object per line; bad lines are rejected with their line number."""
+    """JSONL: one JSON object per line. A line that is not a JSON object is rejected here with
+    its line number; the records go through `normalise`, the same rules as every format."""
     path = shard.paths[0]
-    text_keys = ([(spec.prompt_column, "prompt"), (spec.response_column, "response")] if spec.instruction
-                 else [(spec.text_column, "text")])
-    used = {spec.text_column, spec.id_column, spec.prompt_column, spec.response_column, spec.input_column}
     try:
         fh = _open_text(path)
     except OSError as exc:
         raise JobError(f"{path}: cannot open ({exc})") from None
     with fh:
-        records: list[dict[str, Any]] = []
-        rejects: list[tuple[int, str | None, str, bytes]] = []
+        lines: list[tuple[int, bytes, dict[str, Any]]] = []
+        rejects: list[tuple[int, str, bytes]] = []
         lineno = 0
         try:
             for line in fh:
                 row = lineno
                 lineno += 1
                 stripped = line.rstrip(b"\r\n")
-                reason, rec = _parse_line(stripped, text_keys, spec)
+                reason, rec = _parse_line(stripped)
                 if reason is not None:
                     if spec.on_bad_row == "fail":
-                        raise JobError(f"{path}: line {row + 1}: {reason} (input.on_bad_row is 'fail')")
-                    rid = None
-                    if isinstance(rec, dict) and spec.id_column and rec.get(spec.id_column) is not None:
-                        rid = str(rec[spec.id_column])
-                    elif not spec.id_column:
-                        rid = f"{shard.id_prefix}:{row}"
-                    rejects.append((row, rid, f"{reason}", stripped))
+                        _fail(shard, row, reason)
+                    rejects.append((row, reason, stripped))
                 else:
-                    rec["__row"] = row  # type: ignore[index]
-                    records.append(rec)  # type: ignore[arg-type]
-                if len(records) + len(rejects) >= spec.batch_rows:
-                    yield _jsonl_batch(records, rejects, spec, shard, used)
-                    records, rejects = [], []
+                    lines.append((row, stripped, rec))
+                if len(lines) + len(rejects) >= spec.batch_rows:
+                    yield _jsonl_batch(lines, rejects, spec, shard)
+                    lines, rejects = [], []
         except (OSError, EOFError, ValueError) as exc:
             if isinstance(exc, JobError):
                 raise
             raise JobError(f"{path}: read failed near line {lineno + 1} ({type(exc).__name__}: {exc})") from None
-        if records or rejects:
-            yield _jsonl_batch(records, rejects, spec, shard, used)
+        if lines or rejects:
+            yield _jsonl_batch(lines, rejects, spec, shard)
 
 
-def _parse_line(line: bytes, text_keys: list[tuple[str, str]], spec: InputSpec) -> tuple[str | None, Any]:
-    """Parse one JSONL line; returns (reason it cannot be used or None, the record)."""
+def _parse_line(line: bytes) -> tuple[str | None, Any]:
+    """Parse one JSONL line; returns (the reason it is not a JSON object, or None; the record)."""
     if not line.strip():
         return "blank_line", None
     try:
@@ -492,50 +500,48 @@ def _parse_line(line: bytes, text_keys: list[tuple[str, str]], spec: InputSpec) 
         return f"bad_json: {exc.msg} at column {exc.colno}", None
     if not isinstance(rec, dict):
         return "bad_json: not an object", None
-    for key, role in text_keys:
-        if rec.get(key) is None:
-            return f"missing_{role}", rec
-        if not isinstance(rec[key], str):
-            return f"{role}_not_string", rec
-        if not rec[key].strip():
-            return f"empty_{role}", rec
-    if spec.id_column and rec.get(spec.id_column) is None:
-        return "missing_id", rec
     return None, rec
 
 
-def _jsonl_batch(records: list[dict[str, Any]], rejects: list[tuple[int, str | None, str, bytes]],
-                 spec: InputSpec, shard: InputShard, used: set[str | None]) -> ReadBatch:
-    rows = [r.pop("__row") for r in records]
+def _jsonl_batch(lines: list[tuple[int, bytes, dict[str, Any]]], rejects: list[tuple[int, str, bytes]],
+                 spec: InputSpec, shard: InputShard) -> ReadBatch:
+    """The records of one batch as a raw Arrow batch (the job's columns as strings, the other
+    keys as a `meta` JSON column) through `normalise`, plus the lines that were not records."""
+    records = [rec for _, _, rec in lines]
+    roles = ([(spec.prompt_column, "prompt"), (spec.response_column, "response")] if spec.instruction
+             else [(spec.text_column, "text")])
+    cols: dict[str, pa.Array] = {}
+    reasons: list[pa.Array] = []
+    for key, role in roles:  # a missing or non-string key is named as such
+        values = [r.get(key) for r in records]
+        reasons.append(pa.array([f"missing_{role}" if v is None else None if isinstance(v, str)
+                                 else f"{role}_not_string" for v in values], pa.string()))
+        cols[key] = pa.array([v if isinstance(v, str) else None for v in values], pa.string())
+    if spec.instruction and spec.text_column not in cols:
+        cols[spec.text_column] = pa.array([r.get(spec.text_column) if isinstance(r.get(spec.text_column), str)
+                                           else None for r in records], pa.string())
+    if spec.input_column and spec.input_column not in cols:
+        cols[spec.input_column] = pa.array([str(r[spec.input_column]) if r.get(spec.input_column) else None
+                                            for r in records], pa.string())
     if spec.id_column:
-        ids = [str(r[spec.id_column]) for r in records]
-    else:
-        ids = [f"{shard.id_prefix}:{row}" for row in rows]
-    cols: dict[str, Any] = {"id": pa.array(ids, pa.string())}
-    if spec.instruction:
-        prompts = [r[spec.prompt_column] for r in records]  # type: ignore[index]
-        if spec.input_column:
-            prompts = [p if not r.get(spec.input_column) else f"{p}\n\n{r[spec.input_column]}"
-                       for p, r in zip(prompts, records)]
-        responses = [r[spec.response_column] for r in records]  # type: ignore[index]
-        texts = [r.get(spec.text_column) if isinstance(r.get(spec.text_column), str) else f"{p}\n\n{a}"
-                 for r, p, a in zip(records, prompts, responses)]
-        cols["text"] = pa.array(texts, pa.string())
-        cols["prompt"] = pa.array(prompts, pa.string())
-        cols["response"] = pa.array(responses, pa.string())
-    else:
-        cols["text"] = pa.array([r[spec.text_column] for r in records], pa.string())
-    cols["_row"] = pa.array(rows, pa.int64())
+        cols[spec.id_column] = pa.array([None if r.get(spec.id_column) is None else str(r[spec.id_column])
+                                         for r in records], pa.string())
+    used = {spec.text_column, spec.id_column, spec.prompt_column, spec.response_column, spec.input_column}
     cols["meta"] = pa.array([json.dumps({k: v for k, v in r.items() if k not in used}, ensure_ascii=False)
                              for r in records], pa.string())
-    good = pa.RecordBatch.from_pydict(cols)
-    rejected = pa.RecordBatch.from_pydict({
+    raw = pa.RecordBatch.from_pydict(cols)
+    out = normalise(raw, spec, shard, rows=pa.array([row for row, _, _ in lines], pa.int64()), reasons=reasons,
+                    raw_bytes=pa.array([b for _, b, _ in lines], pa.large_binary()))
+    if not rejects:
+        return out
+    bad = pa.RecordBatch.from_pydict({
         "_row": pa.array([r[0] for r in rejects], pa.int64()),
-        "id": pa.array([r[1] for r in rejects], pa.string()),
-        "reason": pa.array([r[2] for r in rejects], pa.string()),
-        "raw": pa.array([r[3] for r in rejects], pa.large_binary()),
+        "id": pa.array([None if spec.id_column else f"{shard.id_prefix}:{r[0]}" for r in rejects], pa.string()),
+        "reason": pa.array([r[1] for r in rejects], pa.string()),
+        "raw": pa.array([r[2] for r in rejects], pa.large_binary()),
     }, schema=REJECT_SCHEMA)
-    return ReadBatch(good, rejected)
+    both = pa.Table.from_batches([out.rejected, bad], schema=REJECT_SCHEMA).sort_by("_row").combine_chunks()
+    return ReadBatch(out.good, both.to_batches()[0] if both.num_rows else _empty_rejects())
 
 
 def _read_textfiles(shard: InputShard, spec: InputSpec) -> Iterator[ReadBatch]:

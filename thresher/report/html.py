@@ -470,7 +470,7 @@ CHECK_JS = """
 
 def render_html(sections: list[Section], title: str, subtitle: str = "") -> str:
     """The whole page as one string; images are inline data URIs."""
-    from thresher import __version__
+    from thresher.version import __version__
 
     nav = "".join(f'<a href="#s{i}">{esc(s.title)}</a>' for i, s in enumerate(sections))
     body = []

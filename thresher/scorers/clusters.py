@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
 from thresher.scorers.base import GlobalScorer, ScorerParams
-from thresher.scorers.embedding import vectors_to_numpy
+from thresher.common.arrays import vectors_to_numpy
 
 
 class ClusterParams(ScorerParams):

@@ -108,23 +108,3 @@ class EmbeddingScorer(ModelScorerMixin, Scorer):
         reason = [REASON_EMPTY if not ok[i] else (REASON_TRUNCATED if truncated[i] else None) for i in range(n)]
         return {self.col("vector"): column, self.col("reason"): pa.array(reason, pa.string())}
 
-
-def vectors_to_numpy(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """(matrix of the non-null rows as float32, boolean mask of the rows that are non-null)."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
-    if not pa.types.is_fixed_size_list(column.type) and not pa.types.is_list(column.type):
-        raise ValueError(f"embedding column must be a list of floats, got {column.type}")
-    valid = np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
-    kept = column.filter(pa.array(valid))
-    if len(kept) == 0:
-        return np.zeros((0, 0), dtype=np.float32), valid
-    if pa.types.is_fixed_size_list(kept.type):
-        d = kept.type.list_size
-    else:
-        lengths = np.asarray(kept.value_lengths().to_numpy(zero_copy_only=False))
-        if lengths.min() != lengths.max():
-            raise ValueError("embedding vectors differ in length")
-        d = int(lengths[0])
-    flat = kept.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    return flat.reshape(len(kept), d), valid
