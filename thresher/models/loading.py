@@ -21,7 +21,6 @@ import contextlib
 import fcntl
 import importlib.util
 import os
-import shutil
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Any, Iterator, Literal
 
 import torch
 
+from thresher.common.atomic import atomic_path
 from thresher.common.device import DeviceError, resolve_device
 from thresher.common.threads import apply_torch_threads
 
@@ -102,8 +102,6 @@ def export_smollm2(dest: str | os.PathLike[str] | None = None) -> Path:
                 return folder
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 tok = AutoTokenizer.from_pretrained(str(src), gguf_file=ggufs[0].name, local_files_only=True)
@@ -112,11 +110,9 @@ def export_smollm2(dest: str | os.PathLike[str] | None = None) -> Path:
             model.hf_quantizer = None  # save_pretrained refuses a "quantized" model otherwise
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
-            model.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)
+            with atomic_path(folder) as tmp:
+                model.save_pretrained(tmp)
+                tok.save_pretrained(tmp)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return folder

@@ -47,7 +47,7 @@ def prepare_output(layout: OutputLayout, job: JobSpec, shards: list[InputShard],
              "models": models, "job": job.model_dump(mode="json")}
     if layout.state.exists():
         old = json.loads(layout.state.read_text())
-        old_models = old.get("models") or models  # folders from older versions: not checked
+        old_models = old["models"]
         changed = {k: changed_models(old_models.get(k, {}), models[k]) for k in models}
         if reselect:  # re-selecting on saved scores: the scorers' models are not used again
             changed["score"] = []
