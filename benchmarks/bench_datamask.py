@@ -3,7 +3,7 @@
 Synthetic data: N documents with 384-d unit embeddings drawn around 50 cluster centres and a
 quality score correlated with the cluster. Budget 10% of documents, lam = 0.5, default DATAMASK
 parameters (one block: N <= block_size). Objective = the block-standardised objective of
-``thresher.selectors.datamask`` (0 = a random subset, units = random-subset standard deviations),
+``thresher.selectors.datamask.objective`` (0 = a random subset, units = random-subset standard deviations),
 so "objective ratio" = DATAMASK / greedy improvement over random.
 
 Greedy runs where its predicted time is under ``--greedy-limit`` seconds; beyond that its time is
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from thresher.selectors.datamask import DataMaskParams, solve_block
-from thresher.selectors.greedy import greedy_block
+from thresher.selectors.greedy import GreedyParams, greedy_block
 
 RESULTS = Path(__file__).parent / "results" / "datamask.md"
 
@@ -85,8 +85,8 @@ def run(sizes: list[int], diversity: str, greedy_limit: float, budget: float, va
             pred_t = pred[0] * n ** pred[1] if pred else 0.0
             if pred_t <= greedy_limit:
                 kw = {} if prune is None else {"prune_fraction": prune}
-                p = DataMaskParams(quality="q", diversity=diversity, device=device, threads=threads, **kw)
-                row[f"g_{g}_t"], res = timed(lambda: greedy_block(q, emb, s, p, seed=0), 1)
+                gp = GreedyParams(quality="q", diversity=diversity, device=device, threads=threads, **kw)
+                row[f"g_{g}_t"], res = timed(lambda: greedy_block(q, emb, s, gp, seed=0), 1)
                 row[f"g_{g}_obj"] = res.objective
                 row[f"g_{g}_measured"] = True
                 ns.append(n)

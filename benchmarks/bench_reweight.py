@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from thresher.training.data import ShardDataset, collate, make_loader  # noqa: E402
 from thresher.training.loss import Objective, masked_loss  # noqa: E402
 from thresher.training.reweight import ReweightConfig  # noqa: E402
-from thresher.training.synthetic import diverse_doc, redundant_corpus, write_shards  # noqa: E402
-from thresher.training.train_cmd import tiny_gpt2, train_bpe_tokenizer  # noqa: E402
+from benchmarks.synthetic import diverse_doc, redundant_corpus, write_shards  # noqa: E402
+from thresher.models.tiny import tiny_gpt2, train_bpe_tokenizer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -51,7 +51,8 @@ def eval_loss(model, batches) -> float:
 
 
 def run(method: str, seed: int, args, data: Path, tok, kinds: np.ndarray, eval_batches) -> dict:
-    model = tiny_gpt2(tok, n_layer=2, n_embd=args.dim, n_head=4, n_positions=args.max_length, seed=seed)
+    model = tiny_gpt2(len(tok), n_layer=2, n_embd=args.dim, n_head=4, n_positions=args.max_length,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id, seed=seed)
     ds = ShardDataset(data, tok, pack=False, max_length=args.max_length, seed=seed, return_row_index=True)
     loader = make_loader(ds, args.batch)
     rw = None if method == "uniform" else ReweightConfig(strategy=method, temperature=args.temperature,

@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from thresher.training.data import ShardDataset, collate, make_loader, tokenize_row  # noqa: E402
 from thresher.training.loss import Objective, masked_loss  # noqa: E402
 from thresher.training.sstoken import SSTokenConfig, response_positions  # noqa: E402
-from thresher.training.synthetic import DIGITS, TASKS, instruction_rows, write_shards  # noqa: E402
-from thresher.training.train_cmd import tiny_gpt2  # noqa: E402
+from benchmarks.synthetic import DIGITS, TASKS, instruction_rows, write_shards  # noqa: E402
+from thresher.models.tiny import tiny_gpt2  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TEMPLATE = "{prompt} ="
@@ -154,7 +154,8 @@ def main(argv=None) -> int:
         noise_of = [noise_by_id[i] for i in ids]
         for seed in args.seeds:
             torch.manual_seed(seed)
-            base = tiny_gpt2(tok, n_layer=2, n_embd=args.dim, n_head=4, n_positions=64, seed=seed)
+            base = tiny_gpt2(len(tok), n_layer=2, n_embd=args.dim, n_head=4, n_positions=64,
+                             eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id, seed=seed)
             cds = ShardDataset(clean_dir, tok, prompt_template=TEMPLATE, seed=seed)
             train_steps(base, make_loader(cds, args.batch), cds, Objective(), args.base_steps, args.lr)
             base_loss, base_acc = evaluate(base, eval_batches)

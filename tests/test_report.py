@@ -38,7 +38,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def fake_bench(folder: Path) -> Path:
-    """A benchmark results file of the shape `thresher bench-selection` writes."""
+    """A benchmark results file of the shape `python -m benchmarks.selection` writes."""
     folder.mkdir(parents=True, exist_ok=True)
     summary = [{"method": "full", "budget": 1.0, "loss_mean": 4.1, "loss_std": 0.02, "diff_mean": None,
                 "diff_std": None, "wins": None, "junk_frac": 0.25, "dup_frac": 0.2, "docs": 1000}]

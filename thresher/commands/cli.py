@@ -19,7 +19,6 @@ PLUGINS = {
     "train-proxy": ("thresher.commands.train_proxy", "train a small proxy LM on reference text"),
     "train-classifier": ("thresher.commands.train_classifier", "train a fastText quality classifier"),
     "report": ("thresher.commands.report", "HTML report with plots of an output folder"),
-    "bench-selection": ("thresher.bench.selection_quality", "train a proxy model on each method's selection"),
 }
 
 

@@ -11,7 +11,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="thresher report",
         description="HTML report (plots embedded as PNG) of one output folder, or a comparison of several; "
-                    "a `thresher bench-selection` folder adds the held-out loss per method.")
+                    "a selection-benchmark folder (python -m benchmarks.selection) adds the held-out loss per method.")
     p.add_argument("paths", nargs="+", metavar="OUTPUT_DIR", help="output folder(s) of thresher runs or benchmarks")
     p.add_argument("--out", "-o", help="HTML file to write (default: FIRST_DIR/_report/report.html); "
                                        "the PNG figures are written next to it")

@@ -103,7 +103,7 @@ def _is_cluster_column(name: str, s: pd.Series) -> bool:
 
 
 def load_run(path: str | Path) -> RunData | BenchData:
-    """Read an output folder (or a `thresher bench-selection` folder) for the report."""
+    """Read an output folder (or a selection-benchmark folder, `python -m benchmarks.selection`) for the report."""
     root = Path(path)
     if (root / BENCH_FILE).exists():
         return BenchData(root, root.name, json.loads((root / BENCH_FILE).read_text()))

@@ -1,8 +1,8 @@
-"""`thresher bench-selection` in instruction mode (`mode: instruction`): selection for SFT data.
+"""The selection-quality benchmark in instruction mode (`mode: instruction`): selection for SFT data.
 
 1. Build a synthetic instruction pool with planted wrong answers, garbled responses and
    near-duplicate prompt clusters, a clean held-out evaluation set and a separate clean
-   assessment set for ICon (`thresher.bench.instruction_pool`).
+   assessment set for ICon (`benchmarks.selection.instruction_pool`).
 2. Train a *reference* model once: the benchmark's small GPT-2 trained briefly on the whole
    unfiltered pool (SFT format, loss on responses). No plant label is used. It serves as
    - the quality proxy: quality = minus its mean response loss (perplexity top-k), and
@@ -35,13 +35,15 @@ import pyarrow as pa
 import torch
 from pydantic import Field, model_validator
 
-from thresher.bench.instruction_pool import JUNK_KINDS, TEMPLATE, InstructionPool, build_instruction_pool
-from thresher.bench.selection_quality import (ROOT, BenchSpec, ModelSpec, TrainSpec, _log, _Strict,
-                                              not_beating_random, run_methods, summarize, summary_table, tfidf_svd,
-                                              tiny_gpt2, train_lm)
-from thresher.models.train_proxy import EOS, train_bpe_tokenizer
+from benchmarks.selection.harness import (CommonSpec, ModelSpec, TrainSpec, log, make_model, not_beating_random,
+                                          run_methods, summarize, summary_table, tfidf_svd, train_lm)
+from benchmarks.selection.instruction_pool import JUNK_KINDS, TEMPLATE, InstructionPool, build_instruction_pool
+from thresher.common.atomic import atomic_path, write_text_atomic
+from thresher.common.threads import torch_threads
+from thresher.models.tiny import EOS, train_bpe_tokenizer
+from thresher.specs import Strict
 
-RESULTS_MD_ICON = ROOT / "benchmarks" / "results" / "selection_quality_icon.md"
+COMMAND = "python -m benchmarks.selection"
 IGNORE = -100
 Example = tuple[np.ndarray, np.ndarray]  # (templated prompt ids, response ids), no special tokens
 
@@ -49,7 +51,7 @@ Example = tuple[np.ndarray, np.ndarray]  # (templated prompt ids, response ids),
 # -- configuration ----------------------------------------------------------------------------
 
 
-class InstructionPoolSpec(_Strict):
+class InstructionPoolSpec(Strict):
     docs: int = Field(2000, ge=30)
     wrong: float = Field(0.15, ge=0, lt=1, description="share of pairs with a plausible wrong answer")
     garbled: float = Field(0.10, ge=0, lt=1, description="share of pairs with a garbled (noise) response")
@@ -60,12 +62,12 @@ class InstructionPoolSpec(_Strict):
     seed: int = 0
 
 
-class InstructionScoringSpec(_Strict):
+class InstructionScoringSpec(Strict):
     reference_steps: int = Field(300, ge=1, description="steps of the reference model on the whole pool")
     dim: int = Field(64, ge=2, description="TF-IDF + SVD dimensions")
 
 
-class IconSpec(_Strict):
+class IconSpec(Strict):
     """Settings of the `icon` scorer run on the pool (the `icon` selector is in `methods`)."""
 
     sample_fraction: float = Field(1.0, gt=0, le=1, description="share of the pool scored with ICL")
@@ -74,11 +76,11 @@ class IconSpec(_Strict):
     max_tokens_per_batch: int = Field(8192, gt=0)
 
 
-class InstructionBenchSpec(BenchSpec):
-    mode: Literal["instruction"] = "instruction"  # type: ignore[assignment]
+class InstructionBenchSpec(CommonSpec):
+    mode: Literal["instruction"] = "instruction"
     name: str = "bench-selection-icon"
-    pool: InstructionPoolSpec = Field(default_factory=InstructionPoolSpec)  # type: ignore[assignment]
-    scoring: InstructionScoringSpec = Field(default_factory=InstructionScoringSpec)  # type: ignore[assignment]
+    pool: InstructionPoolSpec = Field(default_factory=InstructionPoolSpec)
+    scoring: InstructionScoringSpec = Field(default_factory=InstructionScoringSpec)
     icon: IconSpec = Field(default_factory=IconSpec)
     model: ModelSpec = Field(default_factory=lambda: ModelSpec(vocab=1024))
     train: TrainSpec = Field(default_factory=lambda: TrainSpec(steps=80, batch=8, warmup=8))
@@ -114,8 +116,8 @@ QUICK_INSTRUCTION: dict[str, Any] = {
 
 
 def sft_tokenizer(texts: list[str], vocab: int) -> Any:
-    """The proxy trainer's byte-level BPE, with `<|endoftext|>` put first by `add_special_tokens`
-    (so the `icon` scorer's engine uses it as BOS, as the fine-tuning does)."""
+    """thresher's byte-level BPE (`thresher.models.tiny`), with `<|endoftext|>` put first by
+    `add_special_tokens` (so the `icon` scorer's engine uses it as BOS, as the fine-tuning does)."""
     from tokenizers.processors import TemplateProcessing
 
     tok = train_bpe_tokenizer(texts, vocab)
@@ -217,18 +219,20 @@ def icon_columns(spec: InstructionBenchSpec, pool: InstructionPool, model: torch
     """Run thresher's `icon` scorer over the pool with `model` (saved to `folder`) as the
     in-context learner and the pool's assessment set; its columns, one value per pool row."""
     from thresher.models.loading import clear_cache
-    from thresher.scorers.icon import IConParams, IConScorer
+    from thresher.scorers.registry import build_scorer
 
     model_dir = folder / "reference_model"
-    model.save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
+    with atomic_path(model_dir) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
     assess = folder / "assessment.jsonl"
-    assess.write_text("".join(json.dumps({"prompt": q, "response": a}) + "\n" for q, a in pool.assessment_pairs))
+    write_text_atomic("".join(json.dumps({"prompt": q, "response": a}) + "\n" for q, a in pool.assessment_pairs),
+                      assess)
     ic = spec.icon
-    scorer = IConScorer(IConParams(model=str(model_dir), assessment=str(assess), template=TEMPLATE,
-                                   sample_fraction=ic.sample_fraction, random_control=ic.random_control,
-                                   seed=ic.seed, max_tokens_per_batch=ic.max_tokens_per_batch, device="cpu",
-                                   torch_threads=spec.threads))
+    scorer = build_scorer({"type": "icon", "model": str(model_dir), "assessment": str(assess), "template": TEMPLATE,
+                           "sample_fraction": ic.sample_fraction, "random_control": ic.random_control,
+                           "seed": ic.seed, "max_tokens_per_batch": ic.max_tokens_per_batch, "device": "cpu",
+                           "torch_threads": spec.threads})
     parts: dict[str, list[pa.Array]] = {}
     try:
         for s in range(0, len(pool.ids), 256):
@@ -282,23 +286,28 @@ def save_scores(table: pa.Table, pool: InstructionPool, out: Path) -> None:
               "cluster": pool.clusters}
     for name, values in labels.items():
         keep = keep.append_column(f"label_{name}" if name in ("kind", "cluster", "task") else name, pa.array(values))
-    pq.write_table(keep, out / "pool_scores.parquet")
+    with atomic_path(out / "pool_scores.parquet") as tmp:
+        pq.write_table(keep, tmp)
 
 
 # -- the benchmark ----------------------------------------------------------------------------
 
 
 def run_instruction_bench(spec: InstructionBenchSpec, quiet: bool = False) -> dict[str, Any]:
-    """Run every (budget, method, seed) on instruction data; the results dictionary (JSON)."""
+    """Run every (budget, method, seed) on instruction data; the results dictionary (JSON).
+    `spec.threads` sets torch's threads for the run (restored afterwards)."""
+    with torch_threads(spec.threads):
+        return _run_instruction_bench(spec, quiet)
+
+
+def _run_instruction_bench(spec: InstructionBenchSpec, quiet: bool) -> dict[str, Any]:
     from thresher.selectors.icon import auc
 
     t0 = time.perf_counter()
-    if spec.threads:
-        torch.set_num_threads(spec.threads)
     p = spec.pool
     pool = build_instruction_pool(p.docs, p.wrong, p.garbled, p.dup, p.dup_clusters, p.eval_docs, p.assessment,
                                   p.seed)
-    _log(f"pool: {pool.info}", quiet)
+    log(f"pool: {pool.info}", quiet)
     tok = sft_tokenizer(pool.texts, spec.model.vocab)
     eos = tok.convert_tokens_to_ids(EOS)
     vocab_size = len(tok)
@@ -310,7 +319,7 @@ def run_instruction_bench(spec: InstructionBenchSpec, quiet: bool = False) -> di
 
     # reference model: the small GPT-2 trained on the whole unfiltered pool (quality proxy, ICL model)
     t = time.perf_counter()
-    ref = tiny_gpt2(spec.model, vocab_size, seed=10_000 + p.seed)
+    ref = make_model(spec.model, vocab_size, seed=10_000 + p.seed)
     ids, labels = pack(pool_ex, ctx, eos)
     train_lm(ref, ids, spec.train.model_copy(update={"steps": spec.scoring.reference_steps}), seed=10_000 + p.seed,
              labels=labels)
@@ -335,13 +344,13 @@ def run_instruction_bench(spec: InstructionBenchSpec, quiet: bool = False) -> di
                            icon_auc_clean_vs_junk=auc(~junk[ok], score[ok]),
                            icon_auc_clean_vs_wrong=auc(kinds[ok & ~(kinds == "garbled")] != "wrong",
                                                        score[ok & ~(kinds == "garbled")]))
-        _log(f"icon score (mean by kind): {diagnostics['icon_by_kind']}  ({timings['icon_scoring']:.0f}s)", quiet)
-    _log(f"quality (mean by kind): {diagnostics['quality_by_kind']}  ({timings['reference']:.0f}s)", quiet)
+        log(f"icon score (mean by kind): {diagnostics['icon_by_kind']}  ({timings['icon_scoring']:.0f}s)", quiet)
+    log(f"quality (mean by kind): {diagnostics['quality_by_kind']}  ({timings['reference']:.0f}s)", quiet)
     table = score_table(pool, quality, emb, np.array([len(q) + len(r) for q, r in pool_ex]), extra)
     save_scores(table, pool, Path(spec.output))
 
     def train_eval(sel: np.ndarray, seed: int) -> dict[str, Any]:
-        model = tiny_gpt2(spec.model, vocab_size, seed=seed)
+        model = make_model(spec.model, vocab_size, seed=seed)
         chosen = [pool_ex[i] for i in np.flatnonzero(sel)]
         ids, labels = pack(chosen, ctx, eos)
         curve = train_lm(model, ids, spec.train, seed=seed, labels=labels)
@@ -431,5 +440,5 @@ def markdown_instruction(res: dict[str, Any]) -> str:
     t = res["timings"]
     parts = ", ".join(f"{k.replace('_', ' ')} {v:.0f} s" for k, v in t.items() if k != "total")
     lines += ["", f"Run time: {t['total']:.0f} s on {c.get('threads', '?')} torch thread(s) ({parts}). "
-              f"Reproduce: `{res.get('command') or 'thresher bench-selection jobs/bench_selection_icon.yaml'}`.", ""]
+              f"Reproduce: `{res.get('command') or COMMAND + ' jobs/bench_selection_icon.yaml'}`.", ""]
     return "\n".join(lines)

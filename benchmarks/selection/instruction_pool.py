@@ -30,7 +30,7 @@ from typing import Callable
 
 import numpy as np
 
-from thresher.bench.pool import PlantedLabels
+from benchmarks.selection.pool import PlantedLabels
 
 TASKS = ("add", "reverse", "upper", "copy", "sort", "lookup")
 JUNK_KINDS = ("wrong", "garbled")

@@ -1,4 +1,8 @@
-"""Small synthetic corpora and shard writing for tests and CPU benchmarks (no downloads)."""
+"""Small synthetic corpora and shard writing for tests and CPU benchmarks (no downloads).
+
+Not part of the installed package: tests import it as `benchmarks.synthetic` (pytest puts the
+repository root on the path), the benchmark scripts put the root on `sys.path` themselves.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from thresher.common.atomic import atomic_path
 
 NOUNS = ("cat dog bird farmer river city teacher engine garden market window storm child doctor "
          "village forest painter sailor student king queen road bridge lamp song letter mountain").split()
@@ -96,8 +102,7 @@ def write_shards(rows: Sequence[dict[str, Any]], folder: str | os.PathLike[str],
         part = list(rows[bounds[k]:bounds[k + 1]])
         table = pa.Table.from_pylist(part, schema=schema)
         path = out / f"part-{k:05d}.parquet"
-        tmp = out / f".part-{k:05d}.parquet.tmp"
-        pq.write_table(table, tmp, row_group_size=row_group_size)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp, row_group_size=row_group_size)
         paths.append(path)
     return paths

@@ -1,1 +1,0 @@
-"""Benchmarks that exercise selection end to end (`thresher bench-selection`)."""
