@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from conftest_models import CORPUS
-from thresher.models.train_proxy import main as proxy_main
-from thresher.models.textio import read_texts
+from thresher.commands._textio import read_texts
+from thresher.commands.train_proxy import main as proxy_main
 from thresher.scorers.registry import build_scorer
 
 

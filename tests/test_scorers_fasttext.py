@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from thresher.models.loading import ModelError
-from thresher.models.train_classifier import main as train_main
+from thresher.commands.train_classifier import main as train_main
 from thresher.scorers.registry import build_scorer
 
 fasttext = pytest.importorskip("fasttext")

@@ -31,7 +31,7 @@ def test_all_scorers_in_one_job(tmp_path: Path) -> None:
     clf = tiny_bert(tmp_path / "clf", num_labels=2)
     enc = tiny_bert(tmp_path / "enc", head="base")
     lm = tiny_gpt2(tmp_path / "lm")
-    from thresher.models.train_classifier import train_classifier
+    from thresher.commands.train_classifier import train_classifier
 
     pos, neg = tmp_path / "pos.txt", tmp_path / "neg.txt"
     pos.write_text("\n".join(texts[:15]))

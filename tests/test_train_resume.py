@@ -16,9 +16,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from thresher.config import JobError  # noqa: E402
-from thresher.training.synthetic import instruction_rows, redundant_corpus, write_shards  # noqa: E402
-from thresher.training.train_cmd import STATE_FILE, train  # noqa: E402
-from thresher.training.train_cmd import _objective_state as real_objective_state  # noqa: E402
+from benchmarks.synthetic import instruction_rows, redundant_corpus, write_shards  # noqa: E402
+from thresher.training.trainer import STATE_FILE, train  # noqa: E402
+from thresher.training.trainer import _objective_state as real_objective_state  # noqa: E402
 
 TINY = {"n_layer": 1, "n_embd": 32, "n_head": 2, "vocab_size": 300}
 # pretraining: 51 packed blocks per epoch = 13 batches, so 16 steps cross an epoch; crash mid-epoch 0
@@ -134,7 +134,7 @@ def _skip_nothing(self: Any, state: dict[str, int]) -> None:
 SABOTAGE = {  # each leaves out one piece of the resume state (when saving or resuming); the comparison must notice
     "rng": ("resume", "torch.set_rng_state", lambda state: None),
     "optimizer": ("resume", "torch.optim.AdamW.load_state_dict", lambda self, state: None),
-    "ema-history": ("save", "thresher.training.train_cmd._objective_state", _drop_ema),
+    "ema-history": ("save", "thresher.training.trainer._objective_state", _drop_ema),
     "data-position": ("resume", "thresher.training.data.ShardDataset.load_state_dict", _skip_nothing),
 }
 

@@ -12,8 +12,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from thresher.training.data import ShardDataset, collate, make_loader, tokenize_row  # noqa: E402
-from thresher.training.synthetic import diverse_doc, instruction_rows, write_shards  # noqa: E402
-from thresher.training.train_cmd import train_bpe_tokenizer  # noqa: E402
+from benchmarks.synthetic import diverse_doc, instruction_rows, write_shards  # noqa: E402
+from thresher.models.tiny import train_bpe_tokenizer  # noqa: E402
 
 import numpy as np  # noqa: E402
 

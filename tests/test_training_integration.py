@@ -19,8 +19,9 @@ from thresher.training.loss import Objective  # noqa: E402
 from thresher.training.reweight import ReweightConfig  # noqa: E402
 from thresher.training.spec import validate_train_spec  # noqa: E402
 from thresher.training.sstoken import SSTokenConfig  # noqa: E402
-from thresher.training.synthetic import instruction_rows, redundant_corpus, write_shards  # noqa: E402
-from thresher.training.train_cmd import tiny_gpt2, train_bpe_tokenizer  # noqa: E402
+from benchmarks.synthetic import instruction_rows, redundant_corpus, write_shards  # noqa: E402
+from thresher.models.tiny import train_bpe_tokenizer  # noqa: E402
+from thresher.training.trainer import gpt2_for_tokenizer as tiny_gpt2  # noqa: E402
 
 TEMPLATE = "{prompt} ="
 
@@ -84,7 +85,7 @@ def test_train_command_writes_safetensors_checkpoint_and_loss_log(tmp_path):
 
 
 def test_train_command_sstoken_on_instruction_data(tmp_path):
-    from thresher.training.train_cmd import train
+    from thresher.training.trainer import train
 
     write_shards(instruction_rows(40, noise=0.3, seed=1), tmp_path / "d", n_shards=1)
     summary = train({"steps": 3, "batch_size": 4, "prompt_template": TEMPLATE,
@@ -111,7 +112,7 @@ def test_train_spec_validation_names_keys():
 
 
 def test_missing_local_model_is_a_clear_error(tmp_path):
-    from thresher.training.train_cmd import train
+    from thresher.training.trainer import train
 
     write_shards(redundant_corpus(10), tmp_path / "d", n_shards=1)
     with pytest.raises(FileNotFoundError, match="never downloaded"):

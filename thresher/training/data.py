@@ -28,16 +28,13 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-ALPACA_TEMPLATE = (
-    "Below is an instruction that describes a task. "
-    "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{prompt}\n\n### Response:\n"
-)
-"""Default prompt template (Alpaca style); ``{prompt}`` is replaced by the prompt column."""
+from thresher.common.atomic import atomic_path
+from thresher.common.templates import ALPACA_TEMPLATE  # the default prompt template (also re-exported)
 
 IGNORE_INDEX = -100
 
@@ -53,6 +50,14 @@ def list_shards(path: str | Path) -> list[Path]:
     if not files:
         raise FileNotFoundError(f"no Parquet shards (part-*.parquet) in {root}")
     return files
+
+
+def write_shards_atomic(tables: dict[str, pa.Table], dst: Path, compression: str = "zstd") -> None:
+    """Write each table to ``dst/name``, each under a temporary name renamed over the target."""
+    Path(dst).mkdir(parents=True, exist_ok=True)
+    for name, table in tables.items():
+        with atomic_path(Path(dst) / name) as tmp:
+            pq.write_table(table, tmp, compression=compression)
 
 
 @dataclass(frozen=True)

@@ -18,16 +18,19 @@ Offline: :func:`write_offline_weights` scores shards with a proxy model and writ
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
+from pydantic import Field, field_validator
+
+from thresher.common.atomic import write_text_atomic
+from thresher.common.templates import ALPACA_TEMPLATE
+from thresher.specs import Strict
 
 STRATEGIES = ("uniform", "linupper", "quadratic", "extremes")
 _TRAPS = {
@@ -104,27 +107,26 @@ def weights_from_losses(losses: torch.Tensor, strategy: str = "linupper", temper
     return torch.softmax((f - f.max()) / temperature, dim=0)
 
 
-@dataclass
-class ReweightConfig:
-    """Online reweighting knobs (defaults: SPEC 4.3, GPT-2 repo; warm-up off)."""
+class ReweightConfig(Strict):
+    """Online reweighting knobs (defaults: SPEC 4.3, GPT-2 repo; warm-up off).
+
+    The one type for the Python API (``ReweightConfig(strategy="linupper", temperature=0.5)``)
+    and the ``train.reweight`` section of a job; a bad value raises a ``ValueError``
+    (pydantic's ``ValidationError``) naming the field.
+    """
 
     strategy: str = "linupper"
-    temperature: float = 1.0
-    delta: float = 1.0
-    warmup_steps: int = 0
-    warmup: str = "uniform"  # "uniform": weights 1/B during warm-up; "temperature": use warmup_temperature
-    warmup_temperature: float = 100.0
+    temperature: float = Field(1.0, gt=0, description="softmax temperature r")
+    delta: float = Field(1.0, gt=0)
+    warmup_steps: int = Field(0, ge=0)
+    warmup: Literal["uniform", "temperature"] = Field(
+        "uniform", description="uniform: weights 1/B during warm-up; temperature: use warmup_temperature")
+    warmup_temperature: float = Field(100.0, gt=0)
 
-    def __post_init__(self) -> None:
-        check_strategy(self.strategy)
-        if self.temperature <= 0 or self.warmup_temperature <= 0:
-            raise ValueError("temperature and warmup_temperature must be > 0")
-        if self.delta <= 0:
-            raise ValueError("delta must be > 0")
-        if self.warmup_steps < 0:
-            raise ValueError("warmup_steps must be >= 0")
-        if self.warmup not in ("uniform", "temperature"):
-            raise ValueError(f"warmup: expected uniform|temperature, got {self.warmup!r}")
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, v: str) -> str:
+        return check_strategy(v)
 
 
 def _dist_ready() -> bool:
@@ -202,7 +204,7 @@ def proxy_losses(model: torch.nn.Module, tokenizer: Any, rows: list[dict[str, An
                  max_length: int = 512, batch_size: int = 16, add_bos: bool = False,
                  template: str | None = None) -> np.ndarray:
     """Per-row mean token loss under ``model`` (response tokens only for instruction rows)."""
-    from thresher.training.data import ALPACA_TEMPLATE, collate, tokenize_row
+    from thresher.training.data import collate, tokenize_row
 
     model.eval()
     device = next(model.parameters()).device
@@ -226,15 +228,6 @@ def proxy_losses(model: torch.nn.Module, tokenizer: Any, rows: list[dict[str, An
     return out
 
 
-def write_shards_atomic(tables: dict[str, pa.Table], dst: Path, compression: str = "zstd") -> None:
-    """Write each table to ``dst/name`` via a temporary name and ``os.replace``."""
-    dst.mkdir(parents=True, exist_ok=True)
-    for name, table in tables.items():
-        tmp = dst / f".{name}.tmp-{os.getpid()}"
-        pq.write_table(table, tmp, compression=compression)
-        os.replace(tmp, dst / name)
-
-
 def write_offline_weights(src: str | Path, dst: str | Path, model: torch.nn.Module, tokenizer: Any, *,
                           strategy: str = "linupper", temperature: float = 1.0, delta: float = 1.0,
                           pool_size: int = 256, seed: int = 0, max_length: int = 512, batch_size: int = 16,
@@ -246,7 +239,7 @@ def write_offline_weights(src: str | Path, dst: str | Path, model: torch.nn.Modu
     pool size, so they average 1. ``dst`` may equal ``src`` (each file is replaced
     atomically). Returns a summary that is also written to ``dst/_reweight.json``.
     """
-    from thresher.training.data import list_shards
+    from thresher.training.data import list_shards, write_shards_atomic
 
     files = list_shards(src)
     check_strategy(strategy)
@@ -281,9 +274,7 @@ def write_offline_weights(src: str | Path, dst: str | Path, model: torch.nn.Modu
                "pool_size": pool_size, "seed": seed, "weight_min": float(weights.min()) if len(weights) else None,
                "weight_max": float(weights.max()) if len(weights) else None,
                "loss_mean": float(all_losses.mean()) if len(all_losses) else None}
-    tmp = dst_p / f"._reweight.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, dst_p / "_reweight.json")
+    write_text_atomic(json.dumps(summary, indent=2), dst_p / "_reweight.json")
     return summary
 
 

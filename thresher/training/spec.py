@@ -8,7 +8,8 @@ from pydantic import Field, ValidationError, field_validator
 
 from thresher.specs import Strict as _Strict
 from thresher.specs import param_errors
-from thresher.training.reweight import check_strategy
+from thresher.training.reweight import ReweightConfig
+from thresher.training.sstoken import JOB_CONTEXT, SSTokenConfig
 
 
 class TinyModelSpec(_Strict):
@@ -18,33 +19,6 @@ class TinyModelSpec(_Strict):
     n_embd: int = Field(128, gt=0)
     n_head: int = Field(4, gt=0)
     vocab_size: int = Field(2048, ge=260, description="size of the BPE tokenizer trained on the data")
-
-
-class ReweightSpec(_Strict):
-    """Online loss-based sample reweighting (SPEC 4)."""
-
-    strategy: str = "linupper"
-    temperature: float = Field(1.0, gt=0, description="softmax temperature r")
-    delta: float = Field(1.0, gt=0)
-    warmup_steps: int = Field(0, ge=0)
-    warmup: Literal["uniform", "temperature"] = "uniform"
-    warmup_temperature: float = Field(100.0, gt=0)
-
-    @field_validator("strategy")
-    @classmethod
-    def _strategy(cls, v: str) -> str:
-        return check_strategy(v)
-
-
-class SSTokenSpec(_Strict):
-    """Online ssToken token selection (SPEC 3)."""
-
-    rho: float = Field(0.6, gt=0, le=1)
-    gamma: float = Field(0.5, ge=0, le=1)
-    warmup_steps: int = Field(0, ge=0)
-    history: Literal["model", "column", "ema"] = "model"
-    ema_alpha: float = Field(0.99, ge=0, lt=1)
-    mode: Literal["sstoken", "random"] = "sstoken"
 
 
 class TrainSpec(_Strict):
@@ -72,8 +46,8 @@ class TrainSpec(_Strict):
     checkpoint_every: int = Field(200, ge=0, description="resumable checkpoint every N steps; 0: only at the end")
     resume: bool = Field(True, description="continue from the output folder's checkpoint of the same run; "
                                            "false: discard it and start afresh")
-    reweight: ReweightSpec | None = None
-    sstoken: SSTokenSpec | None = None
+    reweight: ReweightConfig | None = None
+    sstoken: SSTokenConfig | None = None
     use_weight_column: bool = True
     use_token_mask_column: bool = True
 
@@ -93,7 +67,7 @@ def validate_train_spec(value: Any, where: str = "train") -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"{where}: expected a mapping, got {type(value).__name__}")
     try:
-        spec = TrainSpec.model_validate(value)
+        spec = TrainSpec.model_validate(value, context={JOB_CONTEXT: True})
     except ValidationError as err:
         raise ValueError(param_errors(err, where)) from None
     return spec.model_dump(mode="json")

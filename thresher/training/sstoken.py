@@ -19,45 +19,52 @@ placeholder 0, the convention of the ``hist_token_loss`` column):
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
+from pydantic import Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 from torch import nn
 
-HISTORY_SOURCES = ("model", "column", "ema")
+from thresher.common.templates import ALPACA_TEMPLATE
+from thresher.specs import Strict
+
+HistorySource = Literal["model", "column", "ema"]
+HISTORY_SOURCES = get_args(HistorySource)
+JOB_CONTEXT = "thresher_job"
+"""Validation-context key set while validating a job's section: fields that are not job keys are refused."""
 
 
-@dataclass
-class SSTokenConfig:
-    """ssToken knobs (defaults: SPEC 3.4)."""
+class SSTokenConfig(Strict):
+    """ssToken knobs (defaults: SPEC 3.4).
 
-    rho: float = 0.6
-    gamma: float = 0.5
-    warmup_steps: int = 0  # steps with gamma forced to 0 (attention only)
-    history: str = "model"  # model: frozen base copy; column: hist_token_loss; ema: EMA of the trained model
-    ema_alpha: float = 0.99
-    mode: str = "sstoken"  # or "random" (baseline)
-    seed: int = 0
+    The one type for the Python API (``SSTokenConfig(rho=0.5, mode="random", seed=3)``) and
+    the ``train.sstoken`` section of a job; a bad value raises a ``ValueError`` (pydantic's
+    ``ValidationError``) naming the field. ``seed`` is not a job key (validated with
+    ``context={JOB_CONTEXT: True}`` it is an unknown key; the trainer passes the run's seed)
+    and is left out of ``model_dump()``.
+    """
 
-    def __post_init__(self) -> None:
-        if not 0 < self.rho <= 1:
-            raise ValueError("rho must be in (0, 1]")
-        if not 0 <= self.gamma <= 1:
-            raise ValueError("gamma must be in [0, 1]")
-        if self.warmup_steps < 0:
-            raise ValueError("warmup_steps must be >= 0")
-        if self.history not in HISTORY_SOURCES:
-            raise ValueError(f"history: expected one of {list(HISTORY_SOURCES)}, got {self.history!r}")
-        if not 0 <= self.ema_alpha < 1:
-            raise ValueError("ema_alpha must be in [0, 1)")
-        if self.mode not in ("sstoken", "random"):
-            raise ValueError(f"mode: expected sstoken|random, got {self.mode!r}")
+    rho: float = Field(0.6, gt=0, le=1)
+    gamma: float = Field(0.5, ge=0, le=1)
+    warmup_steps: int = Field(0, ge=0, description="steps with gamma forced to 0 (attention only)")
+    history: HistorySource = Field(
+        "model", description="model: frozen base copy; column: hist_token_loss; ema: EMA of the trained model")
+    ema_alpha: float = Field(0.99, ge=0, lt=1)
+    mode: Literal["sstoken", "random"] = Field("sstoken", description="or 'random' (the baseline)")
+    seed: int = Field(0, exclude=True, description="the random baseline's stream (a run's seed in jobs)")
+
+    @field_validator("seed")
+    @classmethod
+    def _not_a_job_key(cls, v: int, info: ValidationInfo) -> int:
+        if (info.context or {}).get(JOB_CONTEXT):
+            raise PydanticCustomError("extra_forbidden", "Extra inputs are not permitted")
+        return v
 
 
 # -- per-token quantities --------------------------------------------------------------------
@@ -314,8 +321,7 @@ def write_token_masks(src: str | Path, dst: str | Path, current_model: nn.Module
     :func:`thresher.training.data.tokenize_row`; tokens beyond ``max_length`` get mask 1
     and loss 0. Files are replaced atomically (``dst`` may equal ``src``).
     """
-    from thresher.training.data import ALPACA_TEMPLATE, collate, list_shards, tokenize_row
-    from thresher.training.reweight import write_shards_atomic
+    from thresher.training.data import collate, list_shards, tokenize_row, write_shards_atomic
 
     cfg = config or SSTokenConfig()
     history_model = history_model if history_model is not None else current_model
@@ -329,7 +335,7 @@ def write_token_masks(src: str | Path, dst: str | Path, current_model: nn.Module
     out: dict[str, pa.Table] = {}
     kept = total = 0
     step = max(cfg.warmup_steps, 0)  # offline masks use the post-warm-up gamma
-    selector = SSToken(SSTokenConfig(**{**cfg.__dict__, "history": "column"}))
+    selector = SSToken(cfg.model_copy(update={"history": "column"}))
     for f in files:
         table = pq.read_table(f)
         if not {"prompt", "response"} <= set(table.column_names):

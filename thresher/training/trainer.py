@@ -1,10 +1,10 @@
-"""``thresher train JOB.yaml``: a small reference trainer over thresher's output shards.
+"""The reference trainer: a small PyTorch loop over thresher's output shards (behind ``thresher train``).
 
-A plain PyTorch loop (AdamW, linear warm-up then cosine decay to 10%) on a tiny GPT-2
-built from a config (tokenizer trained on the shards) or a local model folder, with the
-options of the ``train:`` section (reweighting, ssToken, steps, lr, batch, seed). Writes
-``model.safetensors`` + config + tokenizer, ``loss_log.json`` and ``train_state.json``
-to the output folder. Nothing is downloaded.
+:func:`train` runs AdamW with linear warm-up then cosine decay to 10% on a tiny GPT-2 built
+from a config (tokenizer trained on the shards) or a local model folder, with the options of
+a ``train:`` section (:class:`~thresher.training.spec.TrainSpec`: reweighting, ssToken,
+steps, lr, batch, seed). Writes ``model.safetensors`` + config + tokenizer, ``loss_log.json``
+and ``train_state.json`` to the output folder. Nothing is downloaded.
 
 Resume: every ``checkpoint_every`` steps and at the end the run writes
 ``checkpoint-<step>/`` (model, tokenizer, ``trainer_state.pt``: optimizer, scheduler,
@@ -16,13 +16,11 @@ unless ``resume: false`` (``--overwrite``) discards it.
 
 from __future__ import annotations
 
-import argparse
+import fnmatch
 import hashlib
 import json
-import math
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -30,46 +28,30 @@ from typing import Any, Callable, Iterable
 import pyarrow.parquet as pq
 import torch
 
+from thresher.common.atomic import TMP_GLOB, atomic_path
+from thresher.common.device import resolve_device
+from thresher.common.schedule import warmup_cosine
+from thresher.common.templates import ALPACA_TEMPLATE
+from thresher.models.tiny import tiny_gpt2, train_bpe_tokenizer
 from thresher.specs import JobError, config_diff
-from thresher.training.data import ALPACA_TEMPLATE, ShardDataset, list_shards, make_loader
+from thresher.training.data import ShardDataset, list_shards, make_loader
 from thresher.training.loss import Objective
-from thresher.training.reweight import ReweightConfig
 from thresher.training.spec import TrainSpec, validate_train_spec
 from thresher.training.sstoken import SSToken, SSTokenConfig
 
-EOS = "<|endoftext|>"
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.pt"
-TMP_PREFIX = ".tmp-"
+TMP_PREFIX = ".tmp-"  # checkpoint folders being written (a killed run leaves one; the next removes it)
 # spec keys that do not change what is trained (left out of the resume fingerprint)
 _NOT_FINGERPRINTED = ("data", "output", "seed", "log_every", "checkpoint_every", "resume")
 
 
-def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> Any:
-    """A byte-level BPE tokenizer trained on ``texts`` (EOS/pad = ``<|endoftext|>``)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=EOS,
-                                   unk_token=EOS)
-
-
-def tiny_gpt2(tokenizer: Any, n_layer: int = 2, n_embd: int = 128, n_head: int = 4, n_positions: int = 256,
-              seed: int = 0) -> torch.nn.Module:
-    """A GPT-2 from a config (no download), seeded initialisation."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=len(tokenizer), n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
-                     n_head=n_head, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-                     pad_token_id=tokenizer.eos_token_id)
-    return GPT2LMHeadModel(cfg)
+def gpt2_for_tokenizer(tokenizer: Any, n_layer: int = 2, n_embd: int = 128, n_head: int = 4,
+                       n_positions: int = 256, seed: int = 0) -> torch.nn.Module:
+    """A tiny GPT-2 (:func:`thresher.models.tiny.tiny_gpt2`) sized to ``tokenizer``, its EOS as
+    bos/eos/pad, initialised from ``seed``."""
+    return tiny_gpt2(len(tokenizer), n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=n_positions,
+                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id, seed=seed)
 
 
 def _shard_texts(data: str, limit: int = 20_000) -> Iterable[str]:
@@ -101,7 +83,7 @@ def load_model(spec: TrainSpec, data: str, seed: int, tokenizer: Any = None) -> 
             tok = AutoTokenizer.from_pretrained(spec.tokenizer, local_files_only=True)
         else:
             tok = train_bpe_tokenizer(_shard_texts(data), spec.tiny.vocab_size)
-        model = tiny_gpt2(tok, spec.tiny.n_layer, spec.tiny.n_embd, spec.tiny.n_head, n_pos, seed)
+        model = gpt2_for_tokenizer(tok, spec.tiny.n_layer, spec.tiny.n_embd, spec.tiny.n_head, n_pos, seed)
         return model, tok
     path = Path(spec.model)
     if not path.is_dir():
@@ -113,13 +95,6 @@ def load_model(spec: TrainSpec, data: str, seed: int, tokenizer: Any = None) -> 
         raise ValueError(f"{path}: the tokenizer has no EOS token")
     model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
     return model, tok
-
-
-def _lr_factor(step: int, warmup: int, total: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def train(spec: TrainSpec | dict[str, Any], data: str, output: str, seed: int = 0,
@@ -146,7 +121,7 @@ def train(spec: TrainSpec | dict[str, Any], data: str, output: str, seed: int = 
 
             ckpt_tok = AutoTokenizer.from_pretrained(str(ckpt), local_files_only=True)
         model, tokenizer = load_model(spec, data, seed, tokenizer if tokenizer is not None else ckpt_tok)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device("auto")
     model.to(device).train()
     ds = ShardDataset(data, tokenizer, mode=spec.mode, max_length=spec.max_length, pack=spec.pack,
                       block_size=spec.block_size, seed=seed, prompt_template=spec.prompt_template or ALPACA_TEMPLATE,
@@ -156,7 +131,7 @@ def train(spec: TrainSpec | dict[str, Any], data: str, output: str, seed: int = 
     loader = make_loader(ds, spec.batch_size, num_workers=spec.num_workers,
                          generator=torch.Generator().manual_seed(seed))
     objective = Objective(
-        reweight=ReweightConfig(**spec.reweight.model_dump()) if spec.reweight else None,
+        reweight=spec.reweight.model_copy() if spec.reweight else None,
         sstoken=SSTokenConfig(**spec.sstoken.model_dump(), seed=seed) if spec.sstoken else None,
         use_weight_column=spec.use_weight_column, use_token_mask_column=spec.use_token_mask_column,
     ).setup(model)  # before loading a checkpoint: ssToken's 'model' history is the start model
@@ -164,7 +139,7 @@ def train(spec: TrainSpec | dict[str, Any], data: str, output: str, seed: int = 
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": spec.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=spec.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, spec.warmup_steps, spec.steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, spec.warmup_steps, spec.steps))
     log: list[dict[str, Any]] = []
     step, epoch, consumed, t0 = 0, 0, 0, time.time()
     resume_data: dict[str, int] | None = None
@@ -275,9 +250,14 @@ def latest_checkpoint(out: str | Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+def _is_temporary(name: str) -> bool:
+    """A checkpoint folder being written (``TMP_PREFIX``) or a file of `atomic_path` (``TMP_GLOB``)."""
+    return name.startswith(TMP_PREFIX) or fnmatch.fnmatch(name, TMP_GLOB)
+
+
 def _remove(path: Path) -> None:
     """Remove a file or folder; a folder is renamed to a temporary name first (never half there)."""
-    if path.is_dir() and not path.name.startswith(TMP_PREFIX):
+    if path.is_dir() and not _is_temporary(path.name):
         trash = path.with_name(f"{TMP_PREFIX}old-{path.name}-{os.getpid()}")
         os.rename(path, trash)
         path = trash
@@ -291,8 +271,9 @@ def _open_output(out: Path, fingerprint: dict[str, Any], resume: bool) -> tuple[
     """Clear temporary leftovers; return the checkpoint to resume and its state (or Nones)."""
     if not out.is_dir():
         return None, None
-    for p in out.glob(f"{TMP_PREFIX}*"):  # what a killed run was writing
-        _remove(p)
+    for p in list(out.iterdir()):  # what a killed run was writing
+        if _is_temporary(p.name):
+            _remove(p)
     ckpt = latest_checkpoint(out)
     if ckpt is None:
         return None, None
@@ -320,8 +301,9 @@ def save_checkpoint(out: Path, step: int, model: torch.nn.Module, tokenizer: Any
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     torch.save(trainer_state, tmp / STATE_FILE)
-    _write_json(tmp / "loss_log.json", {"summary": summary, "log": trainer_state["log"]})
-    _write_json(tmp / "train_state.json", {"step": step, "dataset": trainer_state["dataset"]})
+    # plain writes: the folder is renamed into place only once complete
+    (tmp / "loss_log.json").write_text(json.dumps({"summary": summary, "log": trainer_state["log"]}, indent=1))
+    (tmp / "train_state.json").write_text(json.dumps({"step": step, "dataset": trainer_state["dataset"]}, indent=1))
     if final.exists():
         _remove(final)
     os.rename(tmp, final)
@@ -336,13 +318,11 @@ def _publish(ckpt: Path, out: Path) -> None:
     for f in sorted(ckpt.iterdir()):
         if f.name == STATE_FILE or not f.is_file():
             continue
-        tmp = out / f"{TMP_PREFIX}{f.name}-{os.getpid()}"
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(f, tmp)
-        except OSError:
-            shutil.copy2(f, tmp)
-        os.replace(tmp, out / f.name)
+        with atomic_path(out / f.name) as tmp:
+            try:
+                os.link(f, tmp)
+            except OSError:
+                shutil.copy2(f, tmp)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -381,75 +361,3 @@ def _restore(ckpt: Path, state: dict[str, Any], model: torch.nn.Module, opt: tor
     torch.set_rng_state(state["rng"]["torch"])
     if torch.cuda.is_available() and len(state["rng"]["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
-# -- CLI --------------------------------------------------------------------------------------
-
-def run(job: Any, args: argparse.Namespace | None = None) -> dict[str, Any]:
-    """Run the ``train:`` section of a loaded JobSpec (CLI flags in ``args`` override it)."""
-    raw = dict(job.train or {})
-    if args is not None:
-        for key in ("steps", "lr", "batch_size", "seed", "data", "output", "model", "checkpoint_every"):
-            val = getattr(args, key, None)
-            if val is not None:
-                raw[key] = val
-        if getattr(args, "reweight", None):
-            raw["reweight"] = None if args.reweight == "none" else {**(raw.get("reweight") or {}),
-                                                                    "strategy": args.reweight}
-        if getattr(args, "sstoken", False):
-            raw["sstoken"] = raw.get("sstoken") or {}
-        if getattr(args, "overwrite", False):
-            raw["resume"] = False
-    spec = TrainSpec.model_validate(validate_train_spec(raw, "train"))
-    data = spec.data or job.output.path
-    output = spec.output or str(Path(job.output.path) / "_train")
-    seed = spec.seed if spec.seed is not None else job.seed
-    return train(spec, data, output, seed)
-
-
-def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("job", help="job YAML file (its train: section)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a job key, e.g. --set train.steps=50")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--batch-size", dest="batch_size", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--data", help="shard folder (default: train.data or output.path)")
-    p.add_argument("--output", help="checkpoint folder (default: <output.path>/_train)")
-    p.add_argument("--model", help="'tiny-gpt2' or a local model folder")
-    p.add_argument("--reweight", choices=["none", "uniform", "linupper", "quadratic", "extremes"])
-    p.add_argument("--sstoken", action="store_true", help="turn on ssToken with the spec's (or default) settings")
-    p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int,
-                   help="resumable checkpoint every N steps (0: only at the end)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="discard the output folder's checkpoint and start afresh (default: resume the same run)")
-
-
-def main_args(args: argparse.Namespace) -> int:
-    from thresher.config import load_job
-
-    job = load_job(args.job, args.overrides)
-    summary = run(job, args)
-    print(json.dumps({k: v for k, v in summary.items() if k != "spec"}))
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point for ``thresher train JOB.yaml [options]`` (argv without the word ``train``)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["train"]:
-        argv = argv[1:]
-    parser = argparse.ArgumentParser(prog="thresher train", description=__doc__)
-    _add_arguments(parser)
-    return main_args(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -23,25 +23,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from thresher.models.loading import resolve_device, resolve_model_ref, set_torch_threads
-from thresher.models.cli_util import run_command
-from thresher.models.textio import read_texts
-
-EOS = "<|endoftext|>"
-
-
-def train_bpe_tokenizer(texts: Sequence[str], vocab_size: int) -> Any:
-    """A byte-level BPE tokenizer (GPT-2 style, `<|endoftext|>` as bos/eos/pad) trained on `texts`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, unk_token=EOS, pad_token=EOS)
+from thresher.commands._textio import read_texts
+from thresher.commands._util import run_command
+from thresher.common.device import resolve_device
+from thresher.common.schedule import warmup_cosine
+from thresher.common.threads import apply_torch_threads
+from thresher.models.loading import resolve_model_ref
+from thresher.models.tiny import tiny_gpt2, train_bpe_tokenizer
 
 
 def _blocks(tokenizer: Any, texts: Sequence[str], context: int) -> torch.Tensor:
@@ -66,9 +54,9 @@ def train_proxy(inputs: Sequence[str], output: str, *, text_field: str = "text",
                 valid_fraction: float = 0.05, max_docs: int | None = None, seed: int = 0, device: str = "auto",
                 torch_threads: int | None = None, file_per_doc: bool = False, log_every: int = 50) -> dict[str, Any]:
     """Train and save the proxy; returns training info (also saved as training_info.json)."""
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+    from transformers import AutoTokenizer
 
-    set_torch_threads(torch_threads)
+    apply_torch_threads(torch_threads)
     torch.manual_seed(seed)
     texts = read_texts(inputs, text_field, limit=max_docs, file_per_doc=file_per_doc)
     if not texts:
@@ -84,17 +72,10 @@ def train_proxy(inputs: Sequence[str], output: str, *, text_field: str = "text",
     n_valid = max(1, int(len(blocks) * valid_fraction))
     valid, train = blocks[order[:n_valid]], blocks[order[n_valid:]]
     dev = resolve_device(device)
-    cfg = GPT2Config(vocab_size=len(tok), n_positions=context, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
-                     bos_token_id=tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id,
-                     eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    model = GPT2LMHeadModel(cfg).to(dev)
+    model = tiny_gpt2(len(tok), n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=context,
+                      eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
+                      pad_token_id=tok.pad_token_id).to(dev)  # initialised from the seed set above
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return lr * (step + 1) / warmup
-        progress = (step - warmup) / max(1, steps - warmup)
-        return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
     rng = random.Random(seed)
     log: list[dict[str, float]] = []
@@ -104,7 +85,7 @@ def train_proxy(inputs: Sequence[str], output: str, *, text_field: str = "text",
         idx = torch.tensor([rng.randrange(len(train)) for _ in range(batch_size)])
         batch = train[idx].to(dev)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step)
+            group["lr"] = lr * warmup_cosine(step, warmup, steps)
         loss = model(input_ids=batch, labels=batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -18,8 +18,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from thresher.models.cli_util import run_command
-from thresher.models.textio import read_texts
+from thresher.commands._textio import read_texts
+from thresher.commands._util import run_command
+from thresher.common.atomic import atomic_path
 
 
 def _line(label: str, text: str, lowercase: bool) -> str:
@@ -69,9 +70,8 @@ def train_classifier(positive: Sequence[str], negative: Sequence[str], output: s
                                           bucket=bucket, minCount=min_count, thread=threads, seed=seed, verbose=0)
     if quantize:
         model.quantize(input=None, retrain=False)
-    tmp_out = out.with_name(out.name + ".tmp")
-    model.save_model(str(tmp_out))
-    tmp_out.replace(out)
+    with atomic_path(out) as tmp_out:
+        model.save_model(str(tmp_out))
     metrics: dict[str, Any] = {"train_positive": len(pos) - n_val_pos, "train_negative": len(neg) - n_val_neg,
                                "valid": len(valid), "labels": [pos_label, neg_label]}
     if valid:

@@ -1,0 +1,90 @@
+"""``thresher train JOB.yaml``: a small reference trainer over thresher's output shards.
+
+A plain PyTorch loop (AdamW, linear warm-up then cosine decay to 10%) on a tiny GPT-2
+built from a config (tokenizer trained on the shards) or a local model folder, with the
+options of the ``train:`` section (reweighting, ssToken, steps, lr, batch, seed). Writes
+``model.safetensors`` + config + tokenizer, ``loss_log.json`` and ``train_state.json``
+to the output folder. Nothing is downloaded.
+
+Resume: every ``checkpoint_every`` steps and at the end the run writes
+``checkpoint-<step>/`` (model, tokenizer, ``trainer_state.pt``: optimizer, scheduler,
+RNG, objective and data position, loss log) under a temporary name and renames it, so a
+``checkpoint-*`` folder is always complete; older ones are then removed. A re-run with
+the same spec, data and seed continues from the latest one; another run is refused
+unless ``resume: false`` (``--overwrite``) discards it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from thresher.config import load_job
+from thresher.training.reweight import STRATEGIES
+from thresher.training.spec import TrainSpec, validate_train_spec
+from thresher.training.trainer import train
+
+
+def run(job: Any, args: argparse.Namespace | None = None) -> dict[str, Any]:
+    """Run the ``train:`` section of a loaded JobSpec (CLI flags in ``args`` override it)."""
+    raw = dict(job.train or {})
+    if args is not None:
+        for key in ("steps", "lr", "batch_size", "seed", "data", "output", "model", "checkpoint_every"):
+            val = getattr(args, key, None)
+            if val is not None:
+                raw[key] = val
+        if getattr(args, "reweight", None):
+            raw["reweight"] = None if args.reweight == "none" else {**(raw.get("reweight") or {}),
+                                                                    "strategy": args.reweight}
+        if getattr(args, "sstoken", False):
+            raw["sstoken"] = raw.get("sstoken") or {}
+        if getattr(args, "overwrite", False):
+            raw["resume"] = False
+    spec = TrainSpec.model_validate(validate_train_spec(raw, "train"))
+    data = spec.data or job.output.path
+    output = spec.output or str(Path(job.output.path) / "_train")
+    seed = spec.seed if spec.seed is not None else job.seed
+    return train(spec, data, output, seed)
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("job", help="job YAML file (its train: section)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a job key, e.g. --set train.steps=50")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--data", help="shard folder (default: train.data or output.path)")
+    p.add_argument("--output", help="checkpoint folder (default: <output.path>/_train)")
+    p.add_argument("--model", help="'tiny-gpt2' or a local model folder")
+    p.add_argument("--reweight", choices=["none", *STRATEGIES])
+    p.add_argument("--sstoken", action="store_true", help="turn on ssToken with the spec's (or default) settings")
+    p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int,
+                   help="resumable checkpoint every N steps (0: only at the end)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="discard the output folder's checkpoint and start afresh (default: resume the same run)")
+
+
+def main_args(args: argparse.Namespace) -> int:
+    job = load_job(args.job, args.overrides)
+    summary = run(job, args)
+    print(json.dumps({k: v for k, v in summary.items() if k != "spec"}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``thresher train JOB.yaml [options]`` (argv without the word ``train``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:
+        argv = argv[1:]
+    parser = argparse.ArgumentParser(prog="thresher train", description=__doc__)
+    _add_arguments(parser)
+    return main_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
