@@ -164,9 +164,9 @@ def main(argv=None) -> int:
                 ds = ShardDataset(sft_dir, tok, prompt_template=TEMPLATE, seed=seed, return_row_index=True)
                 sst = None
                 if method != "full":
-                    sst = SSTokenConfig(rho=args.rho, gamma=args.gamma, mode=method, seed=seed,
+                    sst = SSTokenConfig(rho=args.rho, gamma=args.gamma, mode=method,
                                         warmup_steps=int(args.warmup_frac * args.steps))
-                obj = Objective(sstoken=sst)
+                obj = Objective(sstoken=sst, seed=seed)
                 obj.setup(model)
                 if obj.sstoken is not None:
                     obj.sstoken.history_model = copy.deepcopy(base).eval()  # history = pre-SFT model

@@ -10,19 +10,20 @@ import pyarrow as pa
 import pytest
 import torch
 
+from datamask_helpers import pairwise_similarity_explicit, pl_log_prob
+from thresher.common.seeds import torch_generator
 from thresher.selectors.base import SelectContext
 from thresher.selectors.datamask import (
     ContextReadout,
     DataMaskParams,
     allocate,
     block_calibration,
-    group_advantages,
     draw_masks,
+    group_advantages,
     gumbel_topk,
-    make_generator,
     objective,
     pl_grad,
-    pl_log_prob,
+    pl_grad_log,
     prepare_block,
     prune_by_quality,
     sequential_draws,
@@ -34,11 +35,11 @@ from thresher.selectors.diversity import (
     diversity,
     facility_location,
     pairwise_similarity,
-    pairwise_similarity_explicit,
     pool_pairwise_similarity,
     pws_subset_moments,
 )
 from thresher.selectors.greedy import (
+    GreedyParams,
     disf_offdiag_after_adding,
     diversity_topk,
     greedy_block,
@@ -74,8 +75,8 @@ def solver_params(**kw) -> DataMaskParams:
 
 def _both_samplers(logits: torch.Tensor, n_masks: int, size: int, seed: int) -> dict[str, torch.Tensor]:
     """(n_masks, size) draws from one batch by Gumbel-top-k and by sequential draws."""
-    return {"gumbel": gumbel_topk(logits, n_masks, size, make_generator(CPU, seed)),
-            "sequential": sequential_draws(logits.unsqueeze(0), n_masks, size, make_generator(CPU, seed))[0]}
+    return {"gumbel": gumbel_topk(logits, n_masks, size, torch_generator(CPU, seed)),
+            "sequential": sequential_draws(logits.unsqueeze(0), n_masks, size, torch_generator(CPU, seed))[0]}
 
 
 @pytest.mark.parametrize("sampler", ["gumbel", "sequential"])
@@ -112,7 +113,7 @@ def test_samplers_agree_on_ordered_triples_chi2() -> None:
     # probabilities, with a wide-ish spread (6 nats) so the skipped intervals matter
     logits = torch.tensor([2.0, -1.0, 0.5, -4.0, 1.0, 0.0], dtype=torch.float64)
     n_draws = 200_000
-    order = sequential_draws(logits.unsqueeze(0), n_draws, 3, make_generator(CPU, 7))[0].numpy()
+    order = sequential_draws(logits.unsqueeze(0), n_draws, 3, torch_generator(CPU, 7))[0].numpy()
     assert all(len(set(r)) == 3 for r in order[:1000])
     counts = np.bincount(order[:, 0] * 36 + order[:, 1] * 6 + order[:, 2], minlength=216)
     p = torch.softmax(logits, 0).numpy()
@@ -130,7 +131,7 @@ def test_sequential_draws_never_repeat_a_document() -> None:
         for size in sorted({1, 2, min(n, 8), min(n - 1, 8)} - {0}):
             for spread in (0.0, 4.0, 16.0):
                 logits = spread * torch.rand((6, n), generator=gen, dtype=torch.float64)
-                order = sequential_draws(logits, 200, size, make_generator(CPU, n, size, int(spread)))
+                order = sequential_draws(logits, 200, size, torch_generator(CPU, n, size, int(spread)))
                 assert order.shape == (6, 200, size) and int(order.min()) >= 0 and int(order.max()) < n
                 assert bool((order.sort(dim=2).values.diff(dim=2) > 0).all())
 
@@ -140,22 +141,22 @@ def test_draw_masks_routes_wide_batches_to_gumbel() -> None:
     # (the same generator state, so it equals gumbel_topk on that row alone)
     narrow = torch.linspace(-2, 2, 16, dtype=torch.float64)
     wide = torch.linspace(-20, 20, 16, dtype=torch.float64)
-    got = draw_masks(torch.stack([narrow, wide]), 12, 3, make_generator(CPU, 3))
-    gen = make_generator(CPU, 3)
+    got = draw_masks(torch.stack([narrow, wide]), 12, 3, torch_generator(CPU, 3))
+    gen = torch_generator(CPU, 3)
     want_narrow = sequential_draws(narrow.unsqueeze(0), 12, 3, gen)[0]
     want_wide = gumbel_topk(wide.unsqueeze(0).float(), 12, 3, gen)[0]
     assert torch.equal(got[0], want_narrow) and torch.equal(got[1], want_wide)
     assert all(len(set(r.tolist())) == 3 for r in got.reshape(-1, 3))
     # more than 8 draws per mask: Gumbel-top-k for every batch
-    many = draw_masks(narrow.unsqueeze(0), 4, 9, make_generator(CPU, 4))
-    assert torch.equal(many, gumbel_topk(narrow.unsqueeze(0).float(), 4, 9, make_generator(CPU, 4)))
+    many = draw_masks(narrow.unsqueeze(0), 4, 9, torch_generator(CPU, 4))
+    assert torch.equal(many, gumbel_topk(narrow.unsqueeze(0).float(), 4, 9, torch_generator(CPU, 4)))
 
 
 def test_gumbel_topk_is_seeded() -> None:
     logits = torch.zeros(50, dtype=torch.float64)
-    a = gumbel_topk(logits, 8, 5, make_generator(CPU, 1, 2, 3))
-    b = gumbel_topk(logits, 8, 5, make_generator(CPU, 1, 2, 3))
-    c = gumbel_topk(logits, 8, 5, make_generator(CPU, 1, 2, 4))
+    a = gumbel_topk(logits, 8, 5, torch_generator(CPU, 1, 2, 3))
+    b = gumbel_topk(logits, 8, 5, torch_generator(CPU, 1, 2, 3))
+    c = gumbel_topk(logits, 8, 5, torch_generator(CPU, 1, 2, 4))
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert all(len(set(row.tolist())) == 5 for row in a)  # without replacement
 
@@ -167,7 +168,7 @@ def test_gumbel_topk_is_seeded() -> None:
 def test_pl_gradient_matches_autograd_and_finite_differences(n: int, s: int) -> None:
     gen = torch.Generator().manual_seed(n * 100 + s)
     logits = (2 * torch.randn(n, generator=gen, dtype=torch.float64)).requires_grad_(True)
-    order = gumbel_topk(logits.detach(), 6, s, make_generator(CPU, n, s))
+    order = gumbel_topk(logits.detach(), 6, s, torch_generator(CPU, n, s))
     fast = pl_grad(logits.detach(), order)
     for j in range(order.shape[0]):
         lp = pl_log_prob(logits, order[j])[0]
@@ -212,7 +213,7 @@ def test_advantages_invariant_to_shift_and_scale() -> None:
     assert abs(float(base.mean())) < 1e-12 and abs(float(base.std(unbiased=False)) - 1) < 1e-12
     # a single reward (no per-metric normalisation): f + c and c * f give the same update
     logits = torch.randn(20, generator=gen, dtype=torch.float64)
-    order = gumbel_topk(logits, 16, 5, make_generator(CPU, 9))
+    order = gumbel_topk(logits, 16, 5, torch_generator(CPU, 9))
     f = torch.randn(16, generator=gen, dtype=torch.float64)
     ups = [pl_grad(logits, order, group_advantages({"f": g}, {"f": 1.0}, normalize_each=False))
            for g in (f, f + 11.0, 4.0 * f)]
@@ -227,7 +228,7 @@ def test_permuting_documents_permutes_the_update() -> None:
     logits = torch.randn(n, generator=gen, dtype=torch.float64)
     emb = torch.from_numpy(unit(np.random.default_rng(1).normal(size=(n, 8))))
     q = torch.randn(n, generator=gen, dtype=torch.float64)
-    order = gumbel_topk(logits, 12, 6, make_generator(CPU, 2))
+    order = gumbel_topk(logits, 12, 6, torch_generator(CPU, 2))
     perm = torch.randperm(n, generator=gen)  # new position i holds old document perm[i]
     inv = torch.argsort(perm)
 
@@ -281,7 +282,7 @@ def test_brute_force_small_instance(metric_norm: str) -> None:
     assert res.objective == pytest.approx(f_top)
     assert (f_opt - f_top) <= 0.02 * (f_opt - f_mean)  # top-S optimal or within 2% of the gap
     # expected reward under the learned distribution approaches the optimum
-    draws = gumbel_topk(torch.from_numpy(res.logits), 4000, s, make_generator(CPU, 77))
+    draws = gumbel_topk(torch.from_numpy(res.logits), 4000, s, torch_generator(CPU, 77))
     f_exp = float(objective(prep.q_all, prep.e_all, draws, cal).mean())
     assert f_exp - f_mean >= 0.9 * (f_opt - f_mean)
 
@@ -340,7 +341,7 @@ def test_context_reward_is_the_block_objective_of_the_completed_subset() -> None
     assert readout.q_sum == pytest.approx(fresh.q_sum)
 
     pos = torch.stack([torch.arange(0, 32), torch.arange(100, 132)])  # two disjoint batches
-    order = gumbel_topk(logits[pos], 5, 4, make_generator(CPU, 1))
+    order = gumbel_topk(logits[pos], 5, 4, torch_generator(CPU, 1))
     assert order.shape == (2, 5, 4)
     qbar, div = readout.metrics(pos, order, with_div=True)
     f = cal.combine(qbar, div)
@@ -355,7 +356,7 @@ def test_context_reward_is_the_block_objective_of_the_completed_subset() -> None
 
 
 def test_batched_gradient_equals_per_batch_gradients() -> None:
-    gen = make_generator(CPU, 5)
+    gen = torch_generator(CPU, 5)
     logits = torch.randn(3, 20, dtype=torch.float64, generator=gen)
     order = gumbel_topk(logits, 6, 4, gen)
     w = torch.randn(3, 6, dtype=torch.float64, generator=gen)
@@ -450,7 +451,7 @@ def test_pws_subset_moments_equal_enumeration_of_all_subsets() -> None:
     sq = (e * e).sum(dim=1)
     for s in (2, 3, 5, 9):
         vals = [pairwise_similarity_explicit(emb, np.array(sub)) for sub in itertools.combinations(range(9), s)]
-        mean, sd = pws_subset_moments(e, s, sq, make_generator(CPU, 1))
+        mean, sd = pws_subset_moments(e, s, sq, torch_generator(CPU, 1))
         assert mean == pytest.approx(np.mean(vals), abs=1e-12)
         assert sd == pytest.approx(np.std(vals), rel=1e-9, abs=1e-12)
 
@@ -463,13 +464,13 @@ def test_pws_subset_moments_with_estimated_pair_squares_match_sampling() -> None
     emb = unit(centres[rng.integers(0, 8, 3000)] + 0.8 * rng.normal(size=(3000, 16))).astype(np.float32)
     e = torch.from_numpy(emb)
     sq = (e * e).sum(dim=1)
-    mean, sd = pws_subset_moments(e, 300, sq, make_generator(CPU, 2))
-    idx = torch.stack([torch.randperm(3000, generator=make_generator(CPU, 3, i))[:300] for i in range(4000)])
+    mean, sd = pws_subset_moments(e, 300, sq, torch_generator(CPU, 2))
+    idx = torch.stack([torch.randperm(3000, generator=torch_generator(CPU, 3, i))[:300] for i in range(4000)])
     sims = pairwise_similarity(e, idx, sq).double()
     assert mean == pytest.approx(float(sims.mean()), abs=3 * float(sims.std()) / math.sqrt(4000))
     assert sd == pytest.approx(float(sims.std()), rel=0.05)
     with pytest.raises(ValueError, match="subset size"):
-        pws_subset_moments(e, 1, sq, make_generator(CPU, 2))
+        pws_subset_moments(e, 1, sq, torch_generator(CPU, 2))
 
 
 def test_fl_and_disf_match_definitions() -> None:
@@ -550,6 +551,12 @@ def test_selector_through_registry() -> None:
     assert gres.stats["objective"] > gres.stats["objective_quality_topk"]
 
 
+def test_greedy_params_hold_no_optimiser_knobs() -> None:
+    assert set(GreedyParams.model_fields) < set(DataMaskParams.model_fields)
+    with pytest.raises(ValueError, match="steps"):
+        build_selector({"type": "greedy", "quality": "q", "steps": 5})
+
+
 def test_token_budget() -> None:
     q, emb, _ = clustered(300, 6, 16, noise=0.7, seed=14)
     tokens = np.random.default_rng(0).integers(20, 400, size=300)
@@ -590,12 +597,10 @@ def test_clear_errors() -> None:
 
 
 def test_linear_pl_gradient_equals_log_space() -> None:
-    from thresher.selectors.datamask import pl_grad_log
-
     gen = torch.Generator().manual_seed(21)
     for spread in (0.5, 8.0, 60.0, 500.0):
         logits = spread * torch.rand(300, generator=gen, dtype=torch.float64) - spread / 2
-        order = gumbel_topk(logits, 16, 40, make_generator(CPU, 21, int(spread)))
+        order = gumbel_topk(logits, 16, 40, torch_generator(CPU, 21, int(spread)))
         w = torch.randn(16, generator=gen, dtype=torch.float64)
         assert torch.allclose(pl_grad(logits, order), pl_grad_log(logits, order), atol=1e-10, rtol=1e-9)
         assert torch.allclose(pl_grad(logits, order, w), pl_grad_log(logits, order, w), atol=1e-10, rtol=1e-9)
@@ -607,7 +612,7 @@ def test_float32_sampler_and_gradient_on_both_paths() -> None:
     gen = torch.Generator().manual_seed(22)
     for spread in (8.0, 70.0, 100.0, 500.0):
         logits = spread * torch.rand(300, generator=gen, dtype=torch.float64) - spread / 2
-        order = gumbel_topk(logits.float(), 16, 40, make_generator(CPU, 22, int(spread)))
+        order = gumbel_topk(logits.float(), 16, 40, torch_generator(CPU, 22, int(spread)))
         assert order.shape == (16, 40) and all(len(set(row.tolist())) == 40 for row in order)
         w = torch.randn(16, generator=gen, dtype=torch.float64)
         got = pl_grad(logits.float(), order, w.float())
@@ -619,8 +624,8 @@ def test_gumbel_topk_exponential_race_equals_gumbel_keys() -> None:
     # same uniforms -> same ranking as logits + Gumbel noise (a monotone map of the same keys),
     # on both the linear (spread <= 600) and the log-space (wider) path
     for logits in (torch.linspace(-3, 3, 40, dtype=torch.float64), torch.linspace(-400, 400, 40, dtype=torch.float64)):
-        got = gumbel_topk(logits, 32, 10, make_generator(CPU, 5))
-        u = torch.rand((32, 40), generator=make_generator(CPU, 5), dtype=torch.float64)
+        got = gumbel_topk(logits, 32, 10, torch_generator(CPU, 5))
+        u = torch.rand((32, 40), generator=torch_generator(CPU, 5), dtype=torch.float64)
         gumbel = -torch.log(-torch.log(u.clamp(min=torch.finfo(torch.float64).tiny)))
         want = torch.topk(logits + gumbel, 10, dim=1).indices
         assert torch.equal(got, want)

@@ -13,8 +13,10 @@ import pytest
 from conftest import job_dict
 from conftest_models import tiny_bert, tiny_gpt2, tiny_llama
 from thresher import run
-from thresher.models.icl import (ALPACA_TEMPLATE, ICLEngine, Item, contributions, derive_seed, in_sample, phi,
-                                 random_context, shared_prefix_len, top_k_labels)
+from thresher.common.seeds import stable_hash
+from thresher.common.templates import ALPACA_TEMPLATE
+from thresher.models.icl import (ICLEngine, Item, contributions, in_sample, phi, random_context, shared_prefix_len,
+                                 top_k_labels)
 from thresher.models.loading import ModelConfig, ModelError, load_model
 from thresher.scorers.base import ScorerError
 from thresher.scorers.icon import IConParams, IConScorer
@@ -209,7 +211,7 @@ def test_sample_membership() -> None:
     assert abs(s.mean() - 0.25) < 0.03
     assert (s == in_sample(ids, 42, 0.25)).all() and (s != in_sample(ids, 43, 0.25)).any()
     assert in_sample(ids[:5], 0, 1.0).all()
-    assert derive_seed(1, "a") == derive_seed(1, "a")
+    assert stable_hash(1, "a") == stable_hash(1, "a")
 
 
 def test_auc() -> None:

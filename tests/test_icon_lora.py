@@ -20,6 +20,7 @@ from conftest import job_dict  # noqa: E402
 from conftest_models import tiny_gpt2, tiny_llama  # noqa: E402
 from test_icon import write_assessment  # noqa: E402
 from thresher import run  # noqa: E402
+from thresher.models.loading import ModelConfig  # noqa: E402
 from thresher.selectors import icon_lora as il  # noqa: E402
 from thresher.selectors.base import SelectContext  # noqa: E402
 from thresher.selectors.icon import ADAPTER_FILE, IConSelector, IConSelectorParams, auc  # noqa: E402
@@ -67,9 +68,9 @@ def texts_of(prompts: list[str], responses: list[str]) -> list[str]:
     return [TEMPLATE.format(prompt=q) + a for q, a in zip(prompts, responses)]
 
 
-def cpu(path: Path) -> il.ClassifierModel:
+def cpu(path: Path) -> ModelConfig:
     """One torch thread: much faster for tiny models on a busy machine."""
-    return il.ClassifierModel(str(path), device="cpu", torch_threads=1)
+    return ModelConfig(str(path), "sequence_classification", device="cpu", torch_threads=1)
 
 
 def settings(seed: int = 0, **over: Any) -> il.TrainSettings:

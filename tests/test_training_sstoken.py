@@ -270,7 +270,7 @@ def test_toy_rel_separates_signal_from_noise():
     resp &= signal | noise  # EOS is neither signal nor noise
     keep = select_tokens(rel, None, resp, 0.5, 1.0)
     precision = (keep & signal).sum() / keep.sum()
-    rand = SSToken(SSTokenConfig(rho=0.5, mode="random", seed=3)).token_mask({"labels": test["labels"].masked_fill(
+    rand = SSToken(SSTokenConfig(rho=0.5, mode="random"), seed=3).token_mask({"labels": test["labels"].masked_fill(
         ~resp, -100)}, None, None, step=0)
     precision_random = (rand & signal).sum() / rand.sum()
     assert precision > 0.9 and precision > precision_random + 0.3
@@ -302,7 +302,7 @@ def test_ema_history_moves_towards_model(tok):
 
 
 def test_random_mode_is_seeded(batch):
-    a = SSToken(SSTokenConfig(mode="random", seed=1)).token_mask(batch, None, None, step=4)
-    b = SSToken(SSTokenConfig(mode="random", seed=1)).token_mask(batch, None, None, step=4)
-    c = SSToken(SSTokenConfig(mode="random", seed=1)).token_mask(batch, None, None, step=5)
+    a = SSToken(SSTokenConfig(mode="random"), seed=1).token_mask(batch, None, None, step=4)
+    b = SSToken(SSTokenConfig(mode="random"), seed=1).token_mask(batch, None, None, step=4)
+    c = SSToken(SSTokenConfig(mode="random"), seed=1).token_mask(batch, None, None, step=5)
     assert torch.equal(a, b) and not torch.equal(a, c)

@@ -28,7 +28,6 @@ Log-probabilities are float32 whatever the model dtype.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import string
 from dataclasses import dataclass, field
@@ -38,8 +37,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ALPACA_TEMPLATE = ("Below is an instruction that describes a task. Write a response that appropriately "
-                   "completes the request.\n\n### Instruction:\n{prompt}\n\n### Response:\n")
+from thresher.common.seeds import stable_hash
+from thresher.common.templates import ALPACA_TEMPLATE
+
 SEPARATOR = "\n\n\n"
 RANDOM_CHARS = string.ascii_letters + string.digits + string.punctuation + " "
 EPS = 1e-6
@@ -55,22 +55,16 @@ def phi(x: np.ndarray | float) -> np.ndarray:
     return np.where(np.abs(x) <= PHI_CLAMP, inner, np.sign(x))
 
 
-def derive_seed(*parts: Any) -> int:
-    """A 63-bit seed from any printable parts (stable across processes and machines)."""
-    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
 def in_sample(ids: Sequence[str], seed: int, fraction: float) -> np.ndarray:
     """Which ids are in the ICL-scored sample: hash(seed, id) / 2^63 < fraction (all when >= 1)."""
     if fraction >= 1.0:
         return np.ones(len(ids), dtype=bool)
-    return np.array([derive_seed("icon-sample", seed, i) / float(1 << 63) < fraction for i in ids], dtype=bool)
+    return np.array([stable_hash("icon-sample", seed, i) / float(1 << 63) < fraction for i in ids], dtype=bool)
 
 
 def random_context(n_chars: int, seed: int, key: str) -> str:
     """`n_chars` characters uniform over letters, digits, punctuation and space, seeded by (seed, key)."""
-    rng = np.random.default_rng(derive_seed("icon-random-context", seed, key))
+    rng = np.random.default_rng(stable_hash("icon-random-context", seed, key))
     return "".join(np.array(list(RANDOM_CHARS))[rng.integers(0, len(RANDOM_CHARS), n_chars)])
 
 

@@ -31,7 +31,7 @@ from pydantic import Field
 
 from thresher.models.batching import move
 from thresher.models.loading import ModelError, autocast_context, inference_mode, resolve_model_ref
-from thresher.models.scoring import REASON_EMPTY, REASON_TRUNCATED, ModelScorerMixin, ModelScorerParams, texts_and_valid
+from thresher.scorers.model import REASON_EMPTY, REASON_TRUNCATED, ModelScorerMixin, ModelScorerParams, texts_and_valid
 from thresher.scorers.base import Scorer
 
 ProblemType = Literal["auto", "regression", "single_label_classification", "multi_label_classification"]

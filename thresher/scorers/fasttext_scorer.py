@@ -26,7 +26,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from thresher.models.loading import ModelError, package_dir
-from thresher.models.scoring import REASON_EMPTY
+from thresher.scorers.model import REASON_EMPTY
 from thresher.scorers.base import Scorer, ScorerParams
 
 LABEL_PREFIX = "__label__"

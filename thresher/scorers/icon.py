@@ -30,9 +30,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from thresher.models.icl import ALPACA_TEMPLATE, SEPARATOR, ICLEngine, Item, in_sample, phi, summarize
+from thresher.common.templates import ALPACA_TEMPLATE
+from thresher.models.icl import SEPARATOR, ICLEngine, Item, in_sample, phi, summarize
 from thresher.models.loading import load_model
-from thresher.models.scoring import ModelScorerMixin
+from thresher.scorers.model import ModelScorerMixin
 from thresher.scorers.base import Scorer, ScorerParams
 
 STATS = ("score", "phi", "consistency", "stability", "coverage")

@@ -30,7 +30,7 @@ from pydantic import Field
 from thresher.models.batching import move
 from thresher.models.lm import forward_logits, token_losses
 from thresher.models.loading import autocast_context, inference_mode
-from thresher.models.scoring import (REASON_EMPTY, REASON_TOO_SHORT, REASON_TRUNCATED, ModelScorerMixin,
+from thresher.scorers.model import (REASON_EMPTY, REASON_TOO_SHORT, REASON_TRUNCATED, ModelScorerMixin,
                                      ModelScorerParams, texts_and_valid)
 from thresher.scorers.base import Scorer
 

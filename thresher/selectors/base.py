@@ -23,7 +23,6 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from thresher.common.arrays import column_numpy  # noqa: F401  (selectors read score columns with it)
 
 
 class SelectorParams(BaseModel):

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from thresher.common.arrays import column_numpy
 from thresher.selectors.base import (
     BudgetParams,
     SelectContext,
     SelectionResult,
     Selector,
     SelectorParams,
-    column_numpy,
     take_in_order,
 )
 

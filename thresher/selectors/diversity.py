@@ -39,12 +39,6 @@ def _idx2d(idx: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor
     return t.unsqueeze(0) if t.dim() == 1 else t
 
 
-def quality_mean(quality: np.ndarray | torch.Tensor, idx: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Mean quality of each subset: (G,)."""
-    q = _t(quality)
-    return q[_idx2d(idx, q.device)].mean(dim=1)
-
-
 def pairwise_similarity(emb: np.ndarray | torch.Tensor, idx: np.ndarray | torch.Tensor,
                         sq_norms: torch.Tensor | None = None) -> torch.Tensor:
     """Mean off-diagonal cosine similarity of each subset via the sum identity: (G,).
@@ -61,14 +55,6 @@ def pairwise_similarity(emb: np.ndarray | torch.Tensor, idx: np.ndarray | torch.
     sq = (e * e).sum(dim=1) if sq_norms is None else sq_norms.to(e.device)  # == 1 for unit rows
     diag = sq[ix].sum(dim=1).to(sums.dtype)
     return ((sums * sums).sum(dim=1) - diag) / (s * (s - 1))
-
-
-def pairwise_similarity_explicit(emb: np.ndarray, idx: np.ndarray) -> float:
-    """The O(S^2.d) definition (for tests): mean of e_i.e_j over ordered pairs i != j."""
-    x = np.asarray(emb, dtype=np.float64)[np.asarray(idx)]
-    sim = x @ x.T
-    s = len(idx)
-    return float((sim.sum() - np.trace(sim)) / (s * (s - 1)))
 
 
 def pool_pairwise_similarity(emb: np.ndarray) -> float:

@@ -1,7 +1,7 @@
 """Greedy baseline on the DATAMASK objective, and single-score top-k helpers.
 
 ``greedy_block`` maximises exactly the block-standardised objective that DATAMASK reports
-(``thresher.selectors.datamask`` module docstring), over the same pruned pool:
+(``thresher.selectors.datamask.objective``), over the same pruned pool and blocks:
 
 - ``pws``: plain greedy (the pairwise term is not submodular once similarities can be negative,
   so lazy evaluation would be unsafe), vectorised: the gain of x is a*q_x - b*e_x.s where s is
@@ -23,15 +23,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from thresher.selectors.datamask import (
+from thresher.common.threads import torch_threads
+from thresher.selectors.datamask.blocks import (
     BlockResult,
-    DataMaskParams,
-    DataMaskSelector,
+    BlockSelector,
     block_calibration,
     finish_block,
     prepare_block,
-    torch_threads,
 )
+from thresher.selectors.datamask.params import BlockObjectiveParams
+
+
+class GreedyParams(BlockObjectiveParams):
+    """Greedy's parameters: the block objective and its blocks, as DATAMASK's (no optimiser knobs)."""
 
 
 def quality_topk(quality: np.ndarray, n_select: int) -> np.ndarray:
@@ -127,14 +131,14 @@ def _greedy_disf(q: torch.Tensor, e: torch.Tensor, s: int, a: float, b: float, c
     return picks
 
 
-def greedy_block(quality: np.ndarray, emb: np.ndarray, n_select: int, params: DataMaskParams,
+def greedy_block(quality: np.ndarray, emb: np.ndarray, n_select: int, params: BlockObjectiveParams,
                  seed: int, block_id: int = 0) -> BlockResult:
     """Greedy maximisation of the block objective (same pruning and calibration as DATAMASK)."""
     with torch_threads(params.threads), torch.no_grad():
         return _greedy_block(quality, emb, n_select, params, seed, block_id)
 
 
-def _greedy_block(quality: np.ndarray, emb: np.ndarray, n_select: int, params: DataMaskParams,
+def _greedy_block(quality: np.ndarray, emb: np.ndarray, n_select: int, params: BlockObjectiveParams,
                   seed: int, block_id: int) -> BlockResult:
     t0 = time.perf_counter()
     p = params
@@ -172,15 +176,15 @@ def _greedy_block(quality: np.ndarray, emb: np.ndarray, n_select: int, params: D
     return finish_block(prep, np.sort(kept[picks_arr]), order_block, rank, cal, [], stats)
 
 
-class GreedySelector(DataMaskSelector):
-    """Greedy on the DATAMASK objective (same params; optimiser knobs are ignored).
+class GreedySelector(BlockSelector):
+    """Greedy on the DATAMASK objective, block by block.
 
     Extra column ``greedy_rank``: the pick order within the block (null when not picked).
     """
 
     name = "greedy"
-    Params = DataMaskParams
-    logit_column = "greedy_rank"
+    Params = GreedyParams
+    result_column = "greedy_rank"
 
     def solve(self, quality: np.ndarray, emb: np.ndarray, n_select: int, seed: int, block_id: int) -> BlockResult:
         return greedy_block(quality, emb, n_select, self.params, seed, block_id)  # type: ignore[arg-type]

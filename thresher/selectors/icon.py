@@ -25,7 +25,6 @@ Input: the narrow score table with the `icon` scorer's columns (`icon_score`, `i
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -34,7 +33,10 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from thresher.models.icl import ALPACA_TEMPLATE, top_k_labels
+from thresher.common.arrays import embedding_matrix
+from thresher.common.atomic import write_bytes_atomic
+from thresher.common.templates import ALPACA_TEMPLATE
+from thresher.models.icl import top_k_labels
 from thresher.selectors.base import BudgetParams, SelectContext, SelectionResult, Selector, take_in_order
 
 
@@ -159,8 +161,6 @@ class IConSelector(Selector):
                 prob, lora_stats = self.lora_probabilities(table, scored[train], y_train, ctx)
                 stats["lora"] = lora_stats
             else:
-                from thresher.selectors.datamask import embedding_matrix
-
                 emb = embedding_matrix(table, p.embedding).astype(np.float64)
                 prob = fit_probe(emb[scored[train]], y_train, emb, p.C, p.max_iter)
             stats.update(train=int(train.size), eval=int(held.size),
@@ -175,6 +175,7 @@ class IConSelector(Selector):
     def lora_probabilities(self, table: pa.Table, train_rows: np.ndarray, y_train: np.ndarray,
                            ctx: SelectContext) -> tuple[np.ndarray, dict]:
         """Train the LoRA classifier on `train_rows` and score every row (see icon_lora)."""
+        from thresher.models.loading import ModelConfig
         from thresher.selectors import icon_lora as il
 
         p = self.params
@@ -190,8 +191,9 @@ class IConSelector(Selector):
         template = p.template or scorer.get("template") or ALPACA_TEMPLATE
         if "{prompt}" not in template:
             raise ValueError("icon selector: template must contain '{prompt}'")
-        spec = il.ClassifierModel(
-            ref=ref, device=p.device or scorer.get("device") or "auto", dtype=p.dtype or scorer.get("dtype") or "auto",
+        spec = ModelConfig(
+            ref=ref, kind="sequence_classification", device=p.device or scorer.get("device") or "auto",
+            dtype=p.dtype or scorer.get("dtype") or "auto",
             trust_remote_code=bool(p.trust_remote_code if p.trust_remote_code is not None
                                    else scorer.get("trust_remote_code", False)),
             torch_threads=p.torch_threads or scorer.get("torch_threads"),
@@ -225,10 +227,7 @@ ADAPTER_FILE = "icon_lora_adapter.safetensors"
 def save_adapter(adapter: bytes, folder: str) -> str:
     """Write the adapter's safetensors bytes to `folder` atomically; returns the path."""
     out = Path(folder) / ADAPTER_FILE
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(adapter)
-    os.replace(tmp, out)
+    write_bytes_atomic(adapter, out)
     return str(out)
 
 

@@ -31,39 +31,21 @@ import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from thresher.common.device import resolve_device
+from thresher.common.seeds import stable_hash
+from thresher.common.threads import apply_torch_threads
 from thresher.models.batching import TokenBatcher, move
-from thresher.models.icl import derive_seed
-from thresher.models.loading import (
-    ModelConfig,
-    ModelError,
-    _load_tokenizer,
-    resolve_device,
-    resolve_dtype,
-    resolve_model_ref,
-    set_torch_threads,
-)
+from thresher.models.loading import ModelConfig, ModelError, _load_tokenizer, resolve_dtype, resolve_model_ref
+from thresher.selectors.base import ParallelMap
 
 METADATA_KEY = "thresher_icon_lora"  # safetensors metadata: base model, LoRA shape, training settings (JSON)
 HEAD_NAMES = ("score", "classifier")  # the new classification head of decoder / encoder models
-ParallelMap = Callable[[Callable[[Any], Any], list[Any]], list[Any]]
-
-
-@dataclass(frozen=True)
-class ClassifierModel:
-    """Which backbone to load and where (hashable: the per-process cache key)."""
-
-    ref: str
-    device: str = "auto"
-    dtype: str = "auto"
-    trust_remote_code: bool = False
-    torch_threads: int | None = None
-    pad_token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,7 +93,7 @@ class TrainedClassifier:
 class ScoreTask:
     """One `parallel_map` work item: everything a worker needs to score a chunk of texts."""
 
-    model: ClassifierModel
+    model: ModelConfig
     lora: LoraSpec
     adapter: bytes
     digest: str
@@ -155,16 +137,19 @@ def _autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCo
     return torch.autocast(device.type, dtype=dtype)
 
 
-def load_backbone(spec: ClassifierModel, seed: int) -> tuple[Any, Any, torch.device, torch.dtype]:
+def load_backbone(spec: ModelConfig, seed: int) -> tuple[Any, Any, torch.device, torch.dtype]:
     """A 2-label sequence classifier from the checkpoint `spec.ref` (a causal LM or a classifier).
 
-    Only the classification head may be missing from the checkpoint (it is new, initialised
-    under `seed`); any other missing weight is a `ModelError`.
+    `spec.kind` must be `sequence_classification`. Only the classification head may be missing
+    from the checkpoint (it is new, initialised under `seed`); any other missing weight is a
+    `ModelError`.
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
-    set_torch_threads(spec.torch_threads)
+    if spec.kind != "sequence_classification":
+        raise ValueError(f"icon lora classifier: model kind must be 'sequence_classification', got {spec.kind!r}")
+    apply_torch_threads(spec.torch_threads)
     path = resolve_model_ref(spec.ref)
     if path.is_file() or not (path / "config.json").exists():
         raise ModelError(f"icon lora classifier: {path} is not a Hugging Face model folder (no config.json)")
@@ -175,8 +160,7 @@ def load_backbone(spec: ClassifierModel, seed: int) -> tuple[Any, Any, torch.dev
                                             trust_remote_code=spec.trust_remote_code)
     except Exception as exc:
         raise ModelError(f"cannot read the model config at {path}: {type(exc).__name__}: {exc}") from exc
-    tokenizer = _load_tokenizer(path, ModelConfig(spec.ref, "sequence_classification", pad_token=spec.pad_token,
-                                                  trust_remote_code=spec.trust_remote_code))
+    tokenizer = _load_tokenizer(path, spec)
     config.pad_token_id = tokenizer.pad_token_id
     config.use_cache = False
     verbosity = hf_logging.get_verbosity()
@@ -224,7 +208,7 @@ def wrap_lora(model: torch.nn.Module, lora: LoraSpec, seed: int, device: torch.d
     from peft import get_peft_model
 
     check_target_modules(model, lora.target_modules)
-    with warnings.catch_warnings(), _seeded(derive_seed("icon-lora-init", seed), device):
+    with warnings.catch_warnings(), _seeded(stable_hash("icon-lora-init", seed), device):
         warnings.simplefilter("ignore")
         peft_model = get_peft_model(model, lora.peft_config())
     for p in peft_model.parameters():
@@ -251,7 +235,7 @@ def adapter_bytes(peft_model: Any, metadata: dict[str, str] | None = None) -> by
 
 
 # -- training ---------------------------------------------------------------------------------
-def train_lora_classifier(spec: ClassifierModel, lora: LoraSpec, settings: TrainSettings, texts: Sequence[str],
+def train_lora_classifier(spec: ModelConfig, lora: LoraSpec, settings: TrainSettings, texts: Sequence[str],
                           labels: np.ndarray) -> TrainedClassifier:
     """Fine-tune the LoRA classifier on (text, label) rows; see the module docstring.
 
@@ -261,7 +245,7 @@ def train_lora_classifier(spec: ClassifierModel, lora: LoraSpec, settings: Train
     if len(texts) != len(labels) or not len(texts):
         raise ValueError(f"icon lora: {len(texts)} texts and {len(labels)} labels")
     t0 = time.perf_counter()
-    seed = derive_seed("icon-lora", settings.seed)
+    seed = stable_hash("icon-lora", settings.seed)
     base, tokenizer, device, dtype = load_backbone(spec, seed)
     if settings.gradient_checkpointing:
         kwargs = {"use_reentrant": False}  # no input-grad hook needed with frozen embeddings
@@ -285,9 +269,9 @@ def train_lora_classifier(spec: ClassifierModel, lora: LoraSpec, settings: Train
     sched = get_cosine_schedule_with_warmup(opt, warmup, total_steps)
     losses: list[float] = []
     model.train()
-    with _seeded(derive_seed("icon-lora-dropout", seed), device):
+    with _seeded(stable_hash("icon-lora-dropout", seed), device):
         for epoch in range(settings.epochs):
-            order = np.random.default_rng(derive_seed("icon-lora-order", seed, epoch)).permutation(n)
+            order = np.random.default_rng(stable_hash("icon-lora-order", seed, epoch)).permutation(n)
             micro = [order[i: i + settings.batch_size] for i in range(0, n, settings.batch_size)]
             epoch_loss = 0.0
             for s in range(0, len(micro), settings.grad_accum):
@@ -323,7 +307,7 @@ def train_lora_classifier(spec: ClassifierModel, lora: LoraSpec, settings: Train
 
 
 # -- scoring (runs in workers) ----------------------------------------------------------------
-_CACHE: dict[tuple[ClassifierModel, LoraSpec], _Loaded] = {}
+_CACHE: dict[tuple[ModelConfig, LoraSpec], _Loaded] = {}
 _LOCK = threading.Lock()
 
 
@@ -336,7 +320,7 @@ def _worker_model(task: ScoreTask) -> _Loaded:
     with _LOCK:
         hit = _CACHE.get(key)
         if hit is None:
-            seed = derive_seed("icon-lora-worker", task.model.ref)  # any seed: every trained weight is replaced
+            seed = stable_hash("icon-lora-worker", task.model.ref)  # any seed: every trained weight is replaced
             base, tokenizer, device, dtype = load_backbone(task.model, seed)
             model = wrap_lora(base, task.lora, seed, device)
             model.eval()
@@ -369,7 +353,7 @@ def score_chunk(task: ScoreTask) -> np.ndarray:
     return out
 
 
-def score_pool(spec: ClassifierModel, lora: LoraSpec, trained: TrainedClassifier, texts: Sequence[str],
+def score_pool(spec: ModelConfig, lora: LoraSpec, trained: TrainedClassifier, texts: Sequence[str],
                max_length: int, parallel_map: ParallelMap, chunk_rows: int = 2048,
                max_tokens_per_batch: int | None = None) -> np.ndarray:
     """P(class 1) for every text: one work item per `chunk_rows` texts, mapped by `parallel_map`."""
@@ -379,7 +363,7 @@ def score_pool(spec: ClassifierModel, lora: LoraSpec, trained: TrainedClassifier
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float64)
 
 
-def forget(spec: ClassifierModel, lora: LoraSpec) -> None:
+def forget(spec: ModelConfig, lora: LoraSpec) -> None:
     """Drop this process's classifier for (spec, lora), e.g. the trained one once the pool is scored."""
     with _LOCK:
         hit = _CACHE.pop((spec, lora), None)

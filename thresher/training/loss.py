@@ -59,19 +59,21 @@ class Objective:
         sstoken: online token selection (config or selector); None = off.
         use_weight_column: use a batch ``weight`` (offline) when online reweighting is off.
         use_token_mask_column: use a batch ``token_mask`` (offline ssToken masks).
+        seed: the random-token baseline's stream (the run's seed).
     """
 
     reweight: ReweightConfig | LossReweighter | None = None
     sstoken: SSTokenConfig | SSToken | None = None
     use_weight_column: bool = True
     use_token_mask_column: bool = True
+    seed: int = 0
     last: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.reweight, ReweightConfig):
             self.reweight = LossReweighter(self.reweight)
         if isinstance(self.sstoken, SSTokenConfig):
-            self.sstoken = SSToken(self.sstoken)
+            self.sstoken = SSToken(self.sstoken, seed=self.seed)
         self._ready = False
         self._last_step: int | None = None
 

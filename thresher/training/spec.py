@@ -9,7 +9,7 @@ from pydantic import Field, ValidationError, field_validator
 from thresher.specs import Strict as _Strict
 from thresher.specs import param_errors
 from thresher.training.reweight import ReweightConfig
-from thresher.training.sstoken import JOB_CONTEXT, SSTokenConfig
+from thresher.training.sstoken import SSTokenConfig
 
 
 class TinyModelSpec(_Strict):
@@ -67,7 +67,7 @@ def validate_train_spec(value: Any, where: str = "train") -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"{where}: expected a mapping, got {type(value).__name__}")
     try:
-        spec = TrainSpec.model_validate(value, context={JOB_CONTEXT: True})
+        spec = TrainSpec.model_validate(value)
     except ValidationError as err:
         raise ValueError(param_errors(err, where)) from None
     return spec.model_dump(mode="json")

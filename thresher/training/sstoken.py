@@ -27,8 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
-from pydantic import Field, ValidationInfo, field_validator
-from pydantic_core import PydanticCustomError
+from pydantic import Field
 from torch import nn
 
 from thresher.common.templates import ALPACA_TEMPLATE
@@ -36,19 +35,11 @@ from thresher.specs import Strict
 
 HistorySource = Literal["model", "column", "ema"]
 HISTORY_SOURCES = get_args(HistorySource)
-JOB_CONTEXT = "thresher_job"
-"""Validation-context key set while validating a job's section: fields that are not job keys are refused."""
-
-
 class SSTokenConfig(Strict):
-    """ssToken knobs (defaults: SPEC 3.4).
-
-    The one type for the Python API (``SSTokenConfig(rho=0.5, mode="random", seed=3)``) and
-    the ``train.sstoken`` section of a job; a bad value raises a ``ValueError`` (pydantic's
-    ``ValidationError``) naming the field. ``seed`` is not a job key (validated with
-    ``context={JOB_CONTEXT: True}`` it is an unknown key; the trainer passes the run's seed)
-    and is left out of ``model_dump()``.
-    """
+    """ssToken knobs (defaults: SPEC 3.4): the one type for the Python API
+    (``SSTokenConfig(rho=0.5, mode="random")``) and the ``train.sstoken`` section of a job; a bad
+    value raises a ``ValueError`` (pydantic's ``ValidationError``) naming the field. The random
+    baseline's stream is the run's seed, given to :class:`SSToken`."""
 
     rho: float = Field(0.6, gt=0, le=1)
     gamma: float = Field(0.5, ge=0, le=1)
@@ -57,14 +48,6 @@ class SSTokenConfig(Strict):
         "model", description="model: frozen base copy; column: hist_token_loss; ema: EMA of the trained model")
     ema_alpha: float = Field(0.99, ge=0, lt=1)
     mode: Literal["sstoken", "random"] = Field("sstoken", description="or 'random' (the baseline)")
-    seed: int = Field(0, exclude=True, description="the random baseline's stream (a run's seed in jobs)")
-
-    @field_validator("seed")
-    @classmethod
-    def _not_a_job_key(cls, v: int, info: ValidationInfo) -> int:
-        if (info.context or {}).get(JOB_CONTEXT):
-            raise PydanticCustomError("extra_forbidden", "Extra inputs are not permitted")
-        return v
 
 
 # -- per-token quantities --------------------------------------------------------------------
@@ -242,9 +225,11 @@ class SSToken:
     With ``history="ema"`` call :meth:`update_history` after each optimizer step.
     """
 
-    def __init__(self, config: SSTokenConfig | None = None, history_model: nn.Module | None = None) -> None:
+    def __init__(self, config: SSTokenConfig | None = None, history_model: nn.Module | None = None,
+                 seed: int = 0) -> None:
         self.config = config or SSTokenConfig()
         self.history_model = history_model
+        self.seed = seed  # the random baseline's stream
         self.last_stats: dict[str, float] = {}
 
     def setup(self, model: nn.Module) -> "SSToken":
@@ -290,7 +275,7 @@ class SSToken:
         labels = batch["labels"]
         resp = response_positions(labels)
         if c.mode == "random":
-            g = torch.Generator().manual_seed(int(c.seed) * 1_000_003 + int(step))
+            g = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + int(step))
             return random_tokens(resp, c.rho, g)
         gamma = 0.0 if step < c.warmup_steps else c.gamma
         rel = torch.zeros_like(labels, dtype=torch.float32)

@@ -37,7 +37,7 @@ from thresher.specs import JobError, config_diff
 from thresher.training.data import ShardDataset, list_shards, make_loader
 from thresher.training.loss import Objective
 from thresher.training.spec import TrainSpec, validate_train_spec
-from thresher.training.sstoken import SSToken, SSTokenConfig
+from thresher.training.sstoken import SSToken
 
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.pt"
@@ -132,7 +132,7 @@ def train(spec: TrainSpec | dict[str, Any], data: str, output: str, seed: int = 
                          generator=torch.Generator().manual_seed(seed))
     objective = Objective(
         reweight=spec.reweight.model_copy() if spec.reweight else None,
-        sstoken=SSTokenConfig(**spec.sstoken.model_dump(), seed=seed) if spec.sstoken else None,
+        sstoken=spec.sstoken.model_copy() if spec.sstoken else None, seed=seed,
         use_weight_column=spec.use_weight_column, use_token_mask_column=spec.use_token_mask_column,
     ).setup(model)  # before loading a checkpoint: ssToken's 'model' history is the start model
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
