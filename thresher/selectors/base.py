@@ -24,7 +24,6 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 
-
 class SelectorParams(BaseModel):
     """Base for selector parameters: unknown keys are errors."""
 
