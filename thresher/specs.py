@@ -59,3 +59,23 @@ def config_diff(old: Any, new: Any, path: str = "") -> list[str]:
                 out += config_diff(old[key], new[key], sub)
         return out
     return [] if old == new else [f"{path or '(top level)'}: {old!r} -> {new!r}"]
+
+
+def registered_class(registry: dict[str, str], kind: str, type_name: str) -> type:
+    """The class a registry (`type` -> "module:Class", imported lazily) names for `type_name`;
+    an unknown type is an error that lists the known ones."""
+    import importlib
+
+    if type_name not in registry:
+        raise ValueError(f"unknown {kind} type {type_name!r}; known: {sorted(registry)}")
+    module, cls = registry[type_name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def validate_params(params_model: type[BaseModel], entry: dict[str, Any], where: str) -> dict[str, Any]:
+    """`entry` validated by a parameter model, with defaults filled in (JSON values); a bad
+    key or value is a ValueError with one `where.key: message` per problem."""
+    try:
+        return params_model.model_validate(entry).model_dump(mode="json")
+    except ValidationError as err:
+        raise ValueError(param_errors(err, where)) from None

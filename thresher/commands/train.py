@@ -1,17 +1,9 @@
-"""``thresher train JOB.yaml``: a small reference trainer over thresher's output shards.
+"""``thresher train JOB.yaml``: train on a job's selected shards with the reference trainer.
 
-A plain PyTorch loop (AdamW, linear warm-up then cosine decay to 10%) on a tiny GPT-2
-built from a config (tokenizer trained on the shards) or a local model folder, with the
-options of the ``train:`` section (reweighting, ssToken, steps, lr, batch, seed). Writes
-``model.safetensors`` + config + tokenizer, ``loss_log.json`` and ``train_state.json``
-to the output folder. Nothing is downloaded.
-
-Resume: every ``checkpoint_every`` steps and at the end the run writes
-``checkpoint-<step>/`` (model, tokenizer, ``trainer_state.pt``: optimizer, scheduler,
-RNG, objective and data position, loss log) under a temporary name and renames it, so a
-``checkpoint-*`` folder is always complete; older ones are then removed. A re-run with
-the same spec, data and seed continues from the latest one; another run is refused
-unless ``resume: false`` (``--overwrite``) discards it.
+The loop, its outputs and its resume rules are described in :mod:`thresher.training.trainer`:
+AdamW with warm-up and cosine decay on a tiny GPT-2 built from a config or a local model folder,
+with the job's ``train:`` options (reweighting, ssToken, steps, lr, batch, seed); a re-run with
+the same spec, data and seed continues from the latest checkpoint. Nothing is downloaded.
 """
 
 from __future__ import annotations

@@ -33,8 +33,9 @@ class ScorerParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Scorer(ABC):
-    """Base class of every scorer (see the module docstring for the contract)."""
+class _Named(ABC):
+    """What every scorer, per batch or global, has: a name, parameters, the modules it
+    needs (checked when built) and a column prefix."""
 
     name: ClassVar[str]
     Params: ClassVar[type[ScorerParams]] = ScorerParams
@@ -46,6 +47,17 @@ class Scorer(ABC):
             raise ImportError(f"scorer {self.name!r} needs {missing}; install thresher[models] or the package named")
         self.params = params if params is not None else self.Params()
         self.prefix = column_prefix if column_prefix is not None else self.name
+
+    def col(self, suffix: str) -> str:
+        """The full name of one of this scorer's columns."""
+        return f"{self.prefix}_{suffix}" if self.prefix else suffix
+
+
+class Scorer(_Named):
+    """Base class of every scorer (see the module docstring for the contract)."""
+
+    def __init__(self, params: ScorerParams | None = None, column_prefix: str | None = None) -> None:
+        super().__init__(params, column_prefix)
         self.rows = 0
         self.seconds = 0.0
         self._ready = False
@@ -61,10 +73,6 @@ class Scorer(ABC):
 
     def setup(self) -> None:
         """Load models or tables; runs once per worker before the first batch."""
-
-    def col(self, suffix: str) -> str:
-        """The full name of one of this scorer's columns."""
-        return f"{self.prefix}_{suffix}" if self.prefix else suffix
 
     # -- bookkeeping done by the base ------------------------------------------------
     def ensure_setup(self) -> None:
@@ -104,27 +112,13 @@ class Scorer(ABC):
         return fixed
 
 
-class GlobalScorer(ABC):
+class GlobalScorer(_Named):
     """A scorer that needs the whole narrow score table (e.g. k-means clusters).
 
     It runs in the global step, after every shard is scored and before filters and the
     selector, on the score table (id, _shard, _row and the score columns, never text).
     Its columns are stored with the selection and can be filtered or selected on.
     """
-
-    name: ClassVar[str]
-    Params: ClassVar[type[ScorerParams]] = ScorerParams
-    requires: ClassVar[tuple[str, ...]] = ()
-
-    def __init__(self, params: ScorerParams | None = None, column_prefix: str | None = None) -> None:
-        missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
-        if missing:
-            raise ImportError(f"scorer {self.name!r} needs {missing}; install thresher[models] or the package named")
-        self.params = params if params is not None else self.Params()
-        self.prefix = column_prefix if column_prefix is not None else self.name
-
-    def col(self, suffix: str) -> str:
-        return f"{self.prefix}_{suffix}" if self.prefix else suffix
 
     @abstractmethod
     def required_columns(self) -> list[str]:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
-from pydantic import ValidationError
-
-from thresher.specs import param_errors
+from thresher.specs import registered_class, validate_params
 from thresher.scorers.base import GlobalScorer, Scorer
 
 # type name -> "module:Class"; imported lazily so a job only imports what it uses
@@ -27,10 +24,7 @@ SCORERS: dict[str, str] = {
 
 def scorer_class(type_name: str) -> type[Scorer] | type[GlobalScorer]:
     """The class registered for `type_name` (a clear error lists the known types)."""
-    if type_name not in SCORERS:
-        raise ValueError(f"unknown scorer type {type_name!r}; known: {sorted(SCORERS)}")
-    module, cls = SCORERS[type_name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    return registered_class(SCORERS, "scorer", type_name)
 
 
 def validate_scorer_spec(entry: Any, where: str) -> dict[str, Any]:
@@ -40,12 +34,7 @@ def validate_scorer_spec(entry: Any, where: str) -> dict[str, Any]:
     entry = dict(entry)
     type_name = entry.pop("type")
     name = entry.pop("name", None)
-    cls = scorer_class(type_name)
-    try:
-        params = cls.Params.model_validate(entry)
-    except ValidationError as err:
-        raise ValueError(param_errors(err, where)) from None
-    out = {"type": type_name, **params.model_dump(mode="json")}
+    out = {"type": type_name, **validate_params(scorer_class(type_name).Params, entry, where)}
     if name is not None:
         out["name"] = name
     return out

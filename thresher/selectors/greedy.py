@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from thresher.common.threads import torch_threads
 from thresher.selectors.datamask.blocks import (
     BlockResult,
     BlockSelector,
     block_calibration,
+    block_solver,
     finish_block,
     prepare_block,
 )
@@ -131,15 +131,10 @@ def _greedy_disf(q: torch.Tensor, e: torch.Tensor, s: int, a: float, b: float, c
     return picks
 
 
+@block_solver
 def greedy_block(quality: np.ndarray, emb: np.ndarray, n_select: int, params: BlockObjectiveParams,
                  seed: int, block_id: int = 0) -> BlockResult:
     """Greedy maximisation of the block objective (same pruning and calibration as DATAMASK)."""
-    with torch_threads(params.threads), torch.no_grad():
-        return _greedy_block(quality, emb, n_select, params, seed, block_id)
-
-
-def _greedy_block(quality: np.ndarray, emb: np.ndarray, n_select: int, params: BlockObjectiveParams,
-                  seed: int, block_id: int) -> BlockResult:
     t0 = time.perf_counter()
     p = params
     prep = prepare_block(quality, emb, n_select, p, seed, block_id)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
-from pydantic import ValidationError
-
-from thresher.specs import param_errors
+from thresher.specs import registered_class, validate_params
 from thresher.selectors.base import Selector
 
 SELECTORS: dict[str, str] = {
@@ -22,10 +19,8 @@ SELECTORS: dict[str, str] = {
 
 
 def selector_class(type_name: str) -> type[Selector]:
-    if type_name not in SELECTORS:
-        raise ValueError(f"unknown selector type {type_name!r}; known: {sorted(SELECTORS)}")
-    module, cls = SELECTORS[type_name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    """The class registered for `type_name` (a clear error lists the known types)."""
+    return registered_class(SELECTORS, "selector", type_name)
 
 
 def validate_selector_spec(entry: Any, where: str) -> dict[str, Any]:
@@ -34,15 +29,11 @@ def validate_selector_spec(entry: Any, where: str) -> dict[str, Any]:
         raise ValueError(f"{where}: needs a `type` key (one of {sorted(SELECTORS)})")
     entry = dict(entry)
     type_name = entry.pop("type")
-    cls = selector_class(type_name)
-    try:
-        params = cls.Params.model_validate(entry)
-    except ValidationError as err:
-        raise ValueError(param_errors(err, where)) from None
-    return {"type": type_name, **params.model_dump(mode="json")}
+    return {"type": type_name, **validate_params(selector_class(type_name).Params, entry, where)}
 
 
 def build_selector(spec: dict[str, Any]) -> Selector:
+    """Instantiate a selector from a validated spec."""
     spec = dict(spec)
     cls = selector_class(spec.pop("type"))
     return cls(cls.Params.model_validate(spec))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
 from thresher.specs import Strict as _Strict
-from thresher.specs import param_errors
+from thresher.specs import validate_params
 from thresher.training.reweight import ReweightConfig
 from thresher.training.sstoken import SSTokenConfig
 
@@ -66,8 +66,4 @@ def validate_train_spec(value: Any, where: str = "train") -> dict[str, Any]:
     """
     if not isinstance(value, dict):
         raise ValueError(f"{where}: expected a mapping, got {type(value).__name__}")
-    try:
-        spec = TrainSpec.model_validate(value)
-    except ValidationError as err:
-        raise ValueError(param_errors(err, where)) from None
-    return spec.model_dump(mode="json")
+    return validate_params(TrainSpec, value, where)

@@ -10,8 +10,10 @@ Per block: ``prepare_block`` validates, prunes by quality and moves the block to
 
 from __future__ import annotations
 
+import functools
 import math
 import time
+from collections.abc import Callable
 from abc import abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -23,6 +25,7 @@ import torch
 from thresher.common.arrays import column_numpy, embedding_matrix
 from thresher.common.device import resolve_device
 from thresher.common.seeds import derive_seed, torch_generator
+from thresher.common.threads import torch_threads
 from thresher.selectors.base import SelectContext, SelectionResult, Selector, budget_target
 from thresher.selectors.datamask.objective import Calibration, calibrate, objective
 from thresher.selectors.datamask.params import BlockObjectiveParams
@@ -156,6 +159,19 @@ def finish_block(prep: PreparedBlock, chosen: np.ndarray, order: np.ndarray, log
         stats["objective_quality_topk"] = float(
             objective(prep.q_all, prep.e_all, torch.as_tensor(topk, device=dev), cal)[0])
     return BlockResult(selected, logits, order, _downsample(curve), obj, stats)
+
+
+def block_solver(fn: Callable[..., BlockResult]) -> Callable[..., BlockResult]:
+    """Decorate a block solver `(quality, emb, n_select, params, seed, block_id=0)`: it runs with
+    the params' CPU thread count and without autograd."""
+
+    @functools.wraps(fn)
+    def solve(quality: np.ndarray, emb: np.ndarray, n_select: int, params: BlockObjectiveParams, seed: int,
+              block_id: int = 0) -> BlockResult:
+        with torch_threads(params.threads), torch.no_grad():
+            return fn(quality, emb, n_select, params, seed, block_id)
+
+    return solve
 
 
 def _downsample(curve: list[float], points: int = _CURVE_POINTS) -> list[float]:

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from thresher.common.seeds import torch_generator
-from thresher.common.threads import torch_threads
 from thresher.selectors.datamask.blocks import (
     TAG_EPOCH,
     TAG_STEP,
     BlockResult,
     block_calibration,
+    block_solver,
     finish_block,
     prepare_block,
 )
@@ -103,6 +103,7 @@ def batch_schedule(n_keep: int, nb: int, per_step: int, updates: int, seed: int,
         epoch += 1
 
 
+@block_solver
 def solve_block(quality: np.ndarray, emb: np.ndarray, n_select: int, params: DataMaskParams,
                 seed: int, block_id: int = 0) -> BlockResult:
     """Run DATAMASK on one block: prune, init, ``steps`` policy-gradient steps, top-S readout.
@@ -110,12 +111,6 @@ def solve_block(quality: np.ndarray, emb: np.ndarray, n_select: int, params: Dat
     ``quality`` (n,), ``emb`` (n, d) unit-norm rows (for pws/fl), ``n_select`` documents to
     choose. Deterministic given (seed, block_id) on a given device.
     """
-    with torch_threads(params.threads), torch.no_grad():
-        return _solve_block(quality, emb, n_select, params, seed, block_id)
-
-
-def _solve_block(quality: np.ndarray, emb: np.ndarray, n_select: int, params: DataMaskParams,
-                 seed: int, block_id: int) -> BlockResult:
     t0 = time.perf_counter()
     p = params
     prep = prepare_block(quality, emb, n_select, p, seed, block_id)
