@@ -26,6 +26,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from thresher.common.atomic import write_bytes_atomic, write_text_atomic
 from thresher.specs import JobError
 from thresher.io.output import MANIFEST_NAME, find_manifest
 from thresher.report import plots
@@ -164,7 +165,7 @@ def counts_rows(m: dict[str, Any]) -> dict[str, int]:
 
 def _selector_columns(sel: dict[str, Any]) -> list[str]:
     cols = [sel.get("column"), sel.get("quality")] + list((sel.get("quality_weights") or {}).keys())
-    cols.append("datamask_logit" if sel.get("type") in ("datamask", "greedy") else None)
+    cols.append({"datamask": "datamask_logit", "greedy": "greedy_rank"}.get(sel.get("type")))  # type: ignore[arg-type]
     return [c for c in cols if c]
 
 
@@ -501,12 +502,8 @@ def write_report(paths: list[str | Path], out: str | Path | None = None) -> Path
     out_path.parent.mkdir(parents=True, exist_ok=True)
     for s in sections:
         for f in s.figures:
-            tmp = out_path.parent / f".{f.name}.png.tmp"
-            tmp.write_bytes(f.png)
-            tmp.replace(out_path.parent / f"{f.name}.png")
+            write_bytes_atomic(f.png, out_path.parent / f"{f.name}.png", fsync=False)
     title = "thresher report: " + ", ".join(i.name for i in items)
     subtitle = "; ".join(str(Path(p).resolve()) for p in paths)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    tmp.write_text(render_html(sections, title, subtitle), encoding="utf-8")
-    tmp.replace(out_path)
+    write_text_atomic(render_html(sections, title, subtitle), out_path)
     return out_path
