@@ -119,3 +119,29 @@ def test_mixed_formats_are_refused(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "m" / "x.jsonl", [{"text": "a"}])
     with pytest.raises(JobError, match="mixes formats"):
         plan_shards(InputSpec(path=str(tmp_path / "m")))
+
+
+def test_lines_end_at_crlf_lf_or_cr_whatever_the_chunking() -> None:
+    from thresher.io.readers import _lines
+
+    data = b'a\r\nb\rc\n\nd\r\r\ne\r\n\rf'
+    want = [b"a", b"b", b"c", b"", b"d", b"", b"e", b"", b"f"]
+    assert data.splitlines() == want
+    for size in range(1, len(data) + 1):
+        chunks = [data[i:i + size] for i in range(0, len(data), size)]
+        assert list(_lines(chunks)) == want, size
+    assert list(_lines([b"x\n"])) == [b"x"] and list(_lines([b"x\n\n"])) == [b"x", b""]
+
+
+def test_json_array_file_is_one_record_per_element(tmp_path: Path) -> None:
+    import json
+
+    docs = make_docs(5)
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps([{"text": d, "n": i} for i, d in enumerate(docs)], indent=2))
+    spec = InputSpec(path=str(path), batch_rows=2)
+    assert [s.kind for s in plan_shards(spec)] == ["json"]
+    good, bad = read_all(spec)
+    assert good.column("text").to_pylist() == docs and bad.num_rows == 0
+    assert good.column("id").to_pylist() == [f"d.json:{i}" for i in range(5)]
+    assert good.column("meta")[0].as_py() == '{"n": 0}'

@@ -10,19 +10,28 @@ Every batch a reader yields is split into
   with the other keys as JSON);
 - `rejected`: `_row`, `id`, `reason`, `raw` (the original bytes) for rows that cannot be
   used, so no row disappears without a count and a reason.
-Memory is bounded by `batch_rows`, not by the size of the corpus.
+Memory is bounded by `batch_rows`, not by the size of the corpus (except a `.json` file
+holding one JSON array, which is read whole, up to `JSON_ARRAY_MAX_BYTES`).
+
+A bad file is a one-line `JobError` naming it, raised at plan time where a cheap look at
+the file can tell (Parquet footers, Arrow streams, the first bytes of JSONL files,
+differing columns between files); a bad row is rejected with its reason.
 """
 
 from __future__ import annotations
 
+import codecs
 import glob
 import gzip
 import hashlib
 import importlib.util
-import io
+import itertools
 import json
+import math
 import os
-from collections.abc import Iterator
+import re
+import zlib
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from thresher.config import InputSpec, JobError
+from thresher.io.output import require_local_path
 
 PARQUET_EXT = (".parquet", ".pq")
 JSONL_EXT = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".ndjson.gz", ".jsonl.zst", ".json.zst",
@@ -42,13 +52,28 @@ RESERVED = ("_row", "_shard", "n_chars", "n_words")
 REJECT_SCHEMA = pa.schema([("_row", pa.int64()), ("id", pa.string()), ("reason", pa.string()),
                            ("raw", pa.large_binary())])
 
+_CHUNK = 1 << 20  # bytes read at a time from JSONL files
+PROBE_BYTES = 1 << 16  # what planning reads of each JSONL file
+PROBE_RECORDS = 100  # records whose keys planning checks against the job's columns
+JSON_ARRAY_MAX_BYTES = 1 << 30  # a `.json` array is read whole; larger ones are refused
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF8, "utf-8"),
+         (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
+
+
+def _mark_invalid(exc: UnicodeError) -> tuple[str, int]:
+    """Decode error handler: a lone surrogate, so the line fails UTF-8 later and is rejected."""
+    return "\udcff", exc.end  # type: ignore[attr-defined]
+
+
+codecs.register_error("thresher.invalid", _mark_invalid)
+
 
 @dataclass(frozen=True)
 class InputShard:
     """One unit of map work: a file, a group of text files, or a slice of a table."""
 
     index: int
-    kind: str  # parquet | jsonl | arrow | textfiles | memory
+    kind: str  # parquet | jsonl | json (one JSON array) | arrow | textfiles | memory
     paths: tuple[str, ...]
     fingerprint: str
     rows: int | None = None
@@ -123,7 +148,10 @@ def _kind_of(path: str) -> str | None:
 def _fingerprint(paths: list[str]) -> str:
     h = hashlib.sha256()
     for p in paths:
-        st = os.stat(p)
+        try:
+            st = os.stat(p)
+        except OSError as exc:
+            raise JobError(f"{p}: cannot read ({exc.strerror or exc})") from None
         h.update(f"{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]
 
@@ -134,6 +162,8 @@ def plan_shards(spec: InputSpec, table: pa.Table | None = None) -> list[InputSha
         return _plan_memory(spec, table)
     if spec.path is None:
         raise JobError("input.path: missing (give a file, folder, glob or list)")
+    for raw in [spec.path] if isinstance(spec.path, str) else spec.path:
+        require_local_path(raw, "input.path")
     entries = _expand(spec.path)
     files: list[tuple[str, str]] = []  # (kind, path)
     dataset_dirs: list[str] = []
@@ -144,13 +174,12 @@ def plan_shards(spec: InputSpec, table: pa.Table | None = None) -> list[InputSha
                 continue
             if os.path.exists(os.path.join(entry, "dataset_dict.json")):
                 raise JobError(f"input {entry!r}: a DatasetDict folder; point input.path at one split's folder")
-            found = sorted(
-                os.path.join(d, f) for d, _, fs in os.walk(entry) for f in fs
-                if _kind_of(f) is not None and not any(part.startswith(("_", ".")) for part in
-                                                        os.path.relpath(os.path.join(d, f), entry).split(os.sep))
-            )
+            found = _walk(entry)
             if not found:
-                raise JobError(f"input {entry!r}: the folder holds no Parquet, JSONL or text files")
+                arrow = any(f.endswith(".arrow") for f in os.listdir(entry))
+                raise JobError(f"input {entry!r}: the folder holds no Parquet, JSONL or text files"
+                               + ("; it holds .arrow files but no state.json (a datasets folder saved with "
+                                  "save_to_disk has one)" if arrow else ""))
             files.extend((_kind_of(f), f) for f in found)  # type: ignore[misc]
         else:
             kind = _kind_of(entry)
@@ -166,8 +195,9 @@ def plan_shards(spec: InputSpec, table: pa.Table | None = None) -> list[InputSha
     if len(kinds) > 1:
         raise JobError(f"input.path mixes formats {sorted(kinds)}; give one format per job")
     shards: list[InputShard] = []
+    schemas: list[tuple[str, pa.Schema]] = []  # Parquet and Arrow files: their columns must agree
     for d in dataset_dirs:
-        shards.extend(_plan_datasets_dir(spec, d, len(shards)))
+        shards.extend(_plan_datasets_dir(spec, d, len(shards), schemas))
     text_files = [p for k, p in files if k == "textfiles"]
     if text_files:
         root = os.path.commonpath([os.path.dirname(p) for p in text_files])
@@ -178,24 +208,68 @@ def plan_shards(spec: InputSpec, table: pa.Table | None = None) -> list[InputSha
     other = [(k, p) for k, p in files if k != "textfiles"]
     root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for _, p in other]) if other else ""
     for kind, p in other:
-        rows = _check_parquet(spec, p) if kind == "parquet" else None
+        rows = None
+        if kind == "parquet":
+            rows, schema = _check_parquet(spec, p)
+            schemas.append((p, schema))
+        elif kind == "jsonl":
+            kind = _probe_json(spec, p)
         shards.append(InputShard(len(shards), kind, (p,), _fingerprint([p]), rows, root=root))
     if not shards:
         raise JobError(f"input {spec.path!r}: no input files")
+    _check_same_columns(spec, schemas)
     return shards
 
 
-def _check_parquet(spec: InputSpec, path: str) -> int:
+def _walk(folder: str) -> list[str]:
+    """The input files under a folder (names starting with `_` or `.` are skipped); a
+    datasets folder inside it is an error, not JSONL (its state.json and dataset_info.json)."""
+    found: list[str] = []
+    for d, dirs, fs in os.walk(folder):
+        dirs[:] = [x for x in dirs if not x.startswith(("_", "."))]
+        if d != folder and "state.json" in fs:
+            raise JobError(f"input {folder!r}: {d} is a datasets folder; give datasets folders as input.path "
+                           f"entries of their own")
+        if "dataset_info.json" in fs:
+            raise JobError(f"input {folder!r}: {d} looks like a datasets folder (dataset_info.json) but has no "
+                           f"state.json; save it again with save_to_disk")
+        found.extend(os.path.join(d, f) for f in fs if _kind_of(f) is not None and not f.startswith(("_", ".")))
+    return sorted(found)
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one short line (Arrow messages can span lines)."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+def _check_parquet(spec: InputSpec, path: str) -> tuple[int, pa.Schema]:
     try:
         pf = pq.ParquetFile(path)
+        schema = pf.schema_arrow
     except Exception as exc:
-        raise JobError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})") from None
-    _check_schema(spec, pf.schema_arrow, path)
-    return pf.metadata.num_rows
+        raise JobError(f"{path}: not a readable Parquet file ({_one_line(exc)})") from None
+    _check_schema(spec, schema, path)
+    return pf.metadata.num_rows, schema
+
+
+def _used(spec: InputSpec) -> set[str]:
+    """The source columns the job reads as id, text, prompt, response or input."""
+    return {c for c in (spec.text_column, spec.id_column, spec.prompt_column, spec.response_column,
+                        spec.input_column) if c}
+
+
+def _is_text_type(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t)
 
 
 def _check_schema(spec: InputSpec, schema: pa.Schema, where: str) -> None:
+    """The source's columns against the job: present, of usable types, and clashing with no
+    column thresher writes itself (such a column would be dropped)."""
     names = schema.names
+    if len(set(names)) != len(names):
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        raise JobError(f"{where}: column names {repeated} occur more than once; rename them")
     needed = [spec.prompt_column, spec.response_column] if spec.instruction else [spec.text_column]
     if spec.id_column:
         needed.append(spec.id_column)
@@ -203,33 +277,94 @@ def _check_schema(spec: InputSpec, schema: pa.Schema, where: str) -> None:
         if col not in names:
             raise JobError(f"{where}: column {col!r} not found (columns: {names}); set input.text_column/"
                            f"id_column/prompt_column/response_column")
-    for col in needed[:2] if spec.instruction else needed[:1]:
+    texts = needed[:2] if spec.instruction else needed[:1]
+    if spec.instruction:  # optional: the input column and a row's own text
+        texts += [c for c in (spec.input_column, spec.text_column) if c and c in names and c not in texts]
+    for col in texts:
         t = schema.field(col).type
-        if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
-                or pa.types.is_large_binary(t)):
+        if not _is_text_type(t):
             raise JobError(f"{where}: column {col!r} has type {t}, expected a string column")
+    if spec.id_column:
+        t = schema.field(spec.id_column).type
+        if not _id_type_ok(t):
+            raise JobError(f"{where}: id column {spec.id_column!r} has type {t}; an id must be a string or a number "
+                           f"(set input.id_column to another column)")
     clash = [c for c in RESERVED if c in names]
     if clash:
         raise JobError(f"{where}: columns {clash} are reserved by thresher; rename them")
+    used = _used(spec)
+    for own in ("id", "text", "prompt", "response") if spec.instruction else ("id", "text"):
+        if own in names and own not in used:
+            raise JobError(f"{where}: column {own!r} clashes with thresher's own {own!r} column and would be "
+                           f"dropped; set input.{own}_column: {own} to use it as the {own}, or rename it")
 
 
-def _plan_datasets_dir(spec: InputSpec, folder: str, first: int) -> list[InputShard]:
+def _id_type_ok(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if pa.types.is_nested(t):
+        return False
+    try:
+        pa.array([], type=t).cast(pa.string())
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, TypeError):
+        return False
+    return True
+
+
+def _plain_type(t: pa.DataType) -> pa.DataType:
+    """A column's type as the output holds it (large strings are written as strings)."""
+    return pa.string() if pa.types.is_large_string(t) else t
+
+
+def _check_same_columns(spec: InputSpec, schemas: list[tuple[str, pa.Schema]]) -> None:
+    """Every file must give the same other columns with the same types (order and nullability
+    may differ), or the output folder could not be read as one table. The job's own columns
+    (id, text, ...) are normalised and may differ in type (string or binary, say)."""
+    if len(schemas) < 2:
+        return
+    used = _used(spec)
+
+    def columns(schema: pa.Schema) -> dict[str, pa.DataType]:
+        return {f.name: _plain_type(f.type) for f in schema if f.name not in used}
+
+    first_path, first = schemas[0][0], columns(schemas[0][1])
+    for path, schema in schemas[1:]:
+        cols = columns(schema)
+        if cols == first:
+            continue
+        for name in [*first, *(n for n in cols if n not in first)]:
+            a, b = first.get(name), cols.get(name)
+            if a is None or b is None or not a.equals(b):
+                raise JobError(f"input files differ in column {name!r}: {a if a is not None else 'missing'} in "
+                               f"{first_path} but {b if b is not None else 'missing'} in {path}; every file needs "
+                               f"the same columns with the same types")
+
+
+def _plan_datasets_dir(spec: InputSpec, folder: str, first: int,
+                       schemas: list[tuple[str, pa.Schema]]) -> list[InputShard]:
+    """One shard per Arrow file of a `save_to_disk` folder; each file is read through once
+    (memory-mapped, cheap) so a damaged one is an error now, not halfway through the job."""
     try:
         state = json.loads(Path(folder, "state.json").read_text())
         files = [os.path.join(folder, f["filename"]) for f in state["_data_files"]]
     except Exception as exc:
-        raise JobError(f"{folder}: not a datasets folder saved with save_to_disk ({exc})") from None
+        raise JobError(f"{folder}: not a datasets folder saved with save_to_disk (state.json: "
+                       f"{_one_line(exc)})") from None
+    if not files:
+        raise JobError(f"{folder}: state.json lists no data files")
     shards = []
     for i, p in enumerate(files):
         try:
             with pa.memory_map(p) as src:
                 reader = pa.ipc.open_stream(src)
                 _check_schema(spec, reader.schema, p)
+                rows = sum(b.num_rows for b in reader)
+                schemas.append((p, reader.schema))
         except JobError:
             raise
         except Exception as exc:
-            raise JobError(f"{p}: not a readable Arrow file ({type(exc).__name__}: {exc})") from None
-        shards.append(InputShard(first + i, "arrow", (p,), _fingerprint([p]), None, root=folder))
+            raise JobError(f"{p}: not a readable Arrow file ({_one_line(exc)})") from None
+        shards.append(InputShard(first + i, "arrow", (p,), _fingerprint([p]), rows, root=folder))
     return shards
 
 
@@ -269,7 +404,7 @@ def read_shard(shard: InputShard, spec: InputSpec, table: pa.Table | None = None
     """Stream one shard as normalised batches (see the module docstring).
 
     For a memory shard, `table` is that shard's slice of the input table."""
-    if shard.kind == "jsonl":
+    if shard.kind in ("jsonl", "json"):
         yield from _read_jsonl(shard, spec)
         return
     if shard.kind == "textfiles":
@@ -300,7 +435,7 @@ def _raw_batches(shard: InputShard, spec: InputSpec, table: pa.Table | None) -> 
         else:
             raise ValueError(f"unknown shard kind {shard.kind}")
     except (OSError, pa.ArrowException) as exc:
-        raise JobError(f"{path}: read failed ({type(exc).__name__}: {exc})") from None
+        raise JobError(f"{path}: read failed ({_one_line(exc)})") from None
 
 
 def _as_text(arr: pa.Array) -> tuple[pa.Array, pa.Array | None]:
@@ -377,7 +512,14 @@ def normalise(raw: pa.RecordBatch, spec: InputSpec, shard: InputShard, first_row
         text = text_col(spec.text_column, "empty_text")
     if spec.id_column:
         ids = raw.column(spec.id_column)
-        ids = ids.cast(pa.string()) if not pa.types.is_string(ids.type) else ids
+        if pa.types.is_dictionary(ids.type):
+            ids = ids.cast(ids.type.value_type)
+        if _is_text_type(ids.type):  # bytes that are not UTF-8 make an invalid id, not a failed job
+            ids, bad_id = _as_text(ids)
+            if bad_id is not None:
+                reasons.append(pc.if_else(bad_id, pa.scalar("invalid_id"), pa.scalar(None, pa.string())))
+        else:
+            ids = ids.cast(pa.string())
         reasons.append(pc.if_else(pc.is_null(ids), pa.scalar("missing_id"), pa.scalar(None, pa.string())))
     else:
         ordinal = pc.add(rows, shard.start) if shard.start else rows  # memory ids number the whole table
@@ -408,8 +550,9 @@ def normalise(raw: pa.RecordBatch, spec: InputSpec, shard: InputShard, first_row
 
 
 def _fail(shard: InputShard, row: int, reason: str) -> None:
-    """The error of `on_bad_row: fail`: the file and the line (JSONL, 1-based) or row."""
-    where = f"line {row + 1}" if shard.kind == "jsonl" else f"row {row}"
+    """The error of `on_bad_row: fail`: the file and the line (JSONL, 1-based), the element
+    (a `.json` array, 0-based) or the row."""
+    where = {"jsonl": f"line {row + 1}", "json": f"element {row}"}.get(shard.kind, f"row {row}")
     raise JobError(f"{shard.name}: {where}: {reason} (input.on_bad_row is 'fail')")
 
 
@@ -441,73 +584,428 @@ def _empty_rejects() -> pa.RecordBatch:
                                       schema=REJECT_SCHEMA)
 
 
-def _open_text(path: str) -> io.BufferedIOBase:
-    if path.endswith(".gz"):
-        return gzip.open(path, "rb")  # type: ignore[return-value]
-    if path.endswith(".zst"):
-        import zstandard
-
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb")))  # type: ignore[arg-type]
-    return open(path, "rb")
+# -- JSONL and JSON arrays ------------------------------------------------------------
 
 
-def _read_jsonl(shard: InputShard, spec: InputSpec) -> Iterator[ReadBatch]:
-    """JSONL: one JSON object per line. A line that is not a JSON object is rejected here with
-    its line number; the records go through `normalise`, the same rules as every format."""
-    path = shard.paths[0]
+class _StreamError(OSError):
+    """A compressed stream that cannot be read: not that format, damaged or truncated."""
+
+
+def _stream_message(exc: OSError) -> str:
+    if isinstance(exc, _StreamError):
+        return str(exc)
+    return f"cannot read ({exc.strerror or _one_line(exc)})"
+
+
+def _raw_chunks(path: str, size: int | None = None) -> Iterator[bytes]:
+    """The (decompressed) bytes of a file in chunks of `size` (default `_CHUNK`); a bad gzip
+    or zstd stream is a `_StreamError`."""
+    size = size or _CHUNK
+    low = path.lower()
+    with open(path, "rb") as fh:
+        if low.endswith(".gz"):
+            src = gzip.GzipFile(fileobj=fh)
+            try:
+                while chunk := src.read(size):
+                    yield chunk
+            except gzip.BadGzipFile as exc:
+                raise _StreamError(f"not a valid gzip file ({exc})") from None
+            except EOFError as exc:
+                raise _StreamError(f"truncated gzip file ({exc})") from None
+            except zlib.error as exc:
+                raise _StreamError(f"damaged gzip data ({exc})") from None
+        elif low.endswith(".zst"):
+            yield from _zstd_chunks(fh, size)
+        else:
+            while chunk := fh.read(size):
+                yield chunk
+
+
+def _zstd_chunks(fh: Any, size: int) -> Iterator[bytes]:
+    """zstd frames one after another; a stream that stops inside a frame is an error (the
+    zstandard stream reader would end quietly)."""
+    import zstandard
+
+    dctx = zstandard.ZstdDecompressor()
+    obj, inside = dctx.decompressobj(), False
+    while data := fh.read(size):
+        while data:
+            try:
+                out = obj.decompress(data)
+            except zstandard.ZstdError as exc:
+                raise _StreamError(f"not valid zstd data ({exc})") from None
+            inside = True
+            if out:
+                yield out
+            if not obj.eof:
+                break
+            data, obj, inside = obj.unused_data, dctx.decompressobj(), False
+    if inside:
+        raise _StreamError("truncated zstd file (it ends inside a frame)")
+
+
+def _sniff_encoding(path: str, head: bytes) -> tuple[str | None, bytes]:
+    """The encoding a BOM names (None: UTF-8) and the bytes after the BOM. UTF-16/32 without
+    a BOM (NUL bytes where JSON text has ASCII) is refused."""
+    for bom, enc in _BOMS:
+        if head.startswith(bom):
+            return (None if enc == "utf-8" else enc), head[len(bom):]
+    guess = None
+    if len(head) >= 4 and head[0] and not any(head[1:4]):
+        guess = "UTF-32-LE"
+    elif len(head) >= 4 and not any(head[:3]) and head[3]:
+        guess = "UTF-32-BE"
+    elif len(head) >= 2 and head[0] and not head[1]:
+        guess = "UTF-16-LE"
+    elif len(head) >= 2 and not head[0] and head[1]:
+        guess = "UTF-16-BE"
+    if guess:
+        raise JobError(f"{path}: looks like {guess} text without a byte-order mark; convert it to UTF-8 "
+                       f"(or give it a BOM)")
+    return None, head
+
+
+def _utf8_chunks(path: str, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """A text stream as UTF-8 bytes: a UTF-8 BOM is dropped, UTF-16/32 with a BOM decoded
+    (units that do not decode come out as bytes that are not UTF-8, so their line is rejected)."""
+    head = b""
+    for chunk in chunks:
+        head += chunk
+        if len(head) >= 4:
+            break
+    enc, head = _sniff_encoding(path, head)
+    if enc is None:
+        if head:
+            yield head
+        yield from chunks
+        return
+    dec = codecs.getincrementaldecoder(enc)("thresher.invalid")
+    for chunk in itertools.chain([head], chunks):
+        yield dec.decode(chunk).encode("utf-8", "surrogatepass")
+    yield dec.decode(b"", final=True).encode("utf-8", "surrogatepass")
+
+
+def _strip_bom(blob: bytes) -> bytes:
+    """A whole text file as UTF-8 (see `_utf8_chunks`)."""
+    for bom, enc in _BOMS:
+        if blob.startswith(bom):
+            body = blob[len(bom):]
+            return body if enc == "utf-8" else body.decode(enc, "thresher.invalid").encode("utf-8", "surrogatepass")
+    return blob
+
+
+def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Lines without their endings; a line ends at \\r\\n, \\n or a lone \\r."""
+    pending: list[bytes] = []  # the start of a line that has not ended yet
+    for chunk in chunks:
+        if b"\n" not in chunk and b"\r" not in chunk:
+            pending.append(chunk)
+            continue
+        pieces = (b"".join(pending) + chunk if pending else chunk).splitlines(keepends=True)
+        pending = [pieces.pop()]  # it may end in a \r whose \n opens the next chunk
+        for piece in pieces:
+            yield piece.rstrip(b"\r\n")
+    if pending:
+        yield from b"".join(pending).splitlines()
+
+
+class _BadRecord(Exception):
+    """JSON that parses but cannot be a record; the message is the reject reason."""
+
+
+def _object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise _BadRecord(f"bad_json: duplicate key {dup[:40]!r}")
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise _BadRecord(f"bad_json: {name} is not valid JSON")
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_object_pairs, parse_constant=_no_constant)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_WS = re.compile(r"[ \t\n\r]*")
+_STRUCTURAL = re.compile(r'["\[\]{},]')
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+
+
+def _decode_json(s: str, start: int | None = None) -> tuple[Any, int]:
+    """Parse a whole line (`start` None) or the value at `start`. JSON that cannot be a record
+    (too deep, NaN, a repeated key, a huge number) raises `_BadRecord`; bad syntax
+    `json.JSONDecodeError`."""
     try:
-        fh = _open_text(path)
-    except OSError as exc:
-        raise JobError(f"{path}: cannot open ({exc})") from None
-    with fh:
-        lines: list[tuple[int, bytes, dict[str, Any]]] = []
-        rejects: list[tuple[int, str, bytes]] = []
-        lineno = 0
-        try:
-            for line in fh:
-                row = lineno
-                lineno += 1
-                stripped = line.rstrip(b"\r\n")
-                reason, rec = _parse_line(stripped)
-                if reason is not None:
-                    if spec.on_bad_row == "fail":
-                        _fail(shard, row, reason)
-                    rejects.append((row, reason, stripped))
-                else:
-                    lines.append((row, stripped, rec))
-                if len(lines) + len(rejects) >= spec.batch_rows:
-                    yield _jsonl_batch(lines, rejects, spec, shard)
-                    lines, rejects = [], []
-        except (OSError, EOFError, ValueError) as exc:
-            if isinstance(exc, JobError):
-                raise
-            raise JobError(f"{path}: read failed near line {lineno + 1} ({type(exc).__name__}: {exc})") from None
-        if lines or rejects:
-            yield _jsonl_batch(lines, rejects, spec, shard)
+        if start is None:
+            return _DECODER.decode(s), len(s)
+        return _DECODER.raw_decode(s, start)
+    except RecursionError:
+        raise _BadRecord("bad_json: nesting too deep") from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError as exc:  # an integer longer than sys.get_int_max_str_digits()
+        raise _BadRecord("bad_json: number too long" if "digits" in str(exc) else f"bad_json: {exc}") from None
 
 
-def _parse_line(line: bytes) -> tuple[str | None, Any]:
-    """Parse one JSONL line; returns (the reason it is not a JSON object, or None; the record)."""
+def _as_record(value: Any, text: str, used: Collection[str] | None) -> tuple[str | None, str | None]:
+    """(the reason a parsed value cannot be a record, or None; its `meta` JSON, the keys the
+    job does not read, when `used` is given)."""
+    if not isinstance(value, dict):
+        return "bad_json: not an object", None
+    try:
+        if _SURROGATE_ESCAPE.search(text):  # a `\ud800` escape can leave a lone surrogate
+            try:
+                json.dumps(value, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                return "invalid_unicode", None
+        if used is None:
+            return None, None
+        meta = {k: v for k, v in value.items() if k not in used}
+        return None, json.dumps(meta, ensure_ascii=False, allow_nan=False)
+    except RecursionError:
+        return "bad_json: nesting too deep", None
+    except ValueError:  # a number beyond float range (1e400) reads as inf, which JSON cannot hold
+        return "bad_json: number out of range", None
+
+
+def _parse_line(line: bytes, used: Collection[str] | None = None) -> tuple[str | None, Any, str | None]:
+    """Parse one JSONL line: (the reason it is not a record, or None; the record; its meta JSON)."""
     if not line.strip():
-        return "blank_line", None
+        return "blank_line", None, None
     try:
         s = line.decode("utf-8")
     except UnicodeDecodeError:
-        return "invalid_utf8", None
+        return "invalid_utf8", None, None
+    s = s.removeprefix("\ufeff")  # the BOM of a file concatenated onto another
     try:
-        rec = json.loads(s)
+        rec, _ = _decode_json(s)
+    except _BadRecord as exc:
+        return str(exc), None, None
     except json.JSONDecodeError as exc:
-        return f"bad_json: {exc.msg} at column {exc.colno}", None
-    if not isinstance(rec, dict):
-        return "bad_json: not an object", None
-    return None, rec
+        return f"bad_json: {exc.msg} at column {exc.colno}", None, None
+    reason, meta = _as_record(rec, s, used)
+    return reason, (rec if reason is None else None), meta
 
 
-def _jsonl_batch(lines: list[tuple[int, bytes, dict[str, Any]]], rejects: list[tuple[int, str, bytes]],
+def _probe_json(spec: InputSpec, path: str) -> str:
+    """Check a JSONL or JSON file from its first bytes; returns its shard kind: `json` for a
+    `.json` file holding one JSON array, else `jsonl`. Refused with an error naming the file:
+    a bad gzip/zstd stream, a compressed file without its suffix, UTF-16/32 without a BOM,
+    pretty-printed JSON, and records none of which has one of the job's keys."""
+    raw = _raw_chunks(path, PROBE_BYTES)
+    chunks = _utf8_chunks(path, raw)
+    head, eof = b"", True
+    try:
+        for chunk in chunks:
+            head += chunk
+            if len(head) >= PROBE_BYTES:
+                eof = False
+                break
+    except OSError as exc:
+        raise JobError(f"{path}: {_stream_message(exc)}") from None
+    finally:
+        chunks.close()
+        raw.close()
+    low = path.lower()
+    if not low.endswith((".gz", ".zst")):
+        for magic, codec, suffix in ((b"\x1f\x8b", "gzip", ".gz"), (b"\x28\xb5\x2f\xfd", "zstd", ".zst")):
+            if head.startswith(magic):
+                raise JobError(f"{path}: the file is {codec}-compressed; name it with a {suffix} suffix")
+    body = head.lstrip()
+    if low.removesuffix(".gz").removesuffix(".zst").endswith(".json") and body.startswith(b"["):
+        return "json"
+    lines = body.splitlines()
+    if not eof:
+        lines = lines[:-1]  # it may be cut short
+    if lines and lines[0].strip() in (b"{", b"["):
+        raise JobError(f"{path}: the first line is a lone {lines[0].strip().decode()!r}: pretty-printed JSON, "
+                       f"not JSON Lines (one record per line; a .json file may hold one array of records)")
+    records = []
+    for line in lines:
+        rec = _parse_line(line)[1]
+        if rec is not None:
+            records.append(rec)
+            if len(records) >= PROBE_RECORDS:
+                break
+    _check_keys(spec, records, path)
+    return "jsonl"
+
+
+def _check_keys(spec: InputSpec, records: list[dict[str, Any]], where: str) -> bool:
+    """A key of the job (text, prompt, response, id) that none of the first records has is a
+    typo in the job, not a file of bad rows: an error naming the key and the keys seen.
+    Returns whether there were records to check."""
+    if not records:
+        return False
+    keys = ([("prompt_column", spec.prompt_column), ("response_column", spec.response_column)] if spec.instruction
+            else [("text_column", spec.text_column)])
+    if spec.id_column:
+        keys.append(("id_column", spec.id_column))
+    for setting, key in keys:
+        if not any(key in r for r in records):
+            seen = sorted({k for r in records for k in r})
+            raise JobError(f"{where}: no record has the key {key!r} (input.{setting}); keys in the first "
+                           f"{len(records)} records: {seen[:20]}")
+    return True
+
+
+_Item = tuple[int, bytes, "str | None", Any, "str | None"]  # row, raw bytes, reason, record, meta JSON
+
+
+def _read_jsonl(shard: InputShard, spec: InputSpec) -> Iterator[ReadBatch]:
+    """JSONL: one JSON object per line (a line ends at \\r\\n, \\n or \\r; a BOM is dropped,
+    UTF-16/32 with a BOM decoded), or for a `json` shard one JSON array of objects. A line or
+    element that is not a record is rejected here with its row; the records go through
+    `normalise`, the same rules as every format."""
+    used = _used(spec)
+    items = _array_items(shard.paths[0], used) if shard.kind == "json" else _line_items(shard.paths[0], used)
+    lines: list[tuple[int, bytes, dict[str, Any], str]] = []
+    rejects: list[tuple[int, str, bytes]] = []
+    checked = False
+    for row, raw, reason, rec, meta in items:
+        if reason is not None:
+            if spec.on_bad_row == "fail":
+                _fail(shard, row, reason)
+            rejects.append((row, reason, raw))
+        else:
+            lines.append((row, raw, rec, meta))  # type: ignore[arg-type]
+        if len(lines) + len(rejects) >= spec.batch_rows:
+            checked = checked or _check_keys(spec, [x[2] for x in lines], shard.name)
+            yield _jsonl_batch(lines, rejects, spec, shard)
+            lines, rejects = [], []
+    if lines or rejects:
+        if not checked:
+            _check_keys(spec, [x[2] for x in lines], shard.name)
+        yield _jsonl_batch(lines, rejects, spec, shard)
+
+
+def _line_items(path: str, used: Collection[str]) -> Iterator[_Item]:
+    row = 0
+    try:
+        for line in _lines(_utf8_chunks(path, _raw_chunks(path))):
+            reason, rec, meta = _parse_line(line, used)
+            yield row, line, reason, rec, meta
+            row += 1
+    except OSError as exc:
+        raise JobError(f"{path}: {_stream_message(exc)} (at line {row + 1})") from None
+
+
+def _array_items(path: str, used: Collection[str]) -> Iterator[_Item]:
+    """The elements of a `.json` file holding one JSON array; an element's index is its row.
+    The file is read whole (at most JSON_ARRAY_MAX_BYTES). An element that parses but cannot
+    be a record is rejected; broken syntax is an error naming the line and column."""
+    parts, size = [], 0
+    try:
+        for chunk in _utf8_chunks(path, _raw_chunks(path)):
+            size += len(chunk)
+            if size > JSON_ARRAY_MAX_BYTES:
+                raise JobError(f"{path}: a JSON array over {JSON_ARRAY_MAX_BYTES >> 20} MiB; a .json file is read "
+                               f"whole, convert it to JSON Lines")
+            parts.append(chunk)
+    except OSError as exc:
+        raise JobError(f"{path}: {_stream_message(exc)}") from None
+    data = b"".join(parts)
+    del parts
+    try:
+        s, dirty = data.decode("utf-8"), False
+    except UnicodeDecodeError:  # keep the bad bytes as surrogates: their elements are rejected
+        s, dirty = data.decode("utf-8", "surrogateescape"), True
+    del data
+    for row, (start, end, reason, value) in enumerate(_array_elements(s, path)):
+        text = s[start:end]
+        if dirty:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                reason = "invalid_utf8"
+        meta = None
+        if reason is None:
+            reason, meta = _as_record(value, text, used)
+        yield row, text.encode("utf-8", "surrogateescape"), reason, (value if reason is None else None), meta
+
+
+def _where(s: str, i: int) -> str:
+    return f"line {s.count(chr(10), 0, i) + 1} column {i - s.rfind(chr(10), 0, i)}"
+
+
+def _array_elements(s: str, path: str) -> Iterator[tuple[int, int, str | None, Any]]:
+    """(start, end, reason or None, value) for each element of the JSON array in `s`."""
+    i = _WS.match(s).end()  # type: ignore[union-attr]
+    if s[i:i + 1] != "[":
+        raise JobError(f"{path}: not a JSON array")
+    i = _WS.match(s, i + 1).end()  # type: ignore[union-attr]
+    end = i + 1
+    if s[i:i + 1] != "]":
+        while True:
+            start = i
+            try:
+                value, end = _decode_json(s, i)
+                reason = None
+            except _BadRecord as exc:
+                value, reason, end = None, str(exc), _value_end(s, i, path)
+            except json.JSONDecodeError as exc:
+                raise JobError(f"{path}: not a valid JSON array: {exc.msg} at {_where(s, exc.pos)}") from None
+            yield start, end, reason, value
+            i = _WS.match(s, end).end()  # type: ignore[union-attr]
+            if s[i:i + 1] == ",":
+                i = _WS.match(s, i + 1).end()  # type: ignore[union-attr]
+                continue
+            if s[i:i + 1] != "]":
+                raise JobError(f"{path}: not a valid JSON array: expected ',' or ']' at {_where(s, i)}")
+            end = i + 1
+            break
+    tail = _WS.match(s, end).end()  # type: ignore[union-attr]
+    if tail != len(s):
+        raise JobError(f"{path}: not a valid JSON array: more data after it at {_where(s, tail)}")
+
+
+def _value_end(s: str, start: int, path: str) -> int:
+    """Where the JSON value at `start` ends, found without parsing it (it may be too deep to
+    parse): brackets are counted outside strings."""
+    depth, i = 0, start
+    while True:
+        m = _STRUCTURAL.search(s, i)
+        if m is None:
+            raise JobError(f"{path}: not a valid JSON array: it ends inside an element")
+        j, c = m.start(), m.group()
+        if c == '"':
+            sm = _STRING.match(s, j)
+            if sm is None:
+                raise JobError(f"{path}: not a valid JSON array: unterminated string at {_where(s, j)}")
+            i = sm.end()
+            continue
+        if c in "[{":
+            depth += 1
+        elif depth == 0:  # the "," or "]" after a scalar
+            end = j
+            while end > start and s[end - 1] in " \t\n\r":
+                end -= 1
+            return end
+        elif c in "]}":
+            depth -= 1
+            if depth == 0:
+                return j + 1
+        i = j + 1
+
+
+def _json_id(value: Any) -> tuple[str | None, str | None]:
+    """A JSON id as a string (numbers as Python writes them), or the reason it cannot be one."""
+    if value is None or isinstance(value, str):
+        return value, None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value), None
+    if isinstance(value, float) and math.isfinite(value):
+        return str(value), None
+    return None, "invalid_id"
+
+
+def _jsonl_batch(lines: list[tuple[int, bytes, dict[str, Any], str]], rejects: list[tuple[int, str, bytes]],
                  spec: InputSpec, shard: InputShard) -> ReadBatch:
     """The records of one batch as a raw Arrow batch (the job's columns as strings, the other
     keys as a `meta` JSON column) through `normalise`, plus the lines that were not records."""
-    records = [rec for _, _, rec in lines]
+    records = [rec for _, _, rec, _ in lines]
     roles = ([(spec.prompt_column, "prompt"), (spec.response_column, "response")] if spec.instruction
              else [(spec.text_column, "text")])
     cols: dict[str, pa.Array] = {}
@@ -524,14 +1022,13 @@ def _jsonl_batch(lines: list[tuple[int, bytes, dict[str, Any]]], rejects: list[t
         cols[spec.input_column] = pa.array([str(r[spec.input_column]) if r.get(spec.input_column) else None
                                             for r in records], pa.string())
     if spec.id_column:
-        cols[spec.id_column] = pa.array([None if r.get(spec.id_column) is None else str(r[spec.id_column])
-                                         for r in records], pa.string())
-    used = {spec.text_column, spec.id_column, spec.prompt_column, spec.response_column, spec.input_column}
-    cols["meta"] = pa.array([json.dumps({k: v for k, v in r.items() if k not in used}, ensure_ascii=False)
-                             for r in records], pa.string())
+        ids = [_json_id(r.get(spec.id_column)) for r in records]
+        reasons.append(pa.array([why for _, why in ids], pa.string()))
+        cols[spec.id_column] = pa.array([v for v, _ in ids], pa.string())
+    cols["meta"] = pa.array([meta for *_, meta in lines], pa.string())
     raw = pa.RecordBatch.from_pydict(cols)
-    out = normalise(raw, spec, shard, rows=pa.array([row for row, _, _ in lines], pa.int64()), reasons=reasons,
-                    raw_bytes=pa.array([b for _, b, _ in lines], pa.large_binary()))
+    out = normalise(raw, spec, shard, rows=pa.array([row for row, *_ in lines], pa.int64()), reasons=reasons,
+                    raw_bytes=pa.array([b for _, b, *_ in lines], pa.large_binary()))
     if not rejects:
         return out
     bad = pa.RecordBatch.from_pydict({
@@ -551,7 +1048,7 @@ def _read_textfiles(shard: InputShard, spec: InputSpec) -> Iterator[ReadBatch]:
         blobs = []
         for p in group:
             try:
-                blobs.append(Path(p).read_bytes())
+                blobs.append(_strip_bom(Path(p).read_bytes()))
             except OSError as exc:
                 raise JobError(f"{p}: cannot read ({exc})") from None
         rel = [os.path.relpath(p, shard.root) for p in group]
