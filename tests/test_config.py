@@ -79,3 +79,63 @@ def test_hashes_separate_scoring_from_selection(tmp_path: Path) -> None:
     b = load_job(data={"input": {"path": "x"}, "selector": {"type": "random", "budget": 0.2}})
     assert a.score_hash() == b.score_hash()
     assert a.select_hash() != b.select_hash()
+
+
+def test_seed_is_bounded(tmp_path: Path) -> None:
+    with pytest.raises(JobError, match=r"seed: Input should be greater than or equal to 0"):
+        load_job(write(tmp_path, "seed: -3\n"))
+    with pytest.raises(JobError, match=r"seed: Input should be less than or equal to"):
+        load_job(write(tmp_path, f"seed: {2**40}\n"))
+    assert load_job(write(tmp_path, "seed: 0\n")).seed == 0
+
+
+def test_duplicate_key_names_key_and_line(tmp_path: Path) -> None:
+    p = write(tmp_path, "input: {path: x}\nselector:\n  type: random\n  type: topk\n")
+    with pytest.raises(JobError) as err:
+        load_job(p)
+    msg = str(err.value)
+    assert str(p) in msg and "duplicate key 'type' at line 4" in msg and "line 3" in msg
+
+
+def test_several_errors_are_one_line(tmp_path: Path) -> None:
+    p = write(tmp_path, "seed: -1\ninput: {path: x, batch_rows: 0}\nselecter: 1\n")
+    with pytest.raises(JobError) as err:
+        load_job(p)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.count(str(p)) == 1
+    assert "seed:" in msg and "input.batch_rows:" in msg and "selecter: unknown key" in msg
+
+
+def test_empty_and_non_mapping_files_name_the_file(tmp_path: Path) -> None:
+    for text, needle in [("", "empty"), ("# only a comment\n", "no settings"), ("[1, 2]\n", "got a list"),
+                         ("42\n", "got a number")]:
+        p = write(tmp_path, text)
+        with pytest.raises(JobError, match=needle) as err:
+            load_job(p)
+        assert str(err.value).startswith(str(p))
+
+
+def test_filter_value_must_fit_the_op(tmp_path: Path) -> None:
+    with pytest.raises(JobError, match=r"filters\.0: op '>=' needs a `value`"):
+        load_job(write(tmp_path, "filters: [{column: n_words, op: '>='}]\n"))
+    with pytest.raises(JobError, match=r"filters\.0: op 'not_null' takes no value"):
+        load_job(write(tmp_path, "filters: [{column: n_words, op: not_null, value: 1}]\n"))
+    job = load_job(write(tmp_path, "filters: [{column: n_words, op: not_null}, {column: n_words, op: '>', value: 3}]\n"))
+    assert [f.op for f in job.filters] == ["not_null", ">"]
+
+
+def test_override_errors_name_the_override(tmp_path: Path) -> None:
+    p = write(tmp_path, "input: {path: x}\nscorers: [{type: heuristics}]\n")
+    with pytest.raises(JobError, match=r"--set 'scorers\.2\.name=h': scorers\.2: no list item"):
+        load_job(p, ["scorers.2.name=h"])
+    with pytest.raises(JobError, match=r"--set 'seed=\{a': value: not valid YAML"):
+        load_job(p, ["seed={a"])
+    assert load_job(p, ["scorers.0.name=h"]).scorers[0]["name"] == "h"
+
+
+def test_job_remembers_its_file(tmp_path: Path) -> None:
+    p = write(tmp_path, "input: {path: x}\n")
+    job = load_job(p)
+    assert job.source == str(p) and job.model_copy().source == str(p)
+    assert load_job(data={"input": {"path": "x"}}).source == "<job>"
+    assert job.score_hash() == load_job(data={"input": {"path": "x"}}).score_hash()  # not part of any hash

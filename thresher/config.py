@@ -4,6 +4,12 @@ A job names its input, columns, scorers, filters, selector and budget, engine, o
 and seed. Unknown keys and bad values are an error that names the file and the key.
 Scorer and selector entries are validated by the parameter model their class declares,
 so a new scorer or selector brings its own validation with it.
+
+The file is parsed with `yaml.safe_load` semantics by a loader that also refuses a key given
+twice and alias expansion past `MAX_YAML_NODES` (alias bombs); files over `MAX_JOB_BYTES`,
+binary, non-UTF-8 and empty files, and a top level that is not a mapping are refused with a
+one-line JobError naming the file. Checks that need the whole job (columns that filters and
+the selector name) run at plan time: `thresher.pipelines.plan.check_plan`.
 """
 
 from __future__ import annotations
@@ -16,14 +22,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from thresher.scorers.registry import validate_scorer_spec
 from thresher.selectors.registry import validate_selector_spec
 from thresher.specs import JobError, Strict, format_validation_error
 from thresher.training.spec import validate_train_spec
 
-__all__ = ["JobSpec", "load_job", "apply_overrides", "parse_override"]
+__all__ = ["JobSpec", "load_job", "apply_overrides", "parse_override", "safe_load_yaml"]
+
+MAX_JOB_BYTES = 1 << 20  # a job file is a few KiB; anything over 1 MiB is refused unread
+MAX_YAML_NODES = 1_000_000  # nodes after alias expansion (a 1 MiB file has at most ~500k of its own)
+MAX_SEED = 2**32 - 1  # every generator (numpy, torch, Python) takes it
 
 
 class InputSpec(Strict):
@@ -48,9 +58,18 @@ class InputSpec(Strict):
 class FilterSpec(Strict):
     """Keep a row only where `column op value` holds (applied before the selector)."""
 
-    column: str
+    column: str = Field(..., min_length=1)
     op: Literal["==", "!=", ">", ">=", "<", "<=", "is_null", "not_null"] = "=="
     value: float | int | bool | str | None = None
+
+    @model_validator(mode="after")
+    def _value_fits_op(self) -> "FilterSpec":
+        if self.op in ("is_null", "not_null"):
+            if self.value is not None:
+                raise ValueError(f"op {self.op!r} takes no value (got {self.value!r})")
+        elif self.value is None:
+            raise ValueError(f"op {self.op!r} needs a `value` to compare column {self.column!r} with")
+        return self
 
 
 class LocalEngineSpec(Strict):
@@ -59,12 +78,12 @@ class LocalEngineSpec(Strict):
 
 
 class SparkEngineSpec(Strict):
-    master: str = "local[*]"
+    master: str = Field("local[*]", min_length=1)
     conf: dict[str, str] = Field(default_factory=dict)
 
 
 class BeamEngineSpec(Strict):
-    runner: str = "DirectRunner"
+    runner: str = Field("DirectRunner", min_length=1)
     options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -76,7 +95,7 @@ class EngineSpec(Strict):
 
 
 class OutputSpec(Strict):
-    path: str = "out/job"
+    path: str = Field("out/job", min_length=1)
     overwrite: bool = False
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
     write_rejected: bool = True
@@ -85,8 +104,8 @@ class OutputSpec(Strict):
 class JobSpec(Strict):
     """A whole job. `scorers` and `selector` are validated against their registries."""
 
-    name: str = "job"
-    seed: int = 0
+    name: str = Field("job", min_length=1)
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seeds every random stream of the job")
     input: InputSpec = Field(default_factory=InputSpec)
     scorers: list[dict[str, Any]] = Field(default_factory=list)
     filters: list[FilterSpec] = Field(default_factory=list)
@@ -94,16 +113,23 @@ class JobSpec(Strict):
     engine: EngineSpec = Field(default_factory=EngineSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
     train: dict[str, Any] | None = None
+    # the job file this spec came from (error messages name it); not part of any hash
+    _source: str | None = PrivateAttr(None)
 
     @field_validator("scorers")
     @classmethod
     def _check_scorers(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [validate_scorer_spec(entry, f"scorers.{i}") for i, entry in enumerate(value)]
+        return [_keyed(validate_scorer_spec, entry, f"scorers.{i}") for i, entry in enumerate(value)]
 
     @field_validator("selector")
     @classmethod
     def _check_selector(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return validate_selector_spec(value, "selector")
+        return _keyed(validate_selector_spec, value, "selector")
+
+    @property
+    def source(self) -> str:
+        """The job file this spec was loaded from (`<job>` for a dict)."""
+        return self._source or "<job>"
 
     @field_validator("train")
     @classmethod
@@ -137,8 +163,98 @@ class JobSpec(Strict):
         )
 
 
+def _keyed(validate: Any, entry: Any, where: str) -> dict[str, Any]:
+    """`validate(entry, where)`, its error prefixed with `where` when it does not name a key."""
+    try:
+        return validate(entry, where)
+    except ValueError as exc:
+        msg = str(exc)
+        raise ValueError(msg if msg.startswith(where) else f"{where}: {msg}") from None
+
+
 def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class _JobYamlLoader(yaml.SafeLoader):
+    """`yaml.safe_load` semantics (plain data, no tags that build objects), plus two refusals:
+    a key given twice in one mapping, and more than `MAX_YAML_NODES` nodes once every alias is
+    expanded (an "alias bomb": ten levels of ten-way anchors are 10^10 nodes). Nodes are counted
+    while the document is composed, so a bomb stops after a few thousand nodes of work."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._nodes = 0
+        self._expanded: dict[int, int] = {}  # id(collection node) -> its size with aliases expanded
+
+    def _count(self, n: int, mark: Any) -> None:
+        self._nodes += n
+        if self._nodes > MAX_YAML_NODES:
+            where = f" (at line {mark.line + 1})" if mark is not None else ""
+            raise _YamlRefused(f"aliases expand to more than {MAX_YAML_NODES:,} values{where}; "
+                               "refusing an oversized (alias-bomb) job file")
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            node = super().compose_node(parent, index)
+            if not isinstance(node, yaml.ScalarNode) and id(node) not in self._expanded:
+                raise _YamlRefused(f"recursive alias at line {mark.line + 1} (an anchor used inside itself)")
+            self._count(self._expanded.get(id(node), 1), mark)
+            return node
+        start, mark = self._nodes, self.peek_event().start_mark
+        node = super().compose_node(parent, index)
+        self._count(1, mark)
+        if not isinstance(node, yaml.ScalarNode):
+            self._expanded[id(node)] = self._nodes - start
+        return node
+
+    def compose_mapping_node(self, anchor: Any) -> Any:
+        node = super().compose_mapping_node(anchor)
+        seen: dict[tuple[str, str], int] = {}
+        for key, _ in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                continue
+            line = key.start_mark.line + 1
+            if (key.tag, key.value) in seen:
+                raise _YamlRefused(f"duplicate key {key.value!r} at line {line} "
+                                   f"(first given at line {seen[key.tag, key.value]}); give each key once")
+            seen[key.tag, key.value] = line
+        return node
+
+
+class _YamlRefused(Exception):
+    """A YAML document the job loader refuses (its message is the reason)."""
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error on one line: what, and where (line and column)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    what = " ".join(str(getattr(exc, "problem", None) or exc).split())
+    context = getattr(exc, "context", None)
+    if context:
+        what = f"{' '.join(str(context).split())}: {what}"
+    if mark is not None:
+        what += f" (line {mark.line + 1}, column {mark.column + 1})"
+    if "'\\t'" in what or "\\t" in what:
+        what += "; YAML is indented with spaces, never tabs"
+    return what
+
+
+def safe_load_yaml(text: str, source: str) -> Any:
+    """Parse YAML text as `yaml.safe_load` does, refusing duplicate keys and alias bombs; any
+    problem is a one-line JobError naming `source`."""
+    loader = _JobYamlLoader(text)
+    try:
+        return loader.get_single_data()
+    except _YamlRefused as exc:
+        raise JobError(f"{source}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise JobError(f"{source}: not valid YAML: {_yaml_problem(exc)}") from None
+    except RecursionError:
+        raise JobError(f"{source}: not valid YAML: nested too deeply") from None
+    finally:
+        loader.dispose()
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -146,29 +262,78 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise JobError(f"--set {item!r}: expected key=value")
     key, raw = item.split("=", 1)
-    if not key:
+    if not key or any(not part for part in key.split(".")):
         raise JobError(f"--set {item!r}: empty key")
-    return key.split("."), yaml.safe_load(raw) if raw != "" else ""
+    return key.split("."), safe_load_yaml(raw, f"--set {item!r}: value") if raw != "" else ""
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `--set key.path=value` overrides to a raw job dict (lists indexed by number)."""
+    """Apply `--set key.path=value` overrides to a raw job dict (lists indexed by number).
+
+    A path that cannot be followed (an index out of range, a key under a plain value) is a
+    JobError naming the override and the key."""
     data = copy.deepcopy(data)
     for item in overrides:
         path, value = parse_override(item)
         node: Any = data
-        for i, part in enumerate(path[:-1]):
+        for i, part in enumerate(path):
+            last = i == len(path) - 1
+            here = ".".join(path[: i + 1])
             if isinstance(node, list):
-                node = node[int(part)]
-                continue
-            if part not in node or node[part] is None:
-                node[part] = {}
-            node = node[part]
-        last = path[-1]
-        if isinstance(node, list):
-            node[int(last)] = value
-        else:
-            node[last] = value
+                try:
+                    index = int(part)
+                    node[index]  # noqa: B018 - an index out of range is the user's error
+                except (ValueError, IndexError):
+                    raise JobError(f"--set {item!r}: {here}: no list item {part!r} "
+                                   f"(the list has {len(node)})") from None
+                if last:
+                    node[index] = value
+                else:
+                    node = node[index]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    if part not in node or node[part] is None:
+                        node[part] = {}
+                    node = node[part]
+            else:
+                above = ".".join(path[:i]) or "(top level)"
+                raise JobError(f"--set {item!r}: {above} is a {type(node).__name__} ({node!r}), "
+                               f"so it has no key {part!r}")
+    return data
+
+
+def _read_job_file(path: str | os.PathLike[str]) -> Any:
+    """The parsed YAML of a job file; an unusable file is a JobError naming it."""
+    source = str(path)
+    p = Path(path)
+    if p.is_dir():
+        raise JobError(f"{source}: is a folder, not a job file")
+    if not p.is_file():
+        raise JobError(f"{source}: job file not found")
+    try:
+        size = p.stat().st_size
+        if size > MAX_JOB_BYTES:
+            raise JobError(f"{source}: job file is {size:,} bytes; refusing job files over "
+                           f"{MAX_JOB_BYTES:,} bytes (a job is a few KiB of YAML)")
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise JobError(f"{source}: cannot read the job file: {exc.strerror or exc}") from None
+    if len(raw) > MAX_JOB_BYTES:  # grew while we looked
+        raise JobError(f"{source}: job file is over {MAX_JOB_BYTES:,} bytes; refused")
+    if b"\x00" in raw:
+        raise JobError(f"{source}: a binary file, not a YAML job file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise JobError(f"{source}: not UTF-8 text (bad byte at line {line}); a job file is YAML text") from None
+    if not text.strip():
+        raise JobError(f"{source}: the job file is empty")
+    data = safe_load_yaml(text, source)
+    if data is None:
+        raise JobError(f"{source}: the job file holds no settings (only comments or `null`)")
     return data
 
 
@@ -179,21 +344,18 @@ def load_job(path: str | os.PathLike[str] | None = None, overrides: list[str] | 
     if data is None:
         if path is None:
             raise JobError("load_job: give a path or a dict")
-        p = Path(path)
-        if not p.is_file():
-            raise JobError(f"{source}: job file not found")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise JobError(f"{source}: not valid YAML: {exc}") from None
+        data = _read_job_file(path)
     if not isinstance(data, dict):
-        raise JobError(f"{source}: a job must be a mapping of keys, got {type(data).__name__}")
+        kind = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}.get(
+            type(data), f"a {type(data).__name__}")
+        raise JobError(f"{source}: a job must be a mapping of keys (key: value lines), got {kind}")
     try:
         data = apply_overrides(data, overrides or [])
-    except (KeyError, IndexError, ValueError, TypeError) as exc:
-        raise JobError(f"{source}: bad --set override: {exc}") from None
+    except JobError as exc:
+        raise JobError(f"{source}: {exc}") from None
     try:
         job = JobSpec.model_validate(data)
     except ValidationError as err:
         raise JobError(format_validation_error(err, source)) from None
+    job._source = source if path is not None else None
     return job

@@ -2,7 +2,7 @@
 
 - `JobError`: a job that cannot be used; the message names the file, key, row or path.
 - `Strict`: the pydantic base of every spec and parameter model (unknown keys are errors).
-- `format_validation_error` / `param_errors`: pydantic errors as `key.path: message` lines.
+- `format_validation_error` / `param_errors`: pydantic errors as one line of `key.path: message`s.
 - `config_diff`: which keys differ between two JSON-like configs.
 """
 
@@ -27,18 +27,27 @@ def _message(e: Any) -> str:
     return "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
 
 
+def _entry(e: Any, where: str = "") -> str:
+    """One pydantic error as `key.path: message` (the path under `where`). A validator's own
+    ValueError that already names its key (`scorers.0.x: ...`) is kept as it is, without
+    pydantic's "Value error, "."""
+    loc = ".".join([where] * bool(where) + [str(p) for p in e["loc"]])
+    if e["type"] == "value_error" and isinstance(e.get("ctx", {}).get("error"), Exception):
+        msg = " ".join(str(e["ctx"]["error"]).split())
+        if not loc or msg.startswith((f"{loc}.", f"{loc}:", f"{loc} ")):
+            return msg
+        return f"{loc}: {msg}"
+    return f"{loc or '(top level)'}: {' '.join(_message(e).split())}"
+
+
 def format_validation_error(err: ValidationError, source: str) -> str:
-    """Turn a pydantic error into lines of `source: key.path: message`."""
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"{source}: {loc}: {_message(e)}")
-    return "\n".join(lines)
+    """A pydantic error as one line: `source: key.path: message; key.path: message`."""
+    return f"{source}: " + "; ".join(_entry(e) for e in err.errors())
 
 
 def param_errors(err: ValidationError, where: str) -> str:
     """One `where.key: message` entry per error of a parameter model, joined by `; `."""
-    return "; ".join(f"{where}.{'.'.join(str(p) for p in e['loc'])}: {_message(e)}" for e in err.errors())
+    return "; ".join(_entry(e, where) for e in err.errors())
 
 
 def config_diff(old: Any, new: Any, path: str = "") -> list[str]:

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
-import json
 import os
 import shutil
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+from thresher.common.atomic import atomic_path
 from thresher.config import JobError, JobSpec, load_job
-from thresher.io.output import OutputLayout
+from thresher.io.output import JobLock, OutputLayout, require_local_path
 
 # sub-commands implemented in other modules: name -> (module, help)
 PLUGINS = {
@@ -41,7 +46,7 @@ def _load(args: argparse.Namespace) -> JobSpec:
         overrides.append(f"engine.name={args.engine}")
     if args.output:
         overrides.append(f"output.path={args.output}")
-    if getattr(args, "workers", None):
+    if getattr(args, "workers", None) is not None:  # --workers 0 is an error, not "unset"
         overrides.append(f"engine.local.workers={args.workers}")
     if getattr(args, "master", None):
         overrides.append(f"engine.spark.master={args.master}")
@@ -54,52 +59,108 @@ def cmd_run(args: argparse.Namespace, score_only: bool = False) -> int:
     from thresher.pipelines.runner import run_job
 
     job = _load(args)
-    result = run_job(job, overwrite=args.overwrite or None, progress=not args.quiet, score_only=score_only)
+    try:
+        with _sigterm_stops_run():
+            result = run_job(job, overwrite=args.overwrite or None, progress=not args.quiet, score_only=score_only)
+    except Terminated:
+        return _terminated()
     print(result.summary, end="")
     print(f"output: {result.output}")
     return 0
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived during a run: it unwinds like Ctrl-C (the engine kills its workers,
+    the lock is released), and the command exits with 143."""
+
+
+@contextlib.contextmanager
+def _sigterm_stops_run() -> Iterator[None]:
+    """While inside, SIGTERM raises `Terminated` in the main thread (a second one kills at once)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, _frame: Any) -> None:
+        signal.signal(signum, signal.SIG_DFL)
+        raise Terminated()
+
+    old = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _terminated() -> int:
+    print("thresher: terminated (SIGTERM); re-run the same command to resume", file=sys.stderr)
+    return 128 + signal.SIGTERM
+
+
 def cmd_select(args: argparse.Namespace) -> int:
     """Re-run selection on saved scores with a new selector, budget or filters."""
+    from thresher.pipelines.plan import check_plan
     from thresher.pipelines.runner import run_job
 
     src = OutputLayout(args.path)
     if not src.state.exists():
         raise JobError(f"{args.path}: not a thresher output folder (no _thresher/state.json)")
-    state = json.loads(src.state.read_text())
+    state = src.read_state()
     overrides = list(args.overrides)
     if args.selector:
         overrides.append(f"selector={Path(args.selector).read_text()}" if Path(args.selector).is_file()
                          else f"selector={{type: {args.selector}}}")
     job = load_job(data=state["job"], overrides=overrides)
-    if args.output and Path(args.output).resolve() != src.root:
-        job = job.model_copy(update={"output": job.output.model_copy(update={"path": args.output})})
-        _copy_scores(src, OutputLayout(args.output))
-    else:
-        job = job.model_copy(update={"output": job.output.model_copy(update={"path": str(src.root)})})
     if job.score_hash() != state["score_hash"]:
         raise JobError("thresher select changes only filters and the selector; scorers or input changed "
                        "(use thresher run for that)")
-    result = run_job(job, progress=not args.quiet, reselect=True)
+    at_src = job.model_copy(update={"output": job.output.model_copy(update={"path": str(src.root)})})
+    check_plan(at_src, reselect=True)  # before another folder is seeded with the scores
+    try:
+        with _sigterm_stops_run():
+            if args.output and Path(args.output).resolve() != src.root:
+                require_local_path(args.output, "--output")
+                job = job.model_copy(update={"output": job.output.model_copy(update={"path": args.output})})
+                _copy_scores(src, OutputLayout(args.output))
+            else:
+                job = job.model_copy(update={"output": job.output.model_copy(update={"path": str(src.root)})})
+            result = run_job(job, progress=not args.quiet, reselect=True)
+    except Terminated:
+        return _terminated()
     print(result.summary, end="")
     print(f"output: {result.output}")
     return 0
 
 
 def _copy_scores(src: OutputLayout, dst: OutputLayout) -> None:
-    """Seed a new output folder with another run's scores (hard links where possible)."""
-    if dst.root.exists() and any(dst.root.iterdir()):
-        raise JobError(f"{dst.root}: output folder for `thresher select --output` must be new or empty")
-    for sub in ("_scores", "_rejected"):
-        s = src.root / sub
-        if s.exists():
-            shutil.copytree(s, dst.root / sub, copy_function=_link_or_copy)
-    done = src.root / "_thresher" / "done"
-    (dst.root / "_thresher" / "done").mkdir(parents=True, exist_ok=True)
-    for m in done.glob("score-*.json"):
-        shutil.copy2(m, dst.root / "_thresher" / "done" / m.name)
-    shutil.copy2(src.state, dst.state)
+    """Seed another output folder with `src`'s scores (hard links where possible), resumably.
+
+    Order: `_thresher/state.json` first (from then on `dst` is thresher's own and names the
+    scores it holds), then per shard its score and rejected parts, then its score marker,
+    which vouches for them; each through a temporary name and a rename. A re-run of the same
+    command (after a kill) recognises its partial copy by the state (same scores, same
+    inputs) and copies only the shards without a marker; `thresher select DST` works on it
+    too (it re-scores what was not copied)."""
+    src_state = src.read_state()
+    if dst.state.exists():
+        old = dst.read_state()
+        if any(old.get(k) != src_state.get(k) for k in ("score_hash", "inputs_hash")):
+            raise JobError(f"{dst.root}: holds another job's scores; the output folder for `thresher select "
+                           f"--output` must be new, empty, or a copy of the scores of {src.root}")
+    with JobLock(dst):  # refuses a folder that is neither thresher's own nor new/empty, creating nothing
+        if not dst.state.exists():
+            with atomic_path(dst.state) as tmp:
+                shutil.copy2(src.state, tmp)
+        for marker in sorted(src.marker("score", 0).parent.glob("score-*.json")):
+            i = int(marker.stem.split("-", 1)[1])
+            if dst.marker("score", i).exists():
+                continue
+            for a, b in ((src.scores(i), dst.scores(i)), (src.rejected(i), dst.rejected(i))):
+                if a.exists():
+                    with atomic_path(b) as tmp:
+                        _link_or_copy(str(a), str(tmp))
+            with atomic_path(dst.marker("score", i)) as tmp:
+                shutil.copy2(marker, tmp)
 
 
 def _link_or_copy(a: str, b: str) -> None:
@@ -118,6 +179,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="thresher", description="Select and weight LLM training data.")
+    # `main` takes --debug out of argv wherever it stands (before or after the sub-command)
+    parser.add_argument("--debug", action="store_true", help="on an error, show the full traceback")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="run a job: score, select, write shards")
     _job_args(p)
@@ -150,15 +213,45 @@ def _plugin(module: str, name: str, argv: list[str]) -> int:
     return int(mod.main(argv) or 0)
 
 
+# errors that are the user's to fix, printed as one line (exit code 2); the model and scorer
+# errors are looked up only once their module is loaded (the CLI does not import torch itself)
+_USER_ERRORS = (("thresher.models.loading", "ModelError"), ("thresher.scorers.base", "ScorerError"),
+                ("thresher.common.device", "DeviceError"))
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    if isinstance(exc, JobError):
+        return True
+    for module, name in _USER_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(exc, cls):
+            return True
+    return False
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error message on one line (a multi-line message joined with `; `)."""
+    lines = [" ".join(line.split()) for line in str(exc).splitlines()]
+    return "; ".join(line for line in lines if line) or type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     try:
         if argv and argv[0] in PLUGINS:  # plugins parse their own options
             return _plugin(PLUGINS[argv[0]][0], argv[0], argv[1:])
         args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
-    except JobError as exc:
-        print(f"thresher: error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        if not _is_user_error(exc):
+            raise
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"thresher: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("thresher: interrupted; re-run the same command to resume", file=sys.stderr)

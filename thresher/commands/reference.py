@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from thresher.config import EngineSpec, FilterSpec, InputSpec, OutputSpec
+from thresher.config import EngineSpec, FilterSpec, InputSpec, JobSpec, OutputSpec
 from thresher.scorers.registry import SCORERS, scorer_class
 from thresher.selectors.registry import SELECTORS, selector_class
 from thresher.training.spec import TrainSpec
@@ -50,9 +50,9 @@ def _bounds(field: Any) -> str:
     return ", ".join(out)
 
 
-def params_table(model: type[BaseModel]) -> list[str]:
+def params_table(model: type[BaseModel], only: list[str] | None = None) -> list[str]:
     """A Markdown table of a parameter model: key, type, default, bounds, description."""
-    fields = [(name, f) for name, f in model.model_fields.items() if not f.exclude]
+    fields = [(name, f) for name, f in model.model_fields.items() if not f.exclude and (only is None or name in only)]
     if not fields:
         return ["(no parameters)", ""]
     rows = ["| key | type | default | allowed | description |", "| --- | --- | --- | --- | --- |"]
@@ -90,6 +90,10 @@ def render() -> str:
            "Generated from the models that validate job files "
            "(`python -m thresher.commands.reference > docs/reference.md`; a test checks it is current). "
            "Unknown keys are errors everywhere.", ""]
+    top = [n for n, f in JobSpec.model_fields.items() if _nested(f.annotation) is None and n not in (
+        "scorers", "filters", "selector", "train")]
+    out += ["## Top level", "", "Sections: " + ", ".join(f"`{n}`" for n in JobSpec.model_fields if n not in top) + ".",
+            ""] + params_table(JobSpec, only=top)
     out += ["## Job sections", ""]
     for title, model in (("input", InputSpec), ("filters", FilterSpec), ("output", OutputSpec),
                          ("train", TrainSpec)):

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from thresher.config import load_job
+from thresher.specs import JobError
+from thresher.training.data import list_shards
 from thresher.training.reweight import STRATEGIES
 from thresher.training.spec import TrainSpec, validate_train_spec
 from thresher.training.trainer import train
@@ -35,11 +37,25 @@ def run(job: Any, args: argparse.Namespace | None = None) -> dict[str, Any]:
             raw["sstoken"] = raw.get("sstoken") or {}
         if getattr(args, "overwrite", False):
             raw["resume"] = False
-    spec = TrainSpec.model_validate(validate_train_spec(raw, "train"))
+    source = getattr(job, "source", "<job>")
+    try:
+        spec = TrainSpec.model_validate(validate_train_spec(raw, "train"))
+    except ValueError as exc:  # a bad train: key or CLI flag
+        raise JobError(f"{source}: {' '.join(str(exc).split())}") from None
     data = spec.data or job.output.path
+    _check_shards(data, source, "--data / train.data" if spec.data else "output.path (no train.data given)")
     output = spec.output or str(Path(job.output.path) / "_train")
     seed = spec.seed if spec.seed is not None else job.seed
     return train(spec, data, output, seed)
+
+
+def _check_shards(data: str, source: str, key: str) -> None:
+    """A clear error (naming the folder and where it came from) when there is nothing to train on."""
+    try:
+        list_shards(data)
+    except FileNotFoundError as exc:
+        raise JobError(f"{source}: {key}: {exc}; run `thresher run` first, or point train.data "
+                       f"(--data) at a folder of selected shards") from None
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:

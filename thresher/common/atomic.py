@@ -2,19 +2,56 @@
 
 Temporaries are named `.<name>.tmp-<pid>` beside the target, so a folder's stale ones are
 recognisable (`TMP_GLOB`) and a reader listing `part-*` never sees one.
+
+Every rename that publishes a finished file goes through `commit_point` first: there a pool
+worker whose parent is gone exits without writing (`guard_parent`), and the test hook
+`THRESHER_FAULT` can kill the process at an exact commit.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno as errno_module
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from thresher.specs import JobError
+
 TMP_GLOB = ".*.tmp-*"
+# test hook, comma-separated items: "commit:N" (os._exit(137) just before this process's N-th
+# commit, its temporary written: what a kill there leaves), "delay:SECONDS" (sleep before each commit)
+FAULT_ENV = "THRESHER_FAULT"
+PARENT_GONE_EXIT = 75  # a worker that finds its parent gone exits with this, writing nothing
+
+_parent_pid: int | None = None
+_commits = 0
+
+
+def guard_parent(pid: int | None) -> None:
+    """From now on, exit (writing nothing) at the next commit once `pid` is no longer this
+    process's parent (the portable half of "workers die with their parent")."""
+    global _parent_pid
+    _parent_pid = pid
+
+
+def commit_point(target: Path) -> None:
+    """Called just before a finished temporary is renamed onto `target`."""
+    global _commits
+    faults = [item.strip().split(":", 1) for item in os.environ.get(FAULT_ENV, "").split(",") if ":" in item]
+    for kind, value in faults:
+        if kind == "delay":
+            time.sleep(float(value))
+    if _parent_pid is not None and os.getppid() != _parent_pid:
+        os._exit(PARENT_GONE_EXIT)
+    _commits += 1
+    for kind, value in faults:
+        if kind == "commit" and int(value) == _commits:
+            os._exit(137)
 
 
 def temp_name(path: Path) -> Path:
@@ -22,20 +59,53 @@ def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+class WriteError(JobError, OSError):
+    """Writing an output file failed (disk full, no permission, ...): a JobError whose one-line
+    message names the file, and still an OSError (with the cause's errno) for `except OSError`."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        OSError.__init__(self, message)
+        self.errno = errno
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def write_error(path: str | os.PathLike[str], exc: OSError) -> WriteError:
+    """`exc` (raised while writing `path`) as a WriteError naming `path` on one line."""
+    if isinstance(exc, WriteError):
+        return exc
+    reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+    other = exc.filename if exc.filename is not None else None
+    if other is not None and Path(str(other)).name not in (Path(path).name, temp_name(Path(path)).name):
+        reason += f" ({other})"
+    hint = ("; free some space (or choose another output folder) and re-run the same command to resume"
+            if exc.errno == errno_module.ENOSPC else "")
+    return WriteError(f"cannot write {path}: {reason}{hint}", exc.errno)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it over `path`, on error remove it.
 
-    Works for files and folders (e.g. `save_pretrained` into the yielded path)."""
+    Works for files and folders (e.g. `save_pretrained` into the yielded path). An OSError
+    (disk full, ...) comes out as a `WriteError` that names `path`."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(target, exc) from exc
     tmp = temp_name(target)
     _remove(tmp)
     try:
         yield tmp
+        commit_point(target)
         if target.is_dir() and tmp.is_dir():
             shutil.rmtree(target)
         os.replace(tmp, target)
+    except OSError as exc:
+        _remove(tmp)
+        raise write_error(target, exc) from exc
     except BaseException:
         _remove(tmp)
         raise

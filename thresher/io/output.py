@@ -22,6 +22,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from thresher.common.atomic import TMP_GLOB, temp_name
+from thresher.common.atomic import commit_point, temp_name, write_error
 from thresher.specs import JobError
 
 STAGES = ("score", "select", "write")
@@ -94,11 +95,33 @@ class OutputLayout:
     def summary(self) -> Path:
         return self._inside(SUMMARY_NAME)
 
+    def read_state(self) -> dict[str, Any]:
+        """The folder's run state (`_thresher/state.json`); a missing or corrupt one is a JobError
+        naming the file."""
+        try:
+            state = json.loads(self.state.read_text(encoding="utf-8"))
+            if not isinstance(state, dict) or not {"job", "score_hash", "models"} <= set(state):
+                raise ValueError("not a thresher run state")
+        except (OSError, ValueError) as exc:
+            raise JobError(f"{self.state}: corrupt or missing run state ({type(exc).__name__}: "
+                           f"{' '.join(str(exc).split())}); re-run with --overwrite to start afresh") from None
+        return state
+
     def read_marker(self, stage: str, i: int | None = None) -> dict[str, Any] | None:
+        """A stage's completion marker (None when there is none); a corrupt one is a JobError
+        naming the file."""
         path = self.marker(stage, i)
         if not path.exists():
             return None
-        return json.loads(path.read_text())
+        try:
+            marker = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise JobError(f"{path}: corrupt completion marker ({type(exc).__name__}: {' '.join(str(exc).split())}); "
+                           f"re-run with --overwrite to start afresh") from None
+        if not isinstance(marker, dict):
+            raise JobError(f"{path}: corrupt completion marker (a {type(marker).__name__}, not a JSON object); "
+                           f"re-run with --overwrite to start afresh")
+        return marker
 
     def clear_stage(self, stage: str) -> None:
         """Forget a stage's markers and files (used when its config changed)."""
@@ -128,31 +151,40 @@ class AtomicParquetWriter:
         self._writer: pq.ParquetWriter | None = None
 
     def write(self, batch: pa.RecordBatch | pa.Table) -> None:
-        if self._writer is None:
-            self.schema = self.schema or batch.schema
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = pq.ParquetWriter(self.tmp, self.schema, compression=self.compression)
-        if batch.schema != self.schema:
+        """Append a batch. A failed write (disk full, ...) is a WriteError naming the file."""
+        if batch.schema != (self.schema or batch.schema):
             try:
                 batch = batch.select(self.schema.names).cast(self.schema)
             except (pa.ArrowInvalid, KeyError, ValueError) as exc:
                 raise JobError(f"{self.path.name}: batch schema differs from the shard's "
                                f"({batch.schema} vs {self.schema}): {exc}") from None
-        table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-        self._writer.write_table(table)
+        try:
+            if self._writer is None:
+                self.schema = self.schema or batch.schema
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._writer = pq.ParquetWriter(self.tmp, self.schema, compression=self.compression)
+            table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+            self._writer.write_table(table)
+        except OSError as exc:
+            raise write_error(self.path, exc) from exc
         self.rows += batch.num_rows
 
     def close(self) -> dict[str, Any]:
-        """Finish the file, rename it into place and return rows, bytes and sha256."""
-        if self._writer is None:
-            if self.schema is None:
-                raise JobError(f"{self.path}: nothing written and no schema known")
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = pq.ParquetWriter(self.tmp, self.schema, compression=self.compression)
-        self._writer.close()
-        with open(self.tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(self.tmp, self.path)
+        """Finish the file, rename it into place and return rows, bytes and sha256 (a failed
+        write is a WriteError naming the file)."""
+        if self._writer is None and self.schema is None:
+            raise JobError(f"{self.path}: nothing written and no schema known")
+        try:
+            if self._writer is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._writer = pq.ParquetWriter(self.tmp, self.schema, compression=self.compression)
+            self._writer.close()
+            with open(self.tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            commit_point(self.path)
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            raise write_error(self.path, exc) from exc
         return {"file": self.path.name, "rows": self.rows, "bytes": self.path.stat().st_size,
                 "sha256": _sha256(self.path)}
 
@@ -172,14 +204,70 @@ class AtomicParquetWriter:
             self.abort()
 
 
+_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+# temporaries thresher's own writers leave: `.<name>.tmp-<pid>` (see common/atomic.py)
+_TMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp-\d+$")
+_ROOT_TMP_TARGETS = re.compile(r"^(part-.*|_manifest\.json|_summary\.txt)$")
+_OWN_FOLDERS = ("_scores", "_rejected", "_selection", "_thresher", "_thresher/done")
+
+
+def require_local_path(path: str | os.PathLike[str], what: str) -> None:
+    """A clear error for an object-store URI (s3://, gs://, hdfs://, ...): not supported yet."""
+    m = _URI.match(str(path))
+    if m:
+        raise JobError(f"{what} {str(path)!r}: {m.group(1)}:// paths are not supported yet; thresher reads "
+                       f"and writes local (or mounted) folders only. Copy the data to a local disk or mount "
+                       f"the bucket, and give that path")
+
+
+def check_own_or_empty(root: str | os.PathLike[str]) -> None:
+    """Refuse (JobError) a folder that thresher may not touch; creates and deletes nothing.
+
+    Thresher's own: it holds `_thresher/state.json`, or nothing but a `_thresher/` with the
+    lock of a run killed before it wrote its state. Also allowed: a new or empty folder."""
+    root = Path(root)
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise JobError(f"output folder {root} is a file, not a folder; choose an empty or new folder")
+    if (root / "_thresher" / "state.json").is_file():
+        return
+    entries = sorted(p.name for p in root.iterdir())
+    if not entries:
+        return
+    meta = root / "_thresher"
+    if entries == ["_thresher"] and meta.is_dir() and not meta.is_symlink():
+        inside = {p.name for p in meta.iterdir()}
+        done = meta / "done"
+        if all(n in ("lock", "done") or _TMP_NAME.match(n) for n in inside) and (
+                not done.exists() or (done.is_dir() and not any(done.iterdir()))):
+            return
+    foreign = [n for n in entries if n != "_thresher"] or entries
+    raise JobError(f"output folder {root} is not empty and was not written by thresher "
+                   f"(found {foreign[:5]}); choose an empty or new folder")
+
+
 def remove_stale_temporaries(root: Path) -> list[Path]:
     """Delete temporary files a killed job left in an output folder; returns what was removed.
 
-    Only call this while holding the folder's JobLock: then no live writer owns any of them.
+    Only thresher's own temporaries go: `.part-*.tmp-<pid>`, `._manifest.json.tmp-<pid>` and
+    `._summary.txt.tmp-<pid>` beside the parts, and `.<name>.tmp-<pid>` directly inside
+    `_scores/`, `_rejected/`, `_selection/`, `_thresher/` and `_thresher/done/`; no other
+    folder is looked into. Only call this holding the folder's JobLock, after
+    `check_own_or_empty` passed: then no live writer owns any of them.
     """
+    root = Path(root)
+    candidates: list[Path] = []
+    if root.is_dir():
+        candidates += [p for p in root.iterdir()
+                       if (m := _TMP_NAME.match(p.name)) and _ROOT_TMP_TARGETS.match(m["name"])]
+    for sub in _OWN_FOLDERS:
+        folder = root / sub
+        if folder.is_dir() and not folder.is_symlink():
+            candidates += [p for p in folder.iterdir() if _TMP_NAME.match(p.name)]
     removed = []
-    for p in sorted(root.rglob(TMP_GLOB)):
-        if p.is_dir():
+    for p in sorted(candidates):
+        if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
         else:
             p.unlink(missing_ok=True)
@@ -195,6 +283,9 @@ class JobLock:
         self._fh: Any = None
 
     def acquire(self) -> None:
+        """Take the lock; a folder that is not thresher's own (or new/empty) is refused before
+        anything is created in it."""
+        check_own_or_empty(self.path.parent.parent)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(self.path, "a+")
         try:
@@ -210,7 +301,6 @@ class JobLock:
         fh.write(f"pid {os.getpid()} on {os.uname().nodename}")
         fh.flush()
         self._fh = fh
-        remove_stale_temporaries(self.path.parent.parent)
 
     def release(self) -> None:
         if self._fh is not None:

@@ -147,7 +147,9 @@ def resolve_model_ref(ref: str) -> Path:
         if found is not None:
             return found
         mode = "offline mode" if offline() else "thresher never downloads"
-        looked.append(f"Hugging Face cache {_hub_cache_root()} (hub id {ref!r}; {mode})")
+        looked.append(f"Hugging Face cache {_hub_cache_root()} (hub id {ref!r} is not cached there; {mode}, "
+                      f"so nothing was downloaded: fetch it once, e.g. `huggingface-cli download {ref}`, "
+                      f"or give a local folder)")
     raise ModelError(
         f"model {ref!r} not found; looked at: " + "; ".join(looked)
         + f". Special names: {sorted(SPECIAL_REFS)}; installed packages: 'package:NAME[/SUBDIR]'.")
@@ -177,6 +179,9 @@ def _hub_cache_lookup(repo_id: str) -> Path | None:
 # -- dtype -----------------------------------------------------------------------------------
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+DTYPE_NAMES = ("auto", *_DTYPES)  # what a `dtype:` setting may say
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -270,6 +275,42 @@ def _check_architecture(path: Path, hf_config: Any, kind: ModelKind) -> None:
         raise ModelError(f"model at {path} is {archs}, not {need}; use the scorer that fits this model")
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _needs_remote_code(exc: BaseException) -> bool:
+    return "trust_remote_code" in str(exc)
+
+
+def remote_code_error(path: Path) -> ModelError:
+    """The error for a model folder that needs its own Python code while trust_remote_code is off."""
+    return ModelError(
+        f"model folder {path} needs custom code (its config names classes in auto_map / a model type "
+        f"transformers does not know); thresher runs no code from model folders unless the job asks: "
+        f"set `trust_remote_code: true` in the scorer or selector entry that names this model, "
+        f"only if you trust the folder")
+
+
+def _model_load_error(path: Path, kind: str, hf_config: Any, exc: BaseException) -> ModelError:
+    """A failed `from_pretrained` as one ModelError naming the folder."""
+    import pickle
+
+    if _needs_remote_code(exc):
+        return remote_code_error(path)
+    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc) or "Weights only load failed" in str(exc):
+        pickled = sorted(p.name for p in path.glob("*") if p.suffix in {".bin", ".pt", ".pth", ".pkl", ".ckpt"})
+        return ModelError(
+            f"model folder {path}: the weights file {pickled[0] if pickled else '(pickle)'} is a pickle that holds "
+            f"more than tensors; refused (thresher loads weights only from safetensors or with "
+            f"torch.load(weights_only=True), never arbitrary pickles): convert it to model.safetensors")
+    if isinstance(exc, OSError):
+        return ModelError(f"model folder {path}: cannot read the weights ({type(exc).__name__}: {_first_line(exc)})")
+    return ModelError(f"model at {path} ({type(hf_config).__name__}) cannot be loaded as {kind}: "
+                      f"{type(exc).__name__}: {_first_line(exc)}")
+
+
 def _load_tokenizer(path: Path, config: ModelConfig) -> Any:
     from transformers import AutoTokenizer
 
@@ -277,7 +318,9 @@ def _load_tokenizer(path: Path, config: ModelConfig) -> Any:
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True,
                                             trust_remote_code=config.trust_remote_code)
     except Exception as exc:
-        raise ModelError(f"cannot load a tokenizer from {path}: {type(exc).__name__}: {exc}") from exc
+        if _needs_remote_code(exc) and not config.trust_remote_code:
+            raise remote_code_error(path) from exc
+        raise ModelError(f"cannot load a tokenizer from {path}: {type(exc).__name__}: {_first_line(exc)}") from exc
     if config.pad_token is not None:
         tok.pad_token = config.pad_token
     elif tok.pad_token_id is None:
@@ -311,7 +354,9 @@ def _load_uncached(config: ModelConfig) -> LoadedModel:
         hf_config = AutoConfig.from_pretrained(str(path), local_files_only=True,
                                                trust_remote_code=config.trust_remote_code)
     except Exception as exc:
-        raise ModelError(f"cannot read the model config at {path}: {type(exc).__name__}: {exc}") from exc
+        if _needs_remote_code(exc) and not config.trust_remote_code:
+            raise remote_code_error(path) from exc
+        raise ModelError(f"cannot read the model config at {path}: {type(exc).__name__}: {_first_line(exc)}") from exc
     _check_architecture(path, hf_config, config.kind)
     auto = {"causal_lm": AutoModelForCausalLM, "sequence_classification": AutoModelForSequenceClassification,
             "embedding": AutoModel}[config.kind]
@@ -322,11 +367,18 @@ def _load_uncached(config: ModelConfig) -> LoadedModel:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            # weights only from safetensors, or a pickle restricted to tensors (weights_only=True):
+            # a pickle that would run code is refused
             model, info = auto.from_pretrained(
-                str(path), config=hf_config, dtype=dtype, local_files_only=True,
+                str(path), config=hf_config, dtype=dtype, local_files_only=True, weights_only=True,
                 trust_remote_code=config.trust_remote_code, output_loading_info=True)
     except ValueError as exc:
-        raise ModelError(f"model at {path} ({type(hf_config).__name__}) cannot be loaded as {config.kind}: {exc}") from exc
+        if _needs_remote_code(exc) and not config.trust_remote_code:
+            raise remote_code_error(path) from exc
+        raise ModelError(f"model at {path} ({type(hf_config).__name__}) cannot be loaded as {config.kind}: "
+                         f"{_first_line(exc)}") from exc
+    except Exception as exc:  # UnpicklingError, OSError, a state dict that does not fit, ...
+        raise _model_load_error(path, config.kind, hf_config, exc) from exc
     finally:
         if bars:
             hf_logging.enable_progress_bar()

@@ -1,4 +1,8 @@
-"""The local engine: a process pool over input shards, with a progress bar."""
+"""The local engine: a process pool over input shards, with a progress bar.
+
+Workers die with the main process (`worker.die_with_parent`), and Ctrl-C or SIGTERM of the
+main process (a BaseException that is not an Exception) kills them at once instead of
+waiting for the shards they are on: their temporaries are removed by the next run."""
 
 from __future__ import annotations
 
@@ -52,6 +56,10 @@ class LocalEngine:
                     finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
                     for f in finished:
                         done(f.result())  # re-raises a worker's error with its message
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # interrupted: stop the workers now
+                self.terminate()
+            raise
         finally:
             bar.close()
         return in_shard_order(self.name, stage, shards, results)
@@ -60,19 +68,36 @@ class LocalEngine:
         """Map a picklable function over items in the worker pool (in order)."""
         if min(self.workers, len(items)) <= 1:
             return [fn(x) for x in items]
-        return check_item_count(self.name, list(self._get_pool().map(fn, items)), items)
+        try:
+            return check_item_count(self.name, list(self._get_pool().map(fn, items)), items)
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                self.terminate()
+            raise
 
     def _get_pool(self) -> ProcessPoolExecutor:
         """One pool for the whole job, so workers (and their models) live across stages."""
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
-                                             initializer=init_worker, initargs=(self.torch_threads,))
+                                             initializer=init_worker, initargs=(self.torch_threads, os.getpid()))
         return self._pool
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
+
+    def terminate(self) -> None:
+        """Kill the workers (mid-shard: what they leave are temporaries) and drop the pool."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        procs = list((getattr(pool, "_processes", None) or {}).values())
+        for proc in procs:
+            proc.kill()
+        pool.shutdown(wait=True, cancel_futures=True)
+        for proc in procs:
+            proc.join(timeout=5)
 
 
 def _slice(table: pa.Table | None, shard: InputShard) -> pa.Table | None:

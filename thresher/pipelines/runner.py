@@ -16,11 +16,12 @@ from typing import Any
 from thresher.config import JobSpec
 from thresher.specs import JobError, config_diff
 from thresher.common.atomic import write_json_atomic, write_text_atomic
-from thresher.io.output import JobLock, OutputLayout
+from thresher.io.output import JobLock, OutputLayout, check_own_or_empty, remove_stale_temporaries, require_local_path
 from thresher.io.readers import InputShard, as_arrow_table, plan_shards
 from thresher.models.fingerprint import changed_models, model_fingerprints
 from thresher.pipelines import stages
 from thresher.pipelines.engine import make_engine
+from thresher.pipelines.plan import check_plan
 from thresher.pipelines.manifest import build_manifest, summary_text
 
 @dataclass
@@ -46,8 +47,13 @@ def prepare_output(layout: OutputLayout, job: JobSpec, shards: list[InputShard],
     state = {"score_hash": job.score_hash(), "select_hash": job.select_hash(), "inputs_hash": _inputs_hash(shards),
              "models": models, "job": job.model_dump(mode="json")}
     if layout.state.exists():
-        old = json.loads(layout.state.read_text())
-        old_models = old["models"]
+        try:
+            old = layout.read_state()
+            old_models = old["models"]
+        except JobError:  # damaged: refuse, or start afresh
+            if not overwrite:
+                raise
+            old, old_models = {}, {}
         changed = {k: changed_models(old_models.get(k, {}), models[k]) for k in models}
         if reselect:  # re-selecting on saved scores: the scorers' models are not used again
             changed["score"] = []
@@ -75,11 +81,8 @@ def prepare_output(layout: OutputLayout, job: JobSpec, shards: list[InputShard],
             else:
                 layout.clear_stage("select")
                 layout.clear_stage("write")
-    elif root.exists():
-        foreign = [p.name for p in root.iterdir() if p.name != "_thresher"]
-        if foreign:
-            raise JobError(f"output folder {root} is not empty and was not written by thresher "
-                           f"(found {sorted(foreign)[:5]}); choose an empty or new folder")
+    else:
+        check_own_or_empty(root)
     write_json_atomic(state, layout.state)
 
 
@@ -87,11 +90,16 @@ def run_job(job: JobSpec, data: Any = None, overwrite: bool | None = None, progr
             score_only: bool = False, reselect: bool = False) -> RunResult:
     """Run a whole job (or only its score stage) and return the manifest and summary."""
     t0 = time.perf_counter()
+    check_plan(job, reselect=reselect, in_memory=data is not None)  # before the output folder is touched
     table = as_arrow_table(data) if data is not None else None
     shards = plan_shards(job.input, table)
+    require_local_path(job.output.path, "output.path")
     layout = OutputLayout(job.output.path)
     timings: dict[str, float] = {"plan": time.perf_counter() - t0}
+    # the lock refuses a folder that is not thresher's own before creating anything in it;
+    # only then, holding it, are a killed run's temporaries removed
     with JobLock(layout):
+        remove_stale_temporaries(layout.root)
         prepare_output(layout, job, shards, overwrite if overwrite is not None else job.output.overwrite,
                        reselect=reselect)
         engine = make_engine(job, progress=progress)

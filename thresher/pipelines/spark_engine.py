@@ -13,9 +13,11 @@ Design (shard-level, the same atomic outputs and resume as the local engine):
 - Scorers are built once per Python worker by the cache in `thresher.pipelines.worker`
   (an importable module; `spark.python.worker.reuse=true` keeps workers alive between
   tasks, so a model loads once per worker, not once per task).
-- A failed task is retried by Spark (`spark.task.maxFailures`; in local mode use
-  `local[N,F]`): the retry either finds the marker (skip) or rewrites the shard from
-  scratch, so no row is duplicated or lost.
+- A failed task is retried by Spark (`spark.task.maxFailures`): the retry either finds
+  the marker (skip) or rewrites the shard from scratch, so no row is duplicated or lost.
+  Spark's local mode ignores that key (it reads the retries from `local[N,F]`), so a
+  `local`/`local[N]`/`local[*]` master with `spark.task.maxFailures: F` starts as
+  `local[N,F]` (`local_master`).
 - GPUs: with `spark.executor.resource.gpu.amount` / `spark.task.resource.gpu.amount`
   (see jobs/spark/README.md) each task reads its GPU address from
   `TaskContext.get().resources()["gpu"]` and the scorers of that task use `cuda:<addr>`.
@@ -148,6 +150,23 @@ def is_local_master(master: str) -> bool:
     return master == "local" or master.startswith("local[")
 
 
+def local_master(master: str, conf: dict[str, str]) -> str:
+    """The master to start: `local`, `local[N]` or `local[*]` plus `spark.task.maxFailures: F`
+    becomes `local[N,F]` (local mode reads its task retries only from the master URL);
+    anything else is returned as it is."""
+    m = re.fullmatch(r"local(?:\[(\d+|\*)\])?", master.strip())
+    failures = conf.get("spark.task.maxFailures")
+    if m is None or failures is None:
+        return master
+    try:
+        n = int(failures)
+    except ValueError:
+        raise JobError(f"engine.spark.conf spark.task.maxFailures={failures!r}: expected a whole number") from None
+    if n < 1:
+        raise JobError(f"engine.spark.conf spark.task.maxFailures={failures!r}: expected at least 1")
+    return f"local[{m.group(1) or 1},{n}]"
+
+
 def check_master_reachable(master: str, timeout: float = 5.0) -> None:
     """Fail fast (seconds, not minutes of registration retries) when a master cannot be reached."""
     if master.startswith("spark://"):
@@ -218,10 +237,12 @@ def get_session(spec: SparkEngineSpec, progress: bool = True) -> tuple[Any, bool
         from pyspark.sql import SparkSession
     except ImportError:
         raise JobError("engine spark needs pyspark: pip install 'thresher[spark]'") from None
+    conf = default_conf(spec, progress)
+    wanted = local_master(spec.master, conf)
     active = SparkSession.getActiveSession()
     if active is not None:
         master = active.sparkContext.master
-        if master != spec.master:
+        if master not in (spec.master, wanted):
             raise JobError(f"a SparkSession with master {master!r} is already running in this process, "
                            f"but the job asks for {spec.master!r}; set engine.spark.master to {master!r} "
                            f"or stop the session first")
@@ -234,13 +255,13 @@ def get_session(spec: SparkEngineSpec, progress: bool = True) -> tuple[Any, bool
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     check_master_reachable(spec.master)
-    builder = SparkSession.builder.master(spec.master)
-    for k, v in default_conf(spec, progress).items():
+    builder = SparkSession.builder.master(wanted)
+    for k, v in conf.items():
         builder = builder.config(k, v)
     try:
         spark = builder.getOrCreate()
     except Exception as exc:  # JVM did not start, bad conf, master refused the app
-        raise JobError(f"engine spark: could not start a SparkSession on {spec.master!r}: "
+        raise JobError(f"engine spark: could not start a SparkSession on {wanted!r}: "
                        f"{type(exc).__name__}: {short_error(exc)}") from None
     return spark, True
 

@@ -7,9 +7,14 @@ tasks instead of reloading it for every shard.
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
+import signal
+import sys
 from typing import Any
 
+from thresher.common.atomic import PARENT_GONE_EXIT, guard_parent
 from thresher.common.threads import limit_process_threads
 from thresher.scorers.base import GlobalScorer, Scorer
 from thresher.scorers.registry import build_scorer, scorer_class
@@ -47,9 +52,36 @@ def global_scorers(specs: list[dict[str, Any]]) -> list[GlobalScorer]:
     return [build_scorer(s) for s in specs if _is_global(s)]  # type: ignore[misc]
 
 
-def init_worker(torch_threads: int | None) -> None:
+def init_worker(torch_threads: int | None, parent_pid: int | None = None) -> None:
     """Process-pool initialiser: cap math threads so workers do not oversubscribe cores.
 
     Only environment variables are set (torch reads them when a model scorer first imports
-    it), so workers of jobs without model scorers never pay for importing torch."""
+    it), so workers of jobs without model scorers never pay for importing torch.
+    With `parent_pid` (the local engine's pool) the worker dies with that process
+    (`die_with_parent`) and leaves Ctrl-C to it (the parent stops the pool)."""
     limit_process_threads(torch_threads)
+    if parent_pid is not None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        die_with_parent(parent_pid)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Make this process die with `parent_pid`, its parent, and never write after it is gone.
+
+    Linux: the kernel sends SIGKILL when the parent exits (`prctl(PR_SET_PDEATHSIG)`), even
+    when it was SIGKILLed itself (strictly: when the parent's thread that started the worker
+    ends; the pool starts its workers from the thread that runs the job). Everywhere: before
+    every commit (`common.atomic.commit_point`) the worker checks that its parent is still
+    `parent_pid`, and exits without writing if not."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # no usable libc: the commit-time check still holds
+            pass
+    guard_parent(parent_pid)
+    if os.getppid() != parent_pid:  # the parent died before the death signal was armed
+        os._exit(PARENT_GONE_EXIT)

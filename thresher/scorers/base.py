@@ -22,6 +22,8 @@ from typing import ClassVar
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
+from thresher.specs import JobError
+
 
 class ScorerError(RuntimeError):
     """A scorer failed on a batch; the message names the scorer and the rows."""
@@ -71,6 +73,14 @@ class Scorer(_Named):
     def score(self, batch: pa.RecordBatch) -> dict[str, pa.Array]:
         """Return one array per output column, each as long as the batch."""
 
+    def output_names(self) -> list[str] | None:
+        """The names of the columns this scorer adds, known before any model is loaded (the plan
+        checks filters and selectors against them before scoring). Default: `output_schema()`'s
+        names, with their types. A scorer whose schema needs a model's config (an embedding width,
+        a classifier's labels) overrides this with a cheap answer; None means "not known until
+        the model is loaded" (then every `<prefix>_...` column is taken on trust)."""
+        return list(self.output_schema().names)
+
     def setup(self) -> None:
         """Load models or tables; runs once per worker before the first batch."""
 
@@ -82,7 +92,13 @@ class Scorer(_Named):
 
     def __call__(self, batch: pa.RecordBatch) -> dict[str, pa.Array]:
         """Score a batch with the checks and counters of the base class."""
-        self.ensure_setup()
+        try:
+            self.ensure_setup()
+        except (OSError, ValueError, KeyError) as exc:  # a missing or bad file named in the params
+            if isinstance(exc, JobError):  # already a user error that names its key
+                raise
+            raise ScorerError(f"scorer {self.name!r} could not start: {type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())}") from exc
         start = time.perf_counter()
         try:
             out = self.score(batch)

@@ -88,6 +88,15 @@ class ClassifierScorer(ModelScorerMixin, Scorer):
         self._labels_raw = labels
         return self._head_cache
 
+    def output_names(self) -> list[str] | None:
+        """Column names from the model's config (no weights); None when the model cannot be found
+        here (it may exist only where the scorer runs: then scoring reports it)."""
+        try:
+            resolve_model_ref(self.params.model)
+        except ModelError:
+            return None
+        return list(self.output_schema().names)
+
     def output_schema(self) -> pa.Schema:
         problem, slugs = self._head()
         f32 = pa.float32()

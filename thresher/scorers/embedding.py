@@ -63,6 +63,9 @@ class EmbeddingScorer(ModelScorerMixin, Scorer):
             self._dim = cached
         return cached
 
+    def output_names(self) -> list[str]:
+        return [self.col("vector"), self.col("reason")]  # the width needs the model's config; names do not
+
     def output_schema(self) -> pa.Schema:
         return pa.schema([pa.field(self.col("vector"), pa.list_(pa.float32(), self.dim())),
                           pa.field(self.col("reason"), pa.string())])

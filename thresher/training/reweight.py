@@ -19,35 +19,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
 
 from thresher.common.atomic import write_text_atomic
 from thresher.common.templates import ALPACA_TEMPLATE
-from thresher.specs import Strict
-
-STRATEGIES = ("uniform", "linupper", "quadratic", "extremes")
-_TRAPS = {
-    "upper": "ambiguous: LinUpper in fms-fsdp but a plain linear map in the GPT-2 repo; use 'linupper'",
-    "mid": "use 'quadratic' (the paper's name for the code's 'mid')",
-    "lin_upper": "use 'linupper'",
-}
-
-
-def check_strategy(name: str) -> str:
-    """Return ``name`` if it is a known strategy, else raise a ValueError that explains."""
-    if name in STRATEGIES:
-        return name
-    if name in _TRAPS:
-        raise ValueError(f"strategy {name!r}: {_TRAPS[name]}")
-    raise ValueError(f"strategy {name!r}: expected one of {list(STRATEGIES)}")
-
+from thresher.training.options import STRATEGIES, ReweightConfig, check_strategy  # noqa: F401 (re-exported)
 
 def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor,
                     token_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,28 +87,6 @@ def weights_from_losses(losses: torch.Tensor, strategy: str = "linupper", temper
         return torch.full_like(losses, 1.0 / max(losses.numel(), 1))
     f = strategy_values(normalize_losses(losses, delta), strategy, delta)
     return torch.softmax((f - f.max()) / temperature, dim=0)
-
-
-class ReweightConfig(Strict):
-    """Online reweighting knobs (defaults: SPEC 4.3, GPT-2 repo; warm-up off).
-
-    The one type for the Python API (``ReweightConfig(strategy="linupper", temperature=0.5)``)
-    and the ``train.reweight`` section of a job; a bad value raises a ``ValueError``
-    (pydantic's ``ValidationError``) naming the field.
-    """
-
-    strategy: str = "linupper"
-    temperature: float = Field(1.0, gt=0, description="softmax temperature r")
-    delta: float = Field(1.0, gt=0)
-    warmup_steps: int = Field(0, ge=0)
-    warmup: Literal["uniform", "temperature"] = Field(
-        "uniform", description="uniform: weights 1/B during warm-up; temperature: use warmup_temperature")
-    warmup_temperature: float = Field(100.0, gt=0)
-
-    @field_validator("strategy")
-    @classmethod
-    def _strategy(cls, v: str) -> str:
-        return check_strategy(v)
 
 
 def _dist_ready() -> bool:

@@ -8,8 +8,7 @@ from pydantic import Field, field_validator
 
 from thresher.specs import Strict as _Strict
 from thresher.specs import validate_params
-from thresher.training.reweight import ReweightConfig
-from thresher.training.sstoken import SSTokenConfig
+from thresher.training.options import ReweightConfig, SSTokenConfig
 
 
 class TinyModelSpec(_Strict):

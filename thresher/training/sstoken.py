@@ -20,35 +20,17 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
 from thresher.common.templates import ALPACA_TEMPLATE
-from thresher.specs import Strict
-
-HistorySource = Literal["model", "column", "ema"]
-HISTORY_SOURCES = get_args(HistorySource)
-class SSTokenConfig(Strict):
-    """ssToken knobs (defaults: SPEC 3.4): the one type for the Python API
-    (``SSTokenConfig(rho=0.5, mode="random")``) and the ``train.sstoken`` section of a job; a bad
-    value raises a ``ValueError`` (pydantic's ``ValidationError``) naming the field. The random
-    baseline's stream is the run's seed, given to :class:`SSToken`."""
-
-    rho: float = Field(0.6, gt=0, le=1)
-    gamma: float = Field(0.5, ge=0, le=1)
-    warmup_steps: int = Field(0, ge=0, description="steps with gamma forced to 0 (attention only)")
-    history: HistorySource = Field(
-        "model", description="model: frozen base copy; column: hist_token_loss; ema: EMA of the trained model")
-    ema_alpha: float = Field(0.99, ge=0, lt=1)
-    mode: Literal["sstoken", "random"] = Field("sstoken", description="or 'random' (the baseline)")
-
+from thresher.training.options import HISTORY_SOURCES, HistorySource, SSTokenConfig  # noqa: F401 (re-exported)
 
 # -- per-token quantities --------------------------------------------------------------------
 

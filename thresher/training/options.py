@@ -1,0 +1,65 @@
+"""The options of the training methods: one type per method, used by job files (`train:`) and
+the Python API alike. Pydantic only (no torch), so validating a job never imports torch."""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+from pydantic import Field, field_validator
+
+from thresher.specs import Strict
+
+STRATEGIES = ("uniform", "linupper", "quadratic", "extremes")
+_TRAPS = {
+    "upper": "ambiguous: LinUpper in fms-fsdp but a plain linear map in the GPT-2 repo; use 'linupper'",
+    "mid": "use 'quadratic' (the paper's name for the code's 'mid')",
+    "lin_upper": "use 'linupper'",
+}
+
+
+def check_strategy(name: str) -> str:
+    """Return ``name`` if it is a known strategy, else raise a ValueError that explains."""
+    if name in STRATEGIES:
+        return name
+    if name in _TRAPS:
+        raise ValueError(f"strategy {name!r}: {_TRAPS[name]}")
+    raise ValueError(f"strategy {name!r}: expected one of {list(STRATEGIES)}")
+
+
+class ReweightConfig(Strict):
+    """Online reweighting knobs (defaults: SPEC 4.3, GPT-2 repo; warm-up off).
+
+    The one type for the Python API (``ReweightConfig(strategy="linupper", temperature=0.5)``)
+    and the ``train.reweight`` section of a job; a bad value raises a ``ValueError``
+    (pydantic's ``ValidationError``) naming the field.
+    """
+
+    strategy: str = "linupper"
+    temperature: float = Field(1.0, gt=0, description="softmax temperature r")
+    delta: float = Field(1.0, gt=0)
+    warmup_steps: int = Field(0, ge=0)
+    warmup: Literal["uniform", "temperature"] = Field(
+        "uniform", description="uniform: weights 1/B during warm-up; temperature: use warmup_temperature")
+    warmup_temperature: float = Field(100.0, gt=0)
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, v: str) -> str:
+        return check_strategy(v)
+
+
+HistorySource = Literal["model", "column", "ema"]
+HISTORY_SOURCES = get_args(HistorySource)
+class SSTokenConfig(Strict):
+    """ssToken knobs (defaults: SPEC 3.4): the one type for the Python API
+    (``SSTokenConfig(rho=0.5, mode="random")``) and the ``train.sstoken`` section of a job; a bad
+    value raises a ``ValueError`` (pydantic's ``ValidationError``) naming the field. The random
+    baseline's stream is the run's seed, given to :class:`SSToken`."""
+
+    rho: float = Field(0.6, gt=0, le=1)
+    gamma: float = Field(0.5, ge=0, le=1)
+    warmup_steps: int = Field(0, ge=0, description="steps with gamma forced to 0 (attention only)")
+    history: HistorySource = Field(
+        "model", description="model: frozen base copy; column: hist_token_loss; ema: EMA of the trained model")
+    ema_alpha: float = Field(0.99, ge=0, lt=1)
+    mode: Literal["sstoken", "random"] = Field("sstoken", description="or 'random' (the baseline)")
