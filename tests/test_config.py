@@ -139,3 +139,55 @@ def test_job_remembers_its_file(tmp_path: Path) -> None:
     assert job.source == str(p) and job.model_copy().source == str(p)
     assert load_job(data={"input": {"path": "x"}}).source == "<job>"
     assert job.score_hash() == load_job(data={"input": {"path": "x"}}).score_hash()  # not part of any hash
+
+
+def test_quoted_override_keys_hold_dots(tmp_path: Path) -> None:
+    from thresher.config import parse_override
+
+    assert parse_override('engine.spark.conf."spark.executor.memory"=4g') == (
+        ["engine", "spark", "conf", "spark.executor.memory"], "4g")
+    assert parse_override("a.'x=y'.b=[1, 2]") == (["a", "x=y", "b"], [1, 2])
+    assert parse_override("a.b=c=d") == (["a", "b"], "c=d")  # the first `=` outside quotes ends the key
+    job = load_job(write(tmp_path, "input: {path: x}\n"), ['engine.spark.conf."spark.executor.memory"=4g'])
+    assert job.engine.spark.conf == {"spark.executor.memory": "4g"}
+    for bad, why in [('a."b=1', "unclosed"), ('a."b"c=1', "after a quoted key"), ("a..b=1", "empty key"),
+                     ('a.""=1', "empty quoted key"), ("ab", "expected key=value")]:
+        with pytest.raises(JobError, match=why):
+            parse_override(bad)
+
+
+def test_spark_conf_numbers_and_booleans_become_strings(tmp_path: Path) -> None:
+    p = write(tmp_path, "input: {path: x}\nengine: {spark: {conf: {spark.executor.cores: 4, "
+                        "spark.memory.fraction: 0.6, spark.ui.enabled: false}}}\n")
+    job = load_job(p, ['engine.spark.conf."spark.task.maxFailures"=3'])
+    assert job.engine.spark.conf == {"spark.executor.cores": "4", "spark.memory.fraction": "0.6",
+                                     "spark.ui.enabled": "false", "spark.task.maxFailures": "3"}
+    with pytest.raises(JobError, match=r"engine\.spark\.conf\.a: Input should be a valid string"):
+        load_job(p, ["engine.spark.conf.a=[1]"])  # a list is still refused
+
+
+def test_config_diff_compares_lists_of_mappings_item_by_item() -> None:
+    from thresher.specs import config_diff
+
+    old = {"scorers": [{"type": "heuristics", "name": None}, {"type": "clusters", "k": 20, "niter": 10}]}
+    assert config_diff(old, {"scorers": [old["scorers"][0], {"type": "clusters", "k": 30, "niter": 10}]}) == [
+        "scorers.1.k: 20 -> 30"]
+    # a length change: one line for the count, then the items added, named briefly
+    grown = {"scorers": [*old["scorers"], {"type": "perplexity", "name": "ppl", "model": "m", "batch": 8}]}
+    assert config_diff(old, grown) == ["scorers: 2 items -> 3", "scorers.2: (not set) -> {type: 'perplexity', name: 'ppl'}"]
+    assert config_diff(grown, old)[-1] == "scorers.2: {type: 'perplexity', name: 'ppl'} -> (not set)"
+    # another type at the same place: the type and each key that differs, nothing unchanged
+    assert config_diff({"selector": {"type": "topk", "budget": 0.3, "column": "x"}},
+                       {"selector": {"type": "random", "budget": 0.3}}) == [
+        "selector.column: 'x' -> (not set)", "selector.type: 'topk' -> 'random'"]
+    assert config_diff({"input": {"path": ["a", "b"]}}, {"input": {"path": ["a", "c"]}}) == [
+        "input.path: ['a', 'b'] -> ['a', 'c']"]  # plain lists stay whole
+
+
+def test_output_path_is_not_part_of_the_identity(tmp_path: Path) -> None:
+    a = load_job(data={"input": {"path": "x"}, "output": {"path": "out/a"}})
+    b = load_job(data={"input": {"path": "x"}, "output": {"path": "elsewhere/b", "overwrite": True}})
+    assert (a.score_hash(), a.select_hash()) == (b.score_hash(), b.select_hash())
+    assert a.identity() == b.identity() and "path" not in a.identity()["output"]
+    c = load_job(data={"input": {"path": "x"}, "output": {"path": "out/a", "compression": "snappy"}})
+    assert c.select_hash() != a.select_hash()

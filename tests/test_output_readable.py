@@ -35,7 +35,11 @@ def test_only_parts_beside_parts(out: Path) -> None:
     names = {p.name for p in out.iterdir()}
     assert {"_manifest.json", "_summary.txt"} <= names
     assert not {"manifest.json", "summary.txt"} & names
-    assert all(n.startswith("_") or (n.startswith("part-") and n.endswith(".parquet")) for n in names), names
+    # the dataset card is `_README.md` (a README.md would break pandas/pyarrow/Spark folder reads) and
+    # its `configs:` are `.huggingface.yaml`, a "." name those readers skip too
+    assert {"_README.md", ".huggingface.yaml"} <= names
+    assert all(n.startswith("_") or n == ".huggingface.yaml" or (n.startswith("part-") and n.endswith(".parquet"))
+               for n in names), names
 
 
 def test_pandas_and_pyarrow_read_the_folder(out: Path) -> None:
@@ -60,8 +64,9 @@ def test_folder_stays_a_dataset_after_report(out: Path) -> None:
 
 
 def test_datasets_loads_the_parts(out: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # `data_dir=out` alone is not enough: datasets skips only "." and "__" names, so it would also
-    # read _scores/ _selection/ _rejected/ and _manifest.json; name the parts (as the README does).
+    # the folder alone works: datasets reads `.huggingface.yaml` (configs: data_files part-*.parquet);
+    # without it, datasets (which skips only "." and "__" names) would also read _scores/ and the rest.
+    # Naming the parts still works too.
     import datasets
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
@@ -74,6 +79,8 @@ def test_datasets_loads_the_parts(out: Path, tmp_path: Path, monkeypatch: pytest
     ds2 = datasets.load_dataset("parquet", data_dir=str(out), data_files="part-*.parquet", split="train",
                                 cache_dir=cache)
     assert len(ds2) == manifest["counts"]["selected"]
+    ds3 = datasets.load_dataset(str(out), split="train", cache_dir=cache)
+    assert ds3["id"] == ids
 
 
 def test_find_manifest(tmp_path: Path) -> None:

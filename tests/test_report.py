@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import json
 import os
 import re
@@ -23,6 +24,7 @@ from conftest import job_dict, write_parquet_corpus
 from thresher import run
 from thresher.commands.cli import main as cli_main
 from thresher.config import JobError
+from thresher.report import plots
 from thresher.report.html import (
     BENCH_FILE,
     RunData,
@@ -35,6 +37,7 @@ from thresher.report.html import (
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+html_unescape = html.unescape
 
 
 def fake_bench(folder: Path) -> Path:
@@ -93,13 +96,14 @@ def test_single_run_report(runs: dict[str, Path]) -> None:
     folder = runs["topk25"] / "_report"
     page = (folder / "report.html").read_text()
     pngs = sorted(p.name for p in folder.glob("*.png"))
-    assert pngs == ["counts-0.png", "scores-0.png"]
+    assert pngs == ["counts.png", "scores-0.png"]
     for p in folder.glob("*.png"):
         assert p.read_bytes().startswith(PNG_MAGIC)
     # every image is embedded, none is linked
     srcs = re.findall(r'<img [^>]*src="([^"]+)"', page)
     assert len(srcs) == 2 and all(s.startswith("data:image/png;base64,") for s in srcs)
-    assert base64.b64decode(srcs[0].split(",", 1)[1]) == (folder / "counts-0.png").read_bytes()
+    assert base64.b64decode(srcs[0].split(",", 1)[1]) == (folder / "counts.png").read_bytes()
+    assert "Budgets differ" not in page  # one run: nothing to compare
     m = json.loads((runs["topk25"] / "_manifest.json").read_text())
     assert f"<td>{m['counts']['selected']:,}</td>" in page
     # the counts table adds up to the input rows
@@ -158,6 +162,101 @@ def test_report_errors(tmp_path: Path) -> None:
     assert cli_main(["report", str(tmp_path / "missing")]) == 2
 
 
+def _png_size(png: bytes) -> tuple[int, int]:
+    assert png.startswith(PNG_MAGIC)
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+
+
+def test_budget_note_names_each_runs_budget(runs: dict[str, Path]) -> None:
+    sections = build_report([load_run(runs["topk25"]), load_run(runs["topk50"])])
+    html_all = "".join(s.html for s in sections)
+    runs_sec = sections[[s.title for s in sections].index("Runs")]
+    assert 'id="budgets-differ"' in runs_sec.html  # at the top, in the first section with the runs
+    for name, pct in (("topk25", "25%"), ("topk50", "50%")):
+        assert re.search(rf"<b>{name}</b>: budget {pct} of the valid documents", runs_sec.html), runs_sec.html
+    assert html_all.count("Budgets differ") == 2  # and again above the comparison
+    same = build_report([load_run(runs["topk25"]), load_run(runs["random25"])])
+    assert "Budgets differ" not in "".join(s.html for s in same)
+
+
+def test_counts_are_one_grouped_figure(runs: dict[str, Path]) -> None:
+    sections = build_report([load_run(runs[k]) for k in ("topk25", "topk50", "random25")])
+    counts = sections[[s.title for s in sections].index("Counts")]
+    assert [f.name for f in counts.figures] == ["counts"]
+    assert "side by side" in counts.figures[0].title
+
+
+def test_axis_scale_for_heavy_tails() -> None:
+    rng = np.random.default_rng(0)
+    assert plots.axis_scale(rng.normal(size=500)) == "linear"  # signed
+    assert plots.axis_scale(rng.uniform(1, 2, size=500)) == "linear"
+    heavy = rng.lognormal(0, 3, size=2000)  # max/median in the thousands
+    assert plots.axis_scale(heavy) == "log"
+    assert plots.axis_scale(np.concatenate([heavy, np.zeros(300)])) == "symlog"
+    assert plots.axis_scale(rng.integers(0, 3, 500).astype(float)) == "linear"  # few distinct values
+    png = plots.score_histograms([("ppl", heavy, heavy[:200]), ("zeroish", np.concatenate([heavy, np.zeros(300)]),
+                                                                heavy[:50]), ("z", rng.normal(size=300), np.zeros(0))])
+    assert png.startswith(PNG_MAGIC)
+
+
+def test_figures_keep_their_labels() -> None:
+    """bbox_inches='tight': a long tick label widens the image instead of being cut off."""
+    short = plots.counts_grouped(["a"], [{"selected": 5, "x": 3}])
+    long = plots.counts_grouped(["a"], [{"selected": 5, "rejected: " + "a very long reason " * 4: 3}])
+    assert _png_size(long)[0] > _png_size(short)[0]
+
+
+def test_cluster_figure_labels_bars_with_integer_ids() -> None:
+    r = synthetic_run(k=12)
+    from thresher.report.html import cluster_stats
+
+    st = cluster_stats(r, "clusters_id")
+    assert sorted(int(i) for i in st["ids"]) == list(range(12)) and len(st["ids"]) == len(st["total"])
+    assert plots.cluster_coverage(st["total"], st["selected"], "clusters_id", ids=st["ids"]).startswith(PNG_MAGIC)
+    many = np.random.default_rng(1).integers(1, 2000, 300)
+    assert plots.cluster_coverage(many, many // 3, "clusters_id", ids=np.arange(300)).startswith(PNG_MAGIC)
+
+
+def test_examples_per_decile_are_bounded_escaped_and_read_from_the_input(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from conftest import make_docs
+
+    docs = make_docs(120, seed=4)
+    docs[7] = "<script>alert('x')</script> & <b>bold</b> " + docs[7]
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"id": [f"d{i:03d}" for i in range(len(docs))], "text": docs}),
+                   tmp_path / "in" / "a.parquet")
+    sel = {"type": "topk", "column": "heuristics_mean_word_length", "budget": 0.3}
+    run(job_dict(tmp_path / "in", tmp_path / "out", scorers=[{"type": "heuristics"}], selector=sel,
+                 input={"path": str(tmp_path / "in"), "id_column": "id"}), progress=False)
+    r = load_run(tmp_path / "out")
+    sections = build_report([r])
+    ex = sections[[s.title for s in sections].index("Example documents per score decile")]
+    tables = ex.html.split("<h4>")[1:]
+    assert 1 <= len(tables) <= 3
+    for t in tables:
+        cells = re.findall(r'<td class="doc">(.*?)</td>', t, flags=re.S)
+        real = [c for c in cells if c != "–"]
+        assert 0 < len(real) <= 10
+        for c in real:
+            body = c.split("<br>", 1)[1]
+            assert "text not available" not in body
+            assert len(html_unescape(body)) <= 301
+    assert "<script>" not in ex.html
+    text = {f"d{i:03d}": d for i, d in enumerate(docs)}
+    not_selected = set(r.frame.loc[r.frame.status != "selected", "id"])
+    shown = set(re.findall(r'<span class="docid">(d\d{3}) ', ex.html))
+    assert shown & not_selected, "no not-selected example (their text comes from the input)"
+    for i in shown & not_selected:
+        assert html.escape(" ".join(text[i].split())[:60]) in ex.html
+    # an input that is gone: the examples stay, without their text, and the page says why
+    shutil.rmtree(tmp_path / "in")
+    ex = [s for s in build_report([load_run(tmp_path / "out")]) if s.title.startswith("Example")][0]
+    assert "could not be read again" in ex.html and "text not available" in ex.html
+
+
 # -- headless Chromium ----------------------------------------------------------------------
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
@@ -202,8 +301,11 @@ class DevTools:
         self.ws.close()
 
 
-def browser_check(page: Path, screenshot: Path) -> dict[str, Any]:
-    """Open `page` in headless Chromium; return body flags, console errors; write a screenshot."""
+def browser_check(page: Path, screenshot: Path, segments: Path | None = None) -> dict[str, Any]:
+    """Open `page` in headless Chromium; return body flags, console errors; write a screenshot.
+
+    With `segments`, the whole page is also captured as 1280x1600 PNGs `page-NN.png` there
+    (THRESHER_ARTIFACTS keeps them, to look at)."""
     port = _free_port()
     profile = tempfile.mkdtemp(prefix="thresher-chromium-")
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -238,10 +340,22 @@ def browser_check(page: Path, screenshot: Path) -> dict[str, Any]:
                 " total: document.body.getAttribute('data-images-total'),"
                 " bad: document.body.getAttribute('data-images-bad'),"
                 " errors: document.body.getAttribute('data-errors'),"
+                " budget_note: (function () { var e = document.getElementById('budgets-differ');"
+                "   return e ? {height: e.offsetHeight, text: e.innerText} : null; })(),"
+                " examples: document.querySelectorAll('table.examples td.doc').length,"
+                " overflow: Array.from(document.images).filter(function (im) {"
+                "   return im.getBoundingClientRect().right > document.documentElement.clientWidth + 1; }).length,"
                 " height: document.documentElement.scrollHeight})"))
             info = json.loads(flags["result"]["value"])
             shot = dt.call("Page.captureScreenshot", format="png", captureBeyondViewport=False)
             screenshot.write_bytes(base64.b64decode(shot["data"]))
+            if segments is not None:
+                segments.mkdir(parents=True, exist_ok=True)
+                for k, y in enumerate(range(0, int(info["height"]), 1600)):
+                    seg = dt.call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
+                                  clip={"x": 0, "y": y, "width": 1280, "height": min(1600, int(info["height"]) - y),
+                                        "scale": 1})
+                    (segments / f"page-{k:02d}.png").write_bytes(base64.b64decode(seg["data"]))
             problems = []
             for e in dt.events:
                 m, p = e.get("method"), e.get("params", {})
@@ -269,12 +383,18 @@ def browser_check(page: Path, screenshot: Path) -> dict[str, Any]:
 def test_report_renders_in_chromium(runs: dict[str, Path], tmp_path: Path) -> None:
     page = write_report([runs["bench"], runs["topk25"], runs["topk50"], runs["random25"]], tmp_path / "all.html")
     shot = tmp_path / "report.png"
-    info = browser_check(page, shot)
     keep = os.environ.get("THRESHER_ARTIFACTS")
+    info = browser_check(page, shot, segments=Path(keep) / "report-pages" if keep else None)
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)
         shutil.copy2(shot, Path(keep) / "report-screenshot.png")
         shutil.copy2(page, Path(keep) / "report.html")
+    # the budgets of the compared runs differ (25% / 50%): a visible note names each
+    note = info["budget_note"]
+    assert note and note["height"] > 0, info
+    assert all(name in note["text"] for name in ("topk25", "topk50", "random25")) and "50%" in note["text"], note
+    assert 0 < info["examples"] <= 10 * 3 * 3 * 2, info  # <= 10 documents per column, 3 columns, 3 runs (2 cells)
+    assert info["overflow"] == 0, info  # no figure wider than the page
     assert info["checked"] == "true", info
     assert info["console_errors"] == [], info
     assert info["errors"] == "", info

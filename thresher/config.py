@@ -29,7 +29,7 @@ from thresher.selectors.registry import validate_selector_spec
 from thresher.specs import JobError, Strict, format_validation_error
 from thresher.training.spec import validate_train_spec
 
-__all__ = ["JobSpec", "load_job", "apply_overrides", "parse_override", "safe_load_yaml"]
+__all__ = ["JobSpec", "load_job", "apply_overrides", "parse_override", "safe_load_yaml", "job_identity"]
 
 MAX_JOB_BYTES = 1 << 20  # a job file is a few KiB; anything over 1 MiB is refused unread
 MAX_YAML_NODES = 1_000_000  # nodes after alias expansion (a 1 MiB file has at most ~500k of its own)
@@ -39,15 +39,22 @@ MAX_SEED = 2**32 - 1  # every generator (numpy, torch, Python) takes it
 class InputSpec(Strict):
     """Where the documents come from and which columns hold what."""
 
-    path: str | list[str] | None = None
-    format: Literal["auto", "parquet", "jsonl", "datasets", "textfiles"] = "auto"
-    text_column: str = "text"
-    id_column: str | None = None
-    prompt_column: str | None = None
-    response_column: str | None = None
-    input_column: str | None = None
-    on_bad_row: Literal["reject", "fail"] = "reject"
-    batch_rows: int = Field(2048, gt=0)
+    path: str | list[str] | None = Field(
+        None, description="file, folder, glob, or a list of them; unset only for in-memory data "
+                          "(thresher.run(job, data=...))")
+    format: Literal["auto", "parquet", "jsonl", "datasets", "textfiles"] = Field(
+        "auto", description="auto: from the file names; or parquet, jsonl, datasets (a save_to_disk folder), textfiles")
+    text_column: str = Field("text", description="source column holding the document text")
+    id_column: str | None = Field(
+        None, description="source column of unique document ids; default: <file>:<row>, stable across runs")
+    prompt_column: str | None = Field(None, description="instruction data: the prompt column")
+    response_column: str | None = Field(None, description="instruction data: the response column")
+    input_column: str | None = Field(None,
+                                     description="instruction data: an optional input column that goes with the prompt")
+    on_bad_row: Literal["reject", "fail"] = Field(
+        "reject", description="a row that cannot be used (bad JSON, no text, ...): reject it (to _rejected/) "
+                              "or fail the job")
+    batch_rows: int = Field(2048, gt=0, description="rows read and scored at a time (bounds the memory per worker)")
     shard_rows: int = Field(50_000, gt=0, description="rows (or files) per shard for in-memory and text-file inputs")
 
     @property
@@ -58,9 +65,11 @@ class InputSpec(Strict):
 class FilterSpec(Strict):
     """Keep a row only where `column op value` holds (applied before the selector)."""
 
-    column: str = Field(..., min_length=1)
-    op: Literal["==", "!=", ">", ">=", "<", "<=", "is_null", "not_null"] = "=="
-    value: float | int | bool | str | None = None
+    column: str = Field(..., min_length=1,
+                        description="score-table column to test (a scorer's column, n_words, n_chars, ...)")
+    op: Literal["==", "!=", ">", ">=", "<", "<=", "is_null", "not_null"] = Field(
+        "==", description="comparison; is_null and not_null take no value")
+    value: float | int | bool | str | None = Field(None, description="what the column is compared with")
 
     @model_validator(mode="after")
     def _value_fits_op(self) -> "FilterSpec":
@@ -78,41 +87,118 @@ class LocalEngineSpec(Strict):
 
 
 class SparkEngineSpec(Strict):
-    master: str = Field("local[*]", min_length=1)
-    conf: dict[str, str] = Field(default_factory=dict)
+    master: str = Field("local[*]", min_length=1,
+                        description="Spark master URL: local[*], local[N], spark://HOST:7077, ...")
+    conf: dict[str, str] = Field(default_factory=dict,
+                                 description="Spark settings for the session (numbers and booleans are taken as text)")
+
+    @field_validator("conf", mode="before")
+    @classmethod
+    def _conf_as_strings(cls, value: Any) -> Any:
+        """Spark conf values are strings; a number or boolean (`spark.executor.cores: 4`,
+        `--set ...=true`) is taken as its text (`"4"`, `"true"`, as Spark spells them)."""
+        if not isinstance(value, dict):
+            return value
+        return {k: (str(v).lower() if isinstance(v, bool) else str(v))
+                if isinstance(v, (bool, int, float)) else v for k, v in value.items()}
 
 
 class BeamEngineSpec(Strict):
-    runner: str = Field("DirectRunner", min_length=1)
-    options: dict[str, Any] = Field(default_factory=dict)
+    runner: str = Field("DirectRunner", min_length=1,
+                        description="Beam runner: DirectRunner, PrismRunner, FlinkRunner, DataflowRunner, ...")
+    options: dict[str, Any] = Field(default_factory=dict,
+                                    description="Beam pipeline options, passed to PipelineOptions unchanged")
 
 
 class EngineSpec(Strict):
-    name: Literal["local", "spark", "beam"] = "local"
-    local: LocalEngineSpec = Field(default_factory=LocalEngineSpec)
-    spark: SparkEngineSpec = Field(default_factory=SparkEngineSpec)
-    beam: BeamEngineSpec = Field(default_factory=BeamEngineSpec)
+    name: Literal["local", "spark", "beam"] = Field(
+        "local", description="the engine that runs the map stages: local processes, Spark or Beam")
+    local: LocalEngineSpec = Field(default_factory=LocalEngineSpec, description="settings of the local engine")
+    spark: SparkEngineSpec = Field(default_factory=SparkEngineSpec, description="settings of the Spark engine")
+    beam: BeamEngineSpec = Field(default_factory=BeamEngineSpec, description="settings of the Beam engine")
+
+
+ALWAYS_WRITTEN = ("id", "text")  # output.columns never drops these (nor prompt/response of instruction data)
+
+
+class OutputColumnsSpec(Strict):
+    """Which columns the parts (`part-*.parquet`) hold: `keep` or `drop`, each a list of column
+    names or simple globs (`embedding_*`). `id` and the text columns are always written; the
+    score and selection tables (`_scores/`, `_selection/`) keep every column either way."""
+
+    keep: list[str] | None = Field(None, description="write only these columns (names or globs such as "
+                                                       "`heuristics_*`), besides `id` and the text columns")
+    drop: list[str] | None = Field(None, description="write every column but these (names or globs such as "
+                                                       "`embedding_*`); `id` and the text columns cannot be dropped")
+
+    @field_validator("keep", "drop")
+    @classmethod
+    def _patterns(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("an empty list; name at least one column (or a glob such as `embedding_*`)")
+            for i, p in enumerate(value):
+                if not p.strip():
+                    raise ValueError(f"item {i} is an empty column name")
+        return value
+
+    @field_validator("drop")
+    @classmethod
+    def _not_always_written(cls, value: list[str] | None) -> list[str] | None:
+        import fnmatch
+
+        for i, p in enumerate(value or []):
+            hit = [c for c in ALWAYS_WRITTEN if fnmatch.fnmatchcase(c, p)]
+            if hit:
+                raise ValueError(f"item {i} ({p!r}) would drop {hit[0]!r}; `id` and the text columns are "
+                                 f"always written (drop other columns, or use `keep:`)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "OutputColumnsSpec":
+        if (self.keep is None) == (self.drop is None):
+            raise ValueError("give either `keep: [...]` or `drop: [...]`" +
+                             (", not both" if self.keep is not None else ""))
+        return self
 
 
 class OutputSpec(Strict):
-    path: str = Field("out/job", min_length=1)
-    overwrite: bool = False
-    compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
-    write_rejected: bool = True
+    path: str = Field("out/job", min_length=1,
+                      description="the output folder (relative: to the current folder); not part of the job's identity")
+    overwrite: bool = Field(False, description="discard what the folder holds and start afresh (as --overwrite)")
+    compression: Literal["zstd", "snappy", "gzip", "none"] = Field(
+        "zstd", description="Parquet compression of every part")
+    write_rejected: bool = Field(True, description="write rejected rows (reason and raw bytes) to _rejected/")
+    columns: OutputColumnsSpec | None = Field(
+        None, description="`{keep: [...]}` or `{drop: [...]}`: the columns the parts hold (names or globs); "
+                          "changing it re-runs only the write stage")
+    target_rows_per_part: int | None = Field(
+        None, gt=0, description="re-chunk the selected rows into parts of this many rows (the last one "
+                                "smaller), in (shard, row) order; unset: one part per input shard")
+    target_bytes_per_part: int | None = Field(
+        None, gt=0, description="re-chunk into parts of about this many bytes (rows per part estimated from "
+                                "the written bytes per row); with target_rows_per_part, the smaller part wins")
 
 
 class JobSpec(Strict):
     """A whole job. `scorers` and `selector` are validated against their registries."""
 
-    name: str = Field("job", min_length=1)
+    name: str = Field("job", min_length=1, description="the job's name, shown in the summary and the manifest")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="seeds every random stream of the job")
-    input: InputSpec = Field(default_factory=InputSpec)
-    scorers: list[dict[str, Any]] = Field(default_factory=list)
-    filters: list[FilterSpec] = Field(default_factory=list)
-    selector: dict[str, Any] = Field(default_factory=lambda: {"type": "all"})
-    engine: EngineSpec = Field(default_factory=EngineSpec)
-    output: OutputSpec = Field(default_factory=OutputSpec)
-    train: dict[str, Any] | None = None
+    input: InputSpec = Field(default_factory=InputSpec,
+                             description="where the documents come from and which columns hold what")
+    scorers: list[dict[str, Any]] = Field(
+        default_factory=list, description="scorer entries (type, optional name, parameters), run in order: see Scorers")
+    filters: list[FilterSpec] = Field(default_factory=list,
+                                      description="conditions a row must meet before the selector sees it")
+    selector: dict[str, Any] = Field(default_factory=lambda: {"type": "all"},
+                                     description="the selector entry (type and parameters): see Selectors")
+    engine: EngineSpec = Field(default_factory=EngineSpec,
+                               description="which engine runs the map stages, and its settings: see Engines")
+    output: OutputSpec = Field(default_factory=OutputSpec,
+                               description="the output folder and how its parts are written")
+    train: dict[str, Any] | None = Field(
+        None, description="settings of `thresher train` on this job's output (see train); null: the defaults")
     # the job file this spec came from (error messages name it); not part of any hash
     _source: str | None = PrivateAttr(None)
 
@@ -147,6 +233,13 @@ class JobSpec(Strict):
         return self
 
     # -- hashes ---------------------------------------------------------------------
+    # Where the output folder lies (`output.path`) and `output.overwrite` are no part of a
+    # job's identity: neither hash reads them, and `job_identity` drops them from the job a
+    # folder's state records, so a moved folder is still its own job's.
+    def identity(self) -> dict[str, Any]:
+        """The job as JSON without the keys that are not part of its identity (`job_identity`)."""
+        return job_identity(self.model_dump(mode="json"))
+
     def score_hash(self) -> str:
         """Hash of everything that changes the score table (input, columns, scorers)."""
         return _hash({"input": self.input.model_dump(mode="json"), "scorers": self.scorers, "seed": self.seed})
@@ -161,6 +254,31 @@ class JobSpec(Strict):
                 "compression": self.output.compression,
             }
         )
+
+    def write_hash(self) -> str:
+        """Hash of everything that changes the parts: the selection (`select_hash`) plus
+        `output.columns` and the part sizes. A changed write hash re-runs only the write stage.
+        Equal to `select_hash()` while those are unset, so older folders resume as they are."""
+        o = self.output
+        if o.columns is None and o.target_rows_per_part is None and o.target_bytes_per_part is None:
+            return self.select_hash()
+        return _hash({"select": self.select_hash(),
+                      "columns": o.columns.model_dump(mode="json") if o.columns is not None else None,
+                      "target_rows_per_part": o.target_rows_per_part,
+                      "target_bytes_per_part": o.target_bytes_per_part})
+
+
+NOT_IDENTITY = (("output", "path"), ("output", "overwrite"))
+
+
+def job_identity(job: dict[str, Any]) -> dict[str, Any]:
+    """A dumped job (`JobSpec.model_dump(mode="json")`, or the `job` of a folder's state) without
+    the keys in `NOT_IDENTITY`: where its output folder lies and whether to overwrite it."""
+    out = copy.deepcopy(job)
+    for section, key in NOT_IDENTITY:
+        if isinstance(out.get(section), dict):
+            out[section].pop(key, None)
+    return out
 
 
 def _keyed(validate: Any, entry: Any, where: str) -> dict[str, Any]:
@@ -258,13 +376,41 @@ def safe_load_yaml(text: str, source: str) -> Any:
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
-    """Parse `a.b.c=value` (value read as YAML, so numbers and lists work)."""
-    if "=" not in item:
+    """Parse `a.b.c=value` (value read as YAML, so numbers and lists work).
+
+    A key segment in double or single quotes may hold dots and `=`:
+    `engine.spark.conf."spark.executor.memory"=4g` sets the key `spark.executor.memory`."""
+    path: list[str] = []
+    part, quoted = "", False
+    quote: str | None = None
+    raw: str | None = None
+    for i, ch in enumerate(item):
+        if quote is not None:
+            if ch == quote:
+                quote = None
+            else:
+                part += ch
+        elif ch in "\"'" and not part and not quoted:
+            quote, quoted = ch, True
+        elif ch == "." or ch == "=":
+            if not part:
+                raise JobError(f"--set {item!r}: empty key" if ch == "." or not quoted else
+                               f"--set {item!r}: an empty quoted key")
+            path.append(part)
+            part, quoted = "", False
+            if ch == "=":
+                raw = item[i + 1:]
+                break
+        elif quoted:
+            raise JobError(f"--set {item!r}: text after a quoted key segment; "
+                           "a quoted segment stands between dots")
+        else:
+            part += ch
+    if quote is not None:
+        raise JobError(f"--set {item!r}: unclosed {quote} quote in the key")
+    if raw is None:
         raise JobError(f"--set {item!r}: expected key=value")
-    key, raw = item.split("=", 1)
-    if not key or any(not part for part in key.split(".")):
-        raise JobError(f"--set {item!r}: empty key")
-    return key.split("."), safe_load_yaml(raw, f"--set {item!r}: value") if raw != "" else ""
+    return path, safe_load_yaml(raw, f"--set {item!r}: value") if raw != "" else ""
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -53,8 +53,10 @@ def param_errors(err: ValidationError, where: str) -> str:
 def config_diff(old: Any, new: Any, path: str = "") -> list[str]:
     """``key.path: old -> new`` for every value that differs between two JSON-like configs.
 
-    Dicts are compared key by key (a missing key shows as ``(not set)``); anything else,
-    lists included, is compared whole.
+    Dicts are compared key by key (a missing key shows as ``(not set)``). Lists
+    that hold mappings are compared item by item (``scorers.1.k: 20 -> 30``); a length change
+    is one line (``scorers: 2 items -> 3``) followed by the items added or removed, each named
+    briefly (``scorers.2: (not set) -> {type: 'heuristics'}``). Any other list is compared whole.
     """
     if isinstance(old, dict) and isinstance(new, dict):
         out: list[str] = []
@@ -67,7 +69,30 @@ def config_diff(old: Any, new: Any, path: str = "") -> list[str]:
             else:
                 out += config_diff(old[key], new[key], sub)
         return out
+    if (isinstance(old, list) and isinstance(new, list)
+            and any(isinstance(x, dict) for x in (*old, *new))):
+        where = path or "(top level)"
+        out = [] if len(old) == len(new) else [f"{where}: {len(old)} items -> {len(new)}"]
+        for i in range(max(len(old), len(new))):
+            sub = f"{path}.{i}" if path else str(i)
+            if i >= len(old):
+                out.append(f"{sub}: (not set) -> {_brief(new[i])}")
+            elif i >= len(new):
+                out.append(f"{sub}: {_brief(old[i])} -> (not set)")
+            else:
+                out += config_diff(old[i], new[i], sub)
+        return out
     return [] if old == new else [f"{path or '(top level)'}: {old!r} -> {new!r}"]
+
+
+def _brief(value: Any) -> str:
+    """A list item named briefly: a mapping by its `type` and `name`, anything else by its repr
+    (cut at 60 characters)."""
+    if isinstance(value, dict) and ("type" in value or "name" in value):
+        keys = [k for k in ("type", "name") if value.get(k) is not None]
+        return "{" + ", ".join(f"{k}: {value[k]!r}" for k in keys) + "}"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def registered_class(registry: dict[str, str], kind: str, type_name: str) -> type:

@@ -27,6 +27,7 @@ import torch
 from pydantic import Field, field_validator
 
 from thresher.common.atomic import write_text_atomic
+from thresher.common.progress import Progress
 from thresher.common.schedule import cosine_factor, warmup_factor
 from thresher.models.tiny import tiny_gpt2
 from thresher.specs import JobError, Strict
@@ -121,11 +122,14 @@ def make_model(spec: ModelSpec, vocab_size: int, seed: int) -> torch.nn.Module:
 
 
 def train_lm(model: torch.nn.Module, data: torch.Tensor, spec: TrainSpec, seed: int,
-             labels: torch.Tensor | None = None) -> list[float]:
+             labels: torch.Tensor | None = None, progress: bool | None = None, label: str = "train") -> list[float]:
     """Train for exactly `spec.steps` batches of `spec.batch` blocks (epochs over `data`, reshuffled).
 
     `labels` (same shape as `data`, -100 = not scored) restricts the loss, e.g. to SFT responses;
     by default every token is a target. Learning rate: linear warm-up, cosine decay to 0.1 of the peak.
+    `progress`: a bar over the steps (rate, ETA, loss) on stderr, removed when done; None: only on a
+    terminal and when the benchmark is not quiet (the last `log` call's `quiet`; the benchmark logs
+    one line per run itself).
     """
     if len(data) == 0:
         raise JobError("bench: a selection produced no training tokens")
@@ -134,6 +138,8 @@ def train_lm(model: torch.nn.Module, data: torch.Tensor, spec: TrainSpec, seed: 
     order: list[int] = []
     losses = []
     model.train()
+    show = (not _LOG["quiet"] and Progress.draws_live()) if progress is None else progress
+    bar = Progress(label, spec.steps, unit="step", enabled=show, leave=False)
     for step in range(spec.steps):
         need = spec.batch
         idx = []
@@ -155,6 +161,10 @@ def train_lm(model: torch.nn.Module, data: torch.Tensor, spec: TrainSpec, seed: 
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         losses.append(loss.item())
+        bar.update(1)
+        if step % 20 == 0 or step == spec.steps - 1:
+            bar.set_note(f"loss {losses[-1]:.4f}")
+    bar.close()
     return losses
 
 
@@ -243,7 +253,11 @@ def method_plan(methods: dict[str, dict[str, Any]], budgets: list[float]) -> lis
     return plan + [(m, b) for b in budgets for m, s in methods.items() if s["type"] != "all"]
 
 
+_LOG = {"quiet": False}  # the last `log` call's `quiet`: whether `train_lm` draws a bar by default
+
+
 def log(msg: str, quiet: bool) -> None:
+    _LOG["quiet"] = quiet
     if not quiet:
         print(msg, file=sys.stderr, flush=True)
 

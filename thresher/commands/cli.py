@@ -1,4 +1,4 @@
-"""The `thresher` command: run, score, select, inspect (and the training helpers)."""
+"""The `thresher` command: run, score, config, select, inspect (and the training helpers)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from thresher.common.atomic import atomic_path
-from thresher.config import JobError, JobSpec, load_job
+from thresher.config import JobError, JobSpec, job_identity, load_job, safe_load_yaml
 from thresher.io.output import JobLock, OutputLayout, require_local_path
+from thresher.selectors.registry import SELECTORS, selector_class
+from thresher.specs import config_diff
+from thresher.version import __version__
 
 # sub-commands implemented in other modules: name -> (module, help)
 PLUGINS = {
@@ -27,17 +30,27 @@ PLUGINS = {
 }
 
 
-def _job_args(p: argparse.ArgumentParser) -> None:
+SET_HELP = ("override any job key, e.g. --set selector.budget=0.2 (repeatable); quote a key that holds "
+            "dots: --set 'engine.spark.conf.\"spark.executor.memory\"=4g'")
+
+
+def _spec_args(p: argparse.ArgumentParser) -> None:
+    """The options that make the job: the file and its overrides (run, score, config)."""
     p.add_argument("job", help="job spec (YAML)")
     p.add_argument("--engine", choices=["local", "spark", "beam"], help="override engine.name")
     p.add_argument("--output", "-o", help="override output.path")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any job key, e.g. --set selector.budget=0.2 (repeatable)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     p.add_argument("--workers", type=int, help="local engine processes")
     p.add_argument("--master", help="Spark master URL (engine spark)")
     p.add_argument("--runner", help="Beam runner (engine beam)")
+
+
+def _job_args(p: argparse.ArgumentParser) -> None:
+    _spec_args(p)
     p.add_argument("--overwrite", action="store_true", help="discard what the output folder holds and start afresh")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved job and check it (as `thresher config`); run nothing")
 
 
 def _load(args: argparse.Namespace) -> JobSpec:
@@ -58,6 +71,8 @@ def _load(args: argparse.Namespace) -> JobSpec:
 def cmd_run(args: argparse.Namespace, score_only: bool = False) -> int:
     from thresher.pipelines.runner import run_job
 
+    if getattr(args, "dry_run", False):
+        return cmd_config(args)
     job = _load(args)
     try:
         with _sigterm_stops_run():
@@ -66,6 +81,20 @@ def cmd_run(args: argparse.Namespace, score_only: bool = False) -> int:
         return _terminated()
     print(result.summary, end="")
     print(f"output: {result.output}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print the fully resolved job (every default filled in) as YAML, after the plan-time checks
+    (`check_plan`: columns, types, paths, devices); the output folder is not touched."""
+    import yaml
+
+    from thresher.pipelines.plan import check_plan
+
+    job = _load(args)
+    check_plan(job)
+    text = yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False, allow_unicode=True, width=100)
+    print(f"# {job.source}, resolved (every default filled in); plan checks passed\n{text}", end="")
     return 0
 
 
@@ -106,30 +135,63 @@ def cmd_select(args: argparse.Namespace) -> int:
     if not src.state.exists():
         raise JobError(f"{args.path}: not a thresher output folder (no _thresher/state.json)")
     state = src.read_state()
-    overrides = list(args.overrides)
-    if args.selector:
-        overrides.append(f"selector={Path(args.selector).read_text()}" if Path(args.selector).is_file()
-                         else f"selector={{type: {args.selector}}}")
-    job = load_job(data=state["job"], overrides=overrides)
+    data = dict(state["job"])
+    if args.selector:  # first the new selector, then --set (so `--set selector.budget=...` holds)
+        data["selector"] = _new_selector(args.selector, data.get("selector") or {})
+    job = load_job(data=data, overrides=list(args.overrides))
     if job.score_hash() != state["score_hash"]:
         raise JobError("thresher select changes only filters and the selector; scorers or input changed "
                        "(use thresher run for that)")
     at_src = job.model_copy(update={"output": job.output.model_copy(update={"path": str(src.root)})})
     check_plan(at_src, reselect=True)  # before another folder is seeded with the scores
+    in_place = not args.output or Path(args.output).resolve() == src.root
+    if not in_place:
+        require_local_path(args.output, "--output")
+    print(_reselect_line(src.root, None if in_place else Path(args.output).resolve(),
+                         config_diff(job_identity(state["job"]), job.identity())), file=sys.stderr)
     try:
         with _sigterm_stops_run():
-            if args.output and Path(args.output).resolve() != src.root:
-                require_local_path(args.output, "--output")
+            if not in_place:
                 job = job.model_copy(update={"output": job.output.model_copy(update={"path": args.output})})
                 _copy_scores(src, OutputLayout(args.output))
             else:
                 job = job.model_copy(update={"output": job.output.model_copy(update={"path": str(src.root)})})
-            result = run_job(job, progress=not args.quiet, reselect=True)
+            result = run_job(job, overwrite=False, progress=not args.quiet, reselect=True)  # never re-score
     except Terminated:
         return _terminated()
     print(result.summary, end="")
     print(f"output: {result.output}")
     return 0
+
+
+def _reselect_line(src: Path, dst: Path | None, changes: list[str]) -> str:
+    """What `thresher select` is about to do, in one line: which selection it replaces (in
+    place) or where it writes the new one, and the keys that change."""
+    what = f" ({'; '.join(changes)})" if changes else ""
+    if dst is not None:
+        return f"re-selecting into {dst}: scores linked from {src}{what or ' (same filters and selector)'}"
+    if not changes:
+        return f"re-selecting in place: the selection of {src} is unchanged (same filters and selector)"
+    return f"re-selecting in place: replaces the selection of {src}{what}"
+
+
+CARRIED_SELECTOR_KEYS = ("budget", "budget_unit", "token_column")
+
+
+def _new_selector(arg: str, old: dict[str, Any]) -> dict[str, Any]:
+    """The selector `--selector` names: a type, or a YAML file holding a selector mapping. The
+    earlier selector's budget (and budget_unit, token_column) carries over when the new
+    selector has such a key and does not set it."""
+    if Path(arg).is_file():
+        new = safe_load_yaml(Path(arg).read_text(encoding="utf-8"), arg)
+        if not isinstance(new, dict) or "type" not in new:
+            raise JobError(f"--selector {arg}: the file must hold a selector mapping (type: ..., budget: ...)")
+    else:
+        new = {"type": arg}
+    if new["type"] not in SELECTORS:
+        return new  # the job's validation names the known types
+    fields = selector_class(new["type"]).Params.model_fields
+    return {**{k: old[k] for k in CARRIED_SELECTOR_KEYS if k in old and k in fields}, **new}
 
 
 def _copy_scores(src: OutputLayout, dst: OutputLayout) -> None:
@@ -181,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="thresher", description="Select and weight LLM training data.")
     # `main` takes --debug out of argv wherever it stands (before or after the sub-command)
     parser.add_argument("--debug", action="store_true", help="on an error, show the full traceback")
+    parser.add_argument("--version", action="version", version=f"thresher {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="run a job: score, select, write shards")
     _job_args(p)
@@ -188,12 +251,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="run only the scoring stage (scores saved for `thresher select`)")
     _job_args(p)
     p.set_defaults(func=lambda a: cmd_run(a, score_only=True))
+    p = sub.add_parser("config", help="print the resolved job with every default, and check it (runs nothing)")
+    _spec_args(p)
+    p.set_defaults(func=cmd_config)
     p = sub.add_parser("select", help="re-select on saved scores with a new selector/budget/filters")
     p.add_argument("path", help="output folder of an earlier run")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="e.g. --set selector.budget=0.2 or --set selector.type=random")
-    p.add_argument("--selector", help="selector type, or a YAML file holding a selector mapping")
-    p.add_argument("--output", "-o", help="write the new selection to another folder (scores are linked)")
+                   help="e.g. --set selector.budget=0.2; applied after --selector")
+    p.add_argument("--selector", help="selector type, or a YAML file holding a selector mapping; keeps the "
+                                      "earlier budget (budget_unit, token_column) unless given")
+    p.add_argument("--output", "-o", help="write the new selection to another folder (scores are linked); "
+                                          "without it the folder's selection is replaced in place")
     p.add_argument("--quiet", "-q", action="store_true")
     p.set_defaults(func=cmd_select)
     p = sub.add_parser("inspect", help="schema, counts and score summary of an output folder or Parquet file")

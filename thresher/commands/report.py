@@ -1,4 +1,4 @@
-"""`thresher report OUTPUT_DIR [DIR2 ...] [--out report.html]`: a self-contained HTML report."""
+"""`thresher report OUTPUT_DIR [DIR2 ...] [--output report.html]`: a self-contained HTML report."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="HTML report (plots embedded as PNG) of one output folder, or a comparison of several; "
                     "a selection-benchmark folder (python -m benchmarks.selection) adds the held-out loss per method.")
     p.add_argument("paths", nargs="+", metavar="OUTPUT_DIR", help="output folder(s) of thresher runs or benchmarks")
-    p.add_argument("--out", "-o", help="HTML file to write (default: FIRST_DIR/_report/report.html); "
+    p.add_argument("--output", "-o", help="HTML file to write (default: FIRST_DIR/_report/report.html); "
                                        "the PNG figures are written next to it")
     return p
 
@@ -24,7 +24,7 @@ def main(argv: list[str]) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        out = write_report(args.paths, args.out)
+        out = write_report(args.paths, args.output)
     except FileNotFoundError as exc:
         raise JobError(f"report: {exc}") from None
     print(f"report: {out}")

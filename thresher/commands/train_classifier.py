@@ -7,6 +7,8 @@ does at prediction time. A seeded `valid_fraction` of each class is held out and
 Training is deterministic with `threads=1` (the default).
 
     thresher train-classifier --positive good.jsonl --negative web.jsonl --output hq.bin
+
+The larger class is cut to the size of the smaller one (a line says so); `--no-balance` keeps all.
 """
 
 from __future__ import annotations
@@ -14,13 +16,18 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from thresher.commands._textio import read_texts
 from thresher.commands._util import run_command
 from thresher.common.atomic import atomic_path
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def _line(label: str, text: str, lowercase: bool) -> str:
@@ -33,8 +40,13 @@ def train_classifier(positive: Sequence[str], negative: Sequence[str], output: s
                      balance: bool = True, valid_fraction: float = 0.1, epoch: int = 25, lr: float = 0.2,
                      word_ngrams: int = 2, dim: int = 64, bucket: int = 200_000, min_count: int = 1,
                      threads: int = 1, seed: int = 0,
-                     lowercase: bool = False, file_per_doc: bool = False, quantize: bool = False) -> dict[str, Any]:
-    """Train and save a fastText classifier; returns its metrics (also saved next to it)."""
+                     lowercase: bool = False, file_per_doc: bool = False, quantize: bool = False,
+                     log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train and save a fastText classifier; returns its metrics (also saved next to it).
+
+    `balance` (on by default) cuts the larger class to the size of the smaller one, and says
+    so in one line through `log` (default: standard error)."""
+    log = log or _stderr
     try:
         import fasttext
     except ImportError as exc:
@@ -51,8 +63,10 @@ def train_classifier(positive: Sequence[str], negative: Sequence[str], output: s
     rng = random.Random(seed)
     rng.shuffle(pos)
     rng.shuffle(neg)
-    if balance:
+    if balance and len(pos) != len(neg):
         n = min(len(pos), len(neg))
+        cut = "negatives" if len(neg) > n else "positives"
+        log(f"balanced classes: {max(len(pos), len(neg)):,} {cut} -> {n:,} (--no-balance keeps all)")
         pos, neg = pos[:n], neg[:n]
     if max_per_class is not None:
         pos, neg = pos[:max_per_class], neg[:max_per_class]
@@ -93,12 +107,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The command-line options of `thresher train-classifier`."""
     parser.add_argument("--positive", nargs="+", required=True, help="files/folders of good examples (JSONL, Parquet, txt)")
     parser.add_argument("--negative", nargs="+", required=True, help="files/folders of other examples")
-    parser.add_argument("--output", required=True, help="where to write the .bin model")
+    parser.add_argument("--output", "-o", required=True, help="where to write the .bin model")
     parser.add_argument("--text-field", default="text")
     parser.add_argument("--pos-label", default="hq")
     parser.add_argument("--neg-label", default="cc")
     parser.add_argument("--max-per-class", type=int, default=None)
-    parser.add_argument("--no-balance", action="store_true", help="keep every example (classes may differ in size)")
+    parser.add_argument("--no-balance", action="store_true",
+                        help="keep every example (default: the larger class is cut to the smaller one's size)")
     parser.add_argument("--valid-fraction", type=float, default=0.1)
     # fastText's own defaults (5 epochs, lr 0.1) leave a model trained on a few thousand
     # documents near 0.5 probability; these work from ~1k documents up

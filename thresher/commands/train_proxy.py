@@ -26,13 +26,14 @@ import torch
 from thresher.commands._textio import read_texts
 from thresher.commands._util import run_command
 from thresher.common.device import resolve_device
+from thresher.common.progress import Progress, Report, no_library_bars, no_report
 from thresher.common.schedule import warmup_cosine
 from thresher.common.threads import apply_torch_threads
 from thresher.models.loading import resolve_model_ref
 from thresher.models.tiny import tiny_gpt2, train_bpe_tokenizer
 
 
-def _blocks(tokenizer: Any, texts: Sequence[str], context: int) -> torch.Tensor:
+def _blocks(tokenizer: Any, texts: Sequence[str], context: int, report: Report = no_report) -> torch.Tensor:
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError("the tokenizer needs an eos token to separate documents")
@@ -42,6 +43,7 @@ def _blocks(tokenizer: Any, texts: Sequence[str], context: int) -> torch.Tensor:
         for doc in enc:
             ids.extend(doc)
             ids.append(eos)
+        report(len(enc))
     n = len(ids) // context
     if n < 2:
         raise ValueError(f"reference set too small: {len(ids)} tokens make fewer than 2 blocks of {context}")
@@ -52,8 +54,12 @@ def train_proxy(inputs: Sequence[str], output: str, *, text_field: str = "text",
                 vocab_size: int = 8192, n_layer: int = 4, n_embd: int = 256, n_head: int = 4, context: int = 256,
                 steps: int = 500, batch_size: int = 16, lr: float = 1e-3, warmup: int = 50, weight_decay: float = 0.01,
                 valid_fraction: float = 0.05, max_docs: int | None = None, seed: int = 0, device: str = "auto",
-                torch_threads: int | None = None, file_per_doc: bool = False, log_every: int = 50) -> dict[str, Any]:
-    """Train and save the proxy; returns training info (also saved as training_info.json)."""
+                torch_threads: int | None = None, file_per_doc: bool = False, log_every: int = 50,
+                progress: bool = True) -> dict[str, Any]:
+    """Train and save the proxy; returns training info (also saved as training_info.json).
+
+    ``progress``: on a terminal, bars on stderr for the tokenizer, tokenising and the steps
+    (rate, ETA, loss every ``log_every`` steps); else one line per phase; False: nothing."""
     from transformers import AutoTokenizer
 
     apply_torch_threads(torch_threads)
@@ -66,8 +72,12 @@ def train_proxy(inputs: Sequence[str], output: str, *, text_field: str = "text",
         if tok.pad_token_id is None and tok.eos_token_id is not None:
             tok.pad_token = tok.eos_token
     else:
-        tok = train_bpe_tokenizer(texts, vocab_size)
-    blocks = _blocks(tok, texts, context)
+        with Progress("tokenizer", len(texts), unit="doc", enabled=progress) as bar:
+            tok = train_bpe_tokenizer(texts, vocab_size)
+            bar.update(len(texts))
+    with Progress("tokenize", len(texts), unit="doc", enabled=progress) as bar:
+        blocks = _blocks(tok, texts, context, bar.reporter("all"))
+        bar.finish("all", len(texts))
     order = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(seed))
     n_valid = max(1, int(len(blocks) * valid_fraction))
     valid, train = blocks[order[:n_valid]], blocks[order[n_valid:]]
@@ -81,6 +91,7 @@ def train_proxy(inputs: Sequence[str], output: str, *, text_field: str = "text",
     log: list[dict[str, float]] = []
     start = time.perf_counter()
     model.train()
+    bar = Progress("train-proxy", steps, unit="step", verb="trained", enabled=progress)
     for step in range(steps):
         idx = torch.tensor([rng.randrange(len(train)) for _ in range(batch_size)])
         batch = train[idx].to(dev)
@@ -91,8 +102,11 @@ def train_proxy(inputs: Sequence[str], output: str, *, text_field: str = "text",
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        bar.update(1)
         if step % log_every == 0 or step == steps - 1:
             log.append({"step": step, "loss": round(float(loss.detach()), 4)})
+            bar.set_note(f"loss {log[-1]['loss']:.4f}")
+    bar.close()
     model.eval()
     with torch.inference_mode():
         losses = [float(model(input_ids=valid[i:i + batch_size].to(dev), labels=valid[i:i + batch_size].to(dev)).loss)
@@ -100,7 +114,8 @@ def train_proxy(inputs: Sequence[str], output: str, *, text_field: str = "text",
     valid_loss = float(np.mean(losses))
     out = Path(output).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    model.to("cpu").save_pretrained(out)
+    with no_library_bars():
+        model.to("cpu").save_pretrained(out)
     tok.save_pretrained(out)
     info = {"documents": len(texts), "train_blocks": len(train), "valid_blocks": len(valid), "context": context,
             "tokens_seen": steps * batch_size * context, "steps": steps, "valid_loss": round(valid_loss, 4),
@@ -132,6 +147,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--torch-threads", type=int, default=None)
     parser.add_argument("--file-per-doc", action="store_true", help="each .txt file is one document")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -140,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
                        vocab_size=args.vocab_size, n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head,
                        context=args.context, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                        warmup=args.warmup, valid_fraction=args.valid_fraction, max_docs=args.max_docs, seed=args.seed,
-                       device=args.device, torch_threads=args.torch_threads, file_per_doc=args.file_per_doc)
+                       device=args.device, torch_threads=args.torch_threads, file_per_doc=args.file_per_doc,
+                       progress=not args.quiet)
     print(json.dumps({k: v for k, v in info.items() if k != "log"}, indent=2))
     return 0
 

@@ -1,19 +1,25 @@
 """Output folder: layout, atomic writes, completion markers and the job lock.
 
 Layout of an output folder:
-    part-00000.parquet ...       selected rows, one part per input shard (the dataset)
+    part-00000.parquet ...       selected rows, one part per input shard (the dataset), or parts of
+                                 `output.target_rows_per_part` rows re-chunked in (shard, row) order
     _manifest.json, _summary.txt what the run did, counts that add up, timings
+    _README.md, .huggingface.yaml  the dataset card, and its `configs:` (data_files: part-*.parquet)
     _scores/part-*.parquet       narrow score table (id + scores), "score once, select many"
     _rejected/part-*.parquet     rows that could not be used, with the reason and raw bytes
     _selection/part-*.parquet    per-row status and selector columns
-    _thresher/                   state (config hashes), completion markers, lock
+    _thresher/                   state (config hashes), completion markers, lock (and, while parts
+                                 are re-chunked, the per-shard parts in `_thresher/staged/`)
 Every file is written to a temporary name in the same folder and renamed into place,
 and a completion marker is written only after the rename, so a reader never sees half a
 shard and a re-run never trusts one.
 
-Everything that is not a selected row starts with "_" so that the folder itself is a Parquet
-dataset: `pandas.read_parquet(folder)` and `pyarrow.dataset.dataset(folder)` read the parts and
-nothing else. (`datasets` skips only "." and "__" names, so give it `data_files="part-*.parquet"`.)
+Everything that is not a selected row starts with "_" (or ".") so that the folder itself is a
+Parquet dataset: `pandas.read_parquet(folder)`, `pyarrow.dataset.dataset(folder)` and
+`spark.read.parquet(folder)` read the parts and nothing else. That is why the card is `_README.md`,
+not `README.md` (those readers would try to read a `README.md` as Parquet and fail); `datasets`
+reads `.huggingface.yaml` (the same `configs:` a card's front matter holds), so
+`datasets.load_dataset(folder)` loads exactly the parts.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from thresher.specs import JobError
 STAGES = ("score", "select", "write")
 MANIFEST_NAME = "_manifest.json"
 SUMMARY_NAME = "_summary.txt"
+CARD_NAME = "_README.md"  # the dataset card (upload it as README.md to publish the folder on the Hub)
+HF_YAML_NAME = ".huggingface.yaml"  # the card's `configs:` on their own: what `datasets.load_dataset` reads
 
 
 def find_manifest(root: str | os.PathLike[str]) -> Path | None:
@@ -70,6 +78,10 @@ class OutputLayout:
     def part(self, i: int) -> Path:
         return self._inside(f"part-{i:05d}.parquet")
 
+    def staged_part(self, i: int) -> Path:
+        """Shard i's selected rows before they are re-chunked into parts (`target_rows_per_part`)."""
+        return self._inside("_thresher", "staged", f"part-{i:05d}.parquet")
+
     def scores(self, i: int) -> Path:
         return self._inside("_scores", f"part-{i:05d}.parquet")
 
@@ -94,6 +106,14 @@ class OutputLayout:
     @property
     def summary(self) -> Path:
         return self._inside(SUMMARY_NAME)
+
+    @property
+    def card(self) -> Path:
+        return self._inside(CARD_NAME)
+
+    @property
+    def hf_yaml(self) -> Path:
+        return self._inside(HF_YAML_NAME)
 
     def read_state(self) -> dict[str, Any]:
         """The folder's run state (`_thresher/state.json`); a missing or corrupt one is a JobError
@@ -124,7 +144,11 @@ class OutputLayout:
         return marker
 
     def clear_stage(self, stage: str) -> None:
-        """Forget a stage's markers and files (used when its config changed)."""
+        """Forget a stage's markers and files (used when its config changed). The write stage's
+        manifest, summary and card go first: a folder with a manifest is a finished run."""
+        if stage == "write":
+            for p in (self.manifest, self.summary, self.card, self.hf_yaml):
+                p.unlink(missing_ok=True)
         done = self._inside("_thresher", "done")
         if done.exists():
             for p in done.glob(f"{stage}*.json"):
@@ -135,8 +159,7 @@ class OutputLayout:
         if stage == "write":
             for p in self.root.glob("part-*.parquet"):
                 p.unlink()
-            for p in (self.manifest, self.summary):
-                p.unlink(missing_ok=True)
+            shutil.rmtree(self._inside("_thresher", "staged"), ignore_errors=True)
 
 
 class AtomicParquetWriter:
@@ -207,8 +230,8 @@ class AtomicParquetWriter:
 _URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 # temporaries thresher's own writers leave: `.<name>.tmp-<pid>` (see common/atomic.py)
 _TMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp-\d+$")
-_ROOT_TMP_TARGETS = re.compile(r"^(part-.*|_manifest\.json|_summary\.txt)$")
-_OWN_FOLDERS = ("_scores", "_rejected", "_selection", "_thresher", "_thresher/done")
+_ROOT_TMP_TARGETS = re.compile(r"^(part-.*|_manifest\.json|_summary\.txt|_README\.md|\.huggingface\.yaml)$")
+_OWN_FOLDERS = ("_scores", "_rejected", "_selection", "_thresher", "_thresher/done", "_thresher/staged")
 
 
 def require_local_path(path: str | os.PathLike[str], what: str) -> None:
@@ -250,10 +273,10 @@ def check_own_or_empty(root: str | os.PathLike[str]) -> None:
 def remove_stale_temporaries(root: Path) -> list[Path]:
     """Delete temporary files a killed job left in an output folder; returns what was removed.
 
-    Only thresher's own temporaries go: `.part-*.tmp-<pid>`, `._manifest.json.tmp-<pid>` and
-    `._summary.txt.tmp-<pid>` beside the parts, and `.<name>.tmp-<pid>` directly inside
-    `_scores/`, `_rejected/`, `_selection/`, `_thresher/` and `_thresher/done/`; no other
-    folder is looked into. Only call this holding the folder's JobLock, after
+    Only thresher's own temporaries go: `.part-*.tmp-<pid>`, `._manifest.json.tmp-<pid>`,
+    `._summary.txt.tmp-<pid>`, `._README.md.tmp-<pid>` and `..huggingface.yaml.tmp-<pid>` beside
+    the parts, and `.<name>.tmp-<pid>` directly inside `_scores/`, `_rejected/`, `_selection/`,
+    `_thresher/`, `_thresher/done/` and `_thresher/staged/`; no other folder is looked into. Only call this holding the folder's JobLock, after
     `check_own_or_empty` passed: then no live writer owns any of them.
     """
     root = Path(root)

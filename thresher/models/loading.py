@@ -197,7 +197,13 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def autocast_context(device: torch.device, cpu_bf16_autocast: bool) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on CPU when asked (fast on AVX-512-BF16 CPUs), else a no-op."""
+    """bf16 autocast on CPU when asked, else a no-op.
+
+    Takes the resolved bool (a scorer's `cpu_autocast()`, i.e. `resolve_cpu_bf16_autocast`
+    of its `auto | true | false` setting), never the setting itself."""
+    if not isinstance(cpu_bf16_autocast, bool):
+        raise TypeError(f"autocast_context wants a resolved bool, got {cpu_bf16_autocast!r} "
+                        "(resolve `auto` with thresher.common.device.resolve_cpu_bf16_autocast)")
     if cpu_bf16_autocast and device.type == "cpu":
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()

@@ -1,4 +1,9 @@
-"""The local engine: a process pool over input shards, with a progress bar.
+"""The local engine: a process pool over input shards, with progress that moves.
+
+Progress (`thresher.common.progress`): on a terminal a bar per stage, updated per batch while
+shards run (workers send their counts through a `Channel` the pool initializer hands them),
+with documents per second and an ETA; otherwise one line per stage when it ends; nothing with
+`progress=False`. Shards a previous run finished are out of the total and the rate.
 
 Workers die with the main process (`worker.die_with_parent`), and Ctrl-C or SIGTERM of the
 main process (a BaseException that is not an Exception) kills them at once instead of
@@ -6,24 +11,28 @@ waiting for the shards they are on: their temporaries are removed by the next ru
 
 from __future__ import annotations
 
+import inspect
 import multiprocessing as mp
 import os
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
-from typing import Any
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from typing import Any, Callable
 
 import pyarrow as pa
-from tqdm.auto import tqdm
 
+from thresher.common.progress import Channel, Progress, call_in_process, call_reporting, item_label
 from thresher.config import JobSpec
 from thresher.io.readers import InputShard
 from thresher.pipelines.engine import ItemFn, StageFn, check_item_count, in_shard_order
 from thresher.pipelines.worker import init_worker
+
+VERBS = {"score": "scored", "write": "written"}
 
 
 class LocalEngine:
     """Run a stage over shards in `workers` processes (in this process when workers == 1)."""
 
     name = "local"
+    progress_cls: type[Progress] = Progress  # a subclass can watch the bars (tests)
 
     def __init__(self, job: JobSpec, progress: bool = True) -> None:
         spec = job.engine.local
@@ -31,66 +40,132 @@ class LocalEngine:
         self.torch_threads = spec.torch_threads or (1 if self.workers > 1 else None)
         self.progress = progress
         self._pool: ProcessPoolExecutor | None = None
+        self._channel: Channel | None = None  # workers' progress counts, only while a bar is drawn
+        self._rows_seen: dict[int, int] = {}  # rows per shard from an earlier stage (totals of later ones)
 
     def map_shards(self, stage: str, fn: StageFn, job: JobSpec, shards: list[InputShard], out_root: str,
                    table: pa.Table | None = None) -> list[dict[str, Any]]:
-        """Call `fn(job, shard, out_root, slice)` for every shard; results in shard order."""
-        total = sum(s.rows or 0 for s in shards) or None
-        bar = tqdm(total=total, desc=f"{stage:>6}", unit="doc", disable=not self.progress, dynamic_ncols=True)
-        results: list[dict[str, Any]] = []
+        """Call `fn(job, shard, out_root, slice)` for every shard; results in shard order.
 
-        def done(res: dict[str, Any]) -> None:
+        A `fn` with a `report` parameter also gets `report(n_docs)`, called per batch: the bar moves
+        while shards run. Shards whose result says `skipped` (done by an earlier run) leave the total."""
+        est = _Total(shards, {s.index: s.rows if s.rows is not None else self._rows_seen.get(s.index)
+                              for s in shards})
+        prog = self.progress_cls(stage, est.total(), unit="doc", verb=VERBS.get(stage, "done"), enabled=self.progress)
+        pass_report = _takes_report(fn)
+        results: list[dict[str, Any]] = []
+        resumed_rows = 0
+        ok = False
+
+        def done(shard: InputShard, res: dict[str, Any]) -> None:
+            nonlocal resumed_rows
             results.append(res)
-            bar.update(res.get("rows_in", 0))
-            bar.set_postfix_str(f"shards {len(results)}/{len(shards)}")
+            rows = int(res.get("rows_in", 0))
+            self._rows_seen[shard.index] = rows
+            if res.get("skipped"):
+                resumed_rows += rows
+                prog.skip(shard.index, rows)
+            else:
+                prog.finish(shard.index, rows)
+            if est.learn(shard.index, rows):  # a better estimate of a total that was unknown
+                total = est.total()
+                prog.set_total(None if total is None else max(total - resumed_rows, prog.n))
 
         try:
             if min(self.workers, len(shards)) <= 1:
                 for s in shards:
-                    done(fn(job, s, out_root, _slice(table, s)))
+                    done(s, call_in_process(prog, s.index, fn, (job, s, out_root, _slice(table, s)), pass_report))
             else:
                 pool = self._get_pool()
-                futures = [pool.submit(fn, job, s, out_root, _slice(table, s)) for s in shards]
-                pending = set(futures)
-                while pending:
-                    finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                    for f in finished:
-                        done(f.result())  # re-raises a worker's error with its message
+                token = self._channel.attach(prog) if self._channel is not None and prog.live else None
+                try:
+                    futures = {pool.submit(call_reporting, token, s.index, fn, (job, s, out_root, _slice(table, s)),
+                                           pass_report): s for s in shards}
+                    pending: set[Future[Any]] = set(futures)
+                    while pending:
+                        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        for f in finished:
+                            done(futures[f], f.result())  # re-raises a worker's error with its message
+                finally:
+                    if token is not None and self._channel is not None:
+                        self._channel.detach(token)
+            ok = True
         except BaseException as exc:
             if not isinstance(exc, Exception):  # interrupted: stop the workers now
                 self.terminate()
             raise
         finally:
-            bar.close()
+            prog.close(ok)
         return in_shard_order(self.name, stage, shards, results)
 
     def parallel_map(self, fn: ItemFn, items: list[Any]) -> list[Any]:
-        """Map a picklable function over items in the worker pool (in order)."""
-        if min(self.workers, len(items)) <= 1:
-            return [fn(x) for x in items]
+        """Map a picklable function over items in the worker pool (in order), with a bar over the
+        items done (label and unit from `progress.item_progress`; inner `report_steps` beside it)."""
+        label, unit = item_label(fn)
+        prog = self.progress_cls(label, len(items), unit=unit, enabled=self.progress and bool(items))
+        ok = False
         try:
-            return check_item_count(self.name, list(self._get_pool().map(fn, items)), items)
+            if min(self.workers, len(items)) <= 1:
+                out = []
+                for i, x in enumerate(items):
+                    out.append(call_in_process(prog, i, fn, (x,), False))
+                    prog.finish(i, 1)
+                ok = True
+                return out
+            pool = self._get_pool()
+            token = self._channel.attach(prog) if self._channel is not None and prog.live else None
+            try:
+                futures = [pool.submit(call_reporting, token, i, fn, (x,), False) for i, x in enumerate(items)]
+                index = {f: i for i, f in enumerate(futures)}
+                pending: set[Future[Any]] = set(futures)
+                while pending:
+                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in finished:
+                        f.result()  # re-raises a worker's error
+                        prog.finish(index[f], 1)
+            finally:
+                if token is not None and self._channel is not None:
+                    self._channel.detach(token)
+            results = check_item_count(self.name, [f.result() for f in futures], items)
+            ok = True
+            return results
         except BaseException as exc:
             if not isinstance(exc, Exception):
                 self.terminate()
             raise
+        finally:
+            prog.close(ok)
 
     def _get_pool(self) -> ProcessPoolExecutor:
-        """One pool for the whole job, so workers (and their models) live across stages."""
+        """One pool for the whole job, so workers (and their models) live across stages.
+
+        When bars are drawn, a progress `Channel` is made first and its queue handed to every
+        worker by the initializer; it is closed after the pool (`close`, `terminate`)."""
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
-                                             initializer=init_worker, initargs=(self.torch_threads, os.getpid()))
+            ctx = mp.get_context("spawn")
+            if self._channel is None and self.progress_cls.draws_live(self.progress):
+                self._channel = Channel(ctx)
+            q = self._channel.queue if self._channel is not None else None
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=init_worker,
+                                             initargs=(self.torch_threads, os.getpid(), q))
         return self._pool
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
+        self._close_channel()
+
+    def _close_channel(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.close()
 
     def terminate(self) -> None:
         """Kill the workers (mid-shard: what they leave are temporaries) and drop the pool."""
         pool, self._pool = self._pool, None
         if pool is None:
+            self._close_channel()
             return
         procs = list((getattr(pool, "_processes", None) or {}).values())
         for proc in procs:
@@ -98,9 +173,53 @@ class LocalEngine:
         pool.shutdown(wait=True, cancel_futures=True)
         for proc in procs:
             proc.join(timeout=5)
+        self._close_channel()
 
 
 def _slice(table: pa.Table | None, shard: InputShard) -> pa.Table | None:
     if table is None or shard.kind != "memory":
         return None
     return table.slice(shard.start, shard.rows)
+
+
+def _takes_report(fn: Callable[..., Any]) -> bool:
+    """Whether a stage function has a `report` parameter (stages of other code may not)."""
+    try:
+        return "report" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class _Total:
+    """The documents a stage will see: exact where shards know their rows (Parquet, text files,
+    tables, or an earlier stage of this job), else estimated from the bytes per document of the
+    shards finished so far (None until one is)."""
+
+    def __init__(self, shards: list[InputShard], rows: dict[int, int | None]) -> None:
+        self.known = sum(r for r in rows.values() if r is not None)
+        self.unknown = {s.index: _size(s) for s in shards if rows[s.index] is None}
+        self.seen_rows = 0
+        self.seen_bytes = 0
+
+    def total(self) -> int | None:
+        if not self.unknown:
+            return self.known + self.seen_rows
+        if self.seen_bytes <= 0:
+            return None
+        rest = sum(self.unknown.values())
+        return self.known + self.seen_rows + round(rest * self.seen_rows / self.seen_bytes)
+
+    def learn(self, index: int, rows: int) -> bool:
+        """A shard of unknown size finished with `rows` rows: True if the estimate changed."""
+        if index not in self.unknown:
+            return False
+        self.seen_bytes += self.unknown.pop(index)
+        self.seen_rows += rows
+        return True
+
+
+def _size(shard: InputShard) -> int:
+    try:
+        return sum(os.path.getsize(p) for p in shard.paths)
+    except OSError:
+        return 0

@@ -66,6 +66,21 @@ def _fmt(x: Any) -> str:
     return f"{x:,}"
 
 
+def _score_rate(manifest: dict[str, Any]) -> str:
+    """The scoring rate over the documents scored in this run, or that scoring was resumed."""
+    resumed = (manifest.get("resumed_shards") or {}).get("score", 0)
+    n_shards = len(manifest["inputs"])
+    done = (manifest.get("rows_this_run") or {}).get("score")
+    if done is None:  # a manifest from before `rows_this_run`
+        done = manifest["counts"]["input_rows"] if not resumed else 0 if resumed == n_shards else None
+    if done == 0 and resumed:
+        return "score: resumed, 0 docs scored"
+    seconds = manifest["timings"].get("score")
+    if not done or not seconds:
+        return ""
+    return f"{done / seconds:,.0f} docs/s scoring" + (f", {resumed} shard(s) resumed" if resumed else "")
+
+
 def summary_text(manifest: dict[str, Any]) -> str:
     """A few lines a person reads at the end of a run."""
     c = manifest["counts"]
@@ -81,9 +96,9 @@ def summary_text(manifest: dict[str, Any]) -> str:
         for reason, k in sorted(c["rejected"]["by_reason"].items()):
             lines.append(f"      {reason:<34} {k:>10,}")
     t = manifest["timings"]
-    rate = c["input_rows"] / t["score"] if t.get("score") else None
+    note = _score_rate(manifest)
     lines.append("  time            " + ", ".join(f"{k} {v:.2f}s" for k, v in t.items())
-                 + (f"  ({rate:,.0f} docs/s scoring)" if rate else ""))
+                 + (f"  ({note})" if note else ""))
     scores = manifest.get("scores") or {}
     if scores:
         lines.append(f"  {'score (mean)':<34} {'pool':>10} {'selected':>10}")
@@ -123,8 +138,12 @@ def count_rows(layout: OutputLayout, n_shards: int) -> dict[str, Any]:
 
 def build_manifest(job: JobSpec, layout: OutputLayout, shards: list[InputShard], score_res: list[dict[str, Any]],
                    select_res: dict[str, Any] | None, write_res: list[dict[str, Any]] | None,
-                   timings: dict[str, float], engine: str) -> dict[str, Any]:
-    """Everything a reader needs to trust the output; the counts must add up."""
+                   timings: dict[str, float], engine: str, parts: list[dict[str, Any]] | None = None
+                   ) -> dict[str, Any]:
+    """Everything a reader needs to trust the output; the counts must add up.
+
+    `parts`: the files of the parts when they are not one per shard (`output.target_rows_per_part`:
+    `parts.rechunk` made them); `shards` of the manifest then lists those."""
     input_rows = sum(r["rows_in"] for r in score_res)
     scorer_stats: dict[str, dict[str, float]] = {}
     for r in score_res:
@@ -144,6 +163,8 @@ def build_manifest(job: JobSpec, layout: OutputLayout, shards: list[InputShard],
         "scorers": scorer_stats,
         "timings": {k: round(v, 4) for k, v in timings.items()},
         "resumed_shards": {"score": sum(bool(r.get("skipped")) for r in score_res)},
+        # documents each map stage worked on in this run (not resumed): the rates of the summary
+        "rows_this_run": {"score": sum(r["rows_in"] for r in score_res if not r.get("skipped"))},
     }
     if select_res is None or write_res is None:
         return manifest
@@ -152,20 +173,24 @@ def build_manifest(job: JobSpec, layout: OutputLayout, shards: list[InputShard],
     if total != input_rows:
         raise JobError(f"accounting error: {input_rows} input rows but {total} counted "
                        f"(selected + not selected + rejected); please report this bug")
-    written = sum(r["part"]["rows"] for r in write_res)
+    files = parts if parts is not None else [r["part"] for r in write_res]
+    written = sum(p["rows"] for p in files)
     if written != counts["selected"]:
         raise JobError(f"accounting error: {counts['selected']} selected but {written} rows written")
     manifest["counts"].update(counts)
-    manifest["shards"] = [r["part"] for r in write_res]
+    manifest["shards"] = files
+    if job.write_hash() != job.select_hash():  # output.columns or a part size target
+        manifest["write_hash"] = job.write_hash()
     manifest["selection"] = {k: v for k, v in select_res.items() if k not in ("skipped",)}
     manifest["scores"] = score_summary(layout, len(shards))
     manifest["resumed_shards"]["write"] = sum(bool(r.get("skipped")) for r in write_res)
+    manifest["rows_this_run"]["write"] = sum(r.get("rows_in", 0) for r in write_res if not r.get("skipped"))
     manifest["resumed_shards"]["select"] = bool(select_res.get("skipped"))
     tokens = None
     if manifest["shards"]:
         try:
-            tokens = sum(pc.sum(pq.read_table(layout.part(s.index), columns=["n_words"]).column("n_words")).as_py()
-                         or 0 for s in shards)
+            tokens = sum(pc.sum(pq.read_table(layout.root / p["file"], columns=["n_words"]).column("n_words")).as_py()
+                         or 0 for p in files)
         except (KeyError, pa.ArrowInvalid):
             tokens = None
     manifest["counts"]["selected_words"] = tokens

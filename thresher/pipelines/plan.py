@@ -31,6 +31,7 @@ from thresher.config import JobSpec
 from thresher.io.output import OutputLayout
 from thresher.models.fingerprint import MODEL_KEYS
 from thresher.models.loading import DTYPE_NAMES, SPECIAL_REFS, ModelError, resolve_model_ref
+from thresher.pipelines.parts import check_output_columns
 from thresher.scorers.base import GlobalScorer, Scorer
 from thresher.scorers.registry import build_scorer
 from thresher.selectors.registry import build_selector
@@ -82,6 +83,7 @@ def check_plan(job: JobSpec, reselect: bool = False, in_memory: bool = False) ->
     cols = planned_columns(job, fail, saved=_saved_schema(job) if reselect else None)
     _check_filters(job, cols, fail)
     _check_selector(job, cols, fail)
+    check_output_columns(job, cols, in_memory, fail)  # output.columns names columns the parts will have
     return cols
 
 

@@ -10,10 +10,11 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
-from thresher.config import JobSpec
+from thresher.config import JobSpec, job_identity
 from thresher.specs import JobError, config_diff
 from thresher.common.atomic import write_json_atomic, write_text_atomic
 from thresher.io.output import JobLock, OutputLayout, check_own_or_empty, remove_stale_temporaries, require_local_path
@@ -23,12 +24,47 @@ from thresher.pipelines import stages
 from thresher.pipelines.engine import make_engine
 from thresher.pipelines.plan import check_plan
 from thresher.pipelines.manifest import build_manifest, summary_text
+from thresher.pipelines.card import write_card
+from thresher.pipelines.parts import forget_other_parts, rechunk, rechunks
 
 @dataclass
 class RunResult:
+    """What `run_job` (`thresher.run`) returns: the manifest, the summary text and the output folder."""
+
     manifest: dict[str, Any]
     summary: str
     output: str
+
+    def part_files(self) -> list[str]:
+        """The paths of the parts (`part-*.parquet`), in order (a JobError for a score-only run)."""
+        parts = self.manifest.get("shards")
+        if parts is None:
+            raise JobError(f"{self.output}: a score-only run wrote no selected rows; run the whole job "
+                           f"(or `thresher select`) first")
+        return [str(Path(self.output) / p["file"]) for p in parts]
+
+    def to_dataset(self, **load_kwargs: Any) -> Any:
+        """The selected rows as a `datasets.Dataset` (memory-mapped from the datasets cache, in
+        part order); `load_kwargs` go to `datasets.load_dataset` (e.g. `cache_dir=`)."""
+        try:
+            import datasets
+        except ImportError:
+            raise JobError("RunResult.to_dataset() needs the `datasets` package: pip install datasets "
+                           "(or use to_pandas())") from None
+        files = self.part_files()
+        if not files:
+            raise JobError(f"{self.output}: the run wrote no parts (no input shards)")
+        return datasets.load_dataset("parquet", data_files=files, split="train", **load_kwargs)
+
+    def to_pandas(self) -> Any:
+        """The selected rows as a `pandas.DataFrame`, in part order."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        tables = [pq.read_table(f) for f in self.part_files()]
+        if not tables:
+            raise JobError(f"{self.output}: the run wrote no parts (no input shards)")
+        return pa.concat_tables(tables, promote_options="default").to_pandas()
 
 
 def _inputs_hash(shards: list[InputShard]) -> str:
@@ -39,7 +75,8 @@ def prepare_output(layout: OutputLayout, job: JobSpec, shards: list[InputShard],
                    reselect: bool = False) -> None:
     """Check the output folder against this job; refuse to mix with another job's output.
 
-    A folder with the same config resumes. A changed config is an error unless `overwrite`
+    A folder with the same config resumes, wherever it lies now (`output.path` is not part of
+    the config's identity). A changed config is an error unless `overwrite`
     (which always starts afresh) or `reselect` (only the selection changed: `thresher select`).
     """
     root = layout.root
@@ -65,8 +102,9 @@ def prepare_output(layout: OutputLayout, job: JobSpec, shards: list[InputShard],
             same_scores = same_select = False
         if not (same_scores and same_select):
             what = ("input files or scorers" if not same_scores else "filters or selector") + " differ"
-            keys = [d for d in config_diff(old.get("job", {}), state["job"])
-                    if not d.startswith("output.overwrite")] if "job" in old else []
+            # where the folder lies (output.path) and output.overwrite are no part of the identity
+            keys = (config_diff(job_identity(old["job"]), job_identity(state["job"]))
+                    if isinstance(old.get("job"), dict) else [])
             if keys:
                 what += ": " + "; ".join(keys[:8]) + (f"; and {len(keys) - 8} more" if len(keys) > 8 else "")
             if changed["score"] or changed["select"]:
@@ -115,12 +153,17 @@ def run_job(job: JobSpec, data: Any = None, overwrite: bool | None = None, progr
                                        shards=shards, input_table=table)
             timings["select"] = time.perf_counter() - t
             t = time.perf_counter()
+            forget_other_parts(job, layout, len(shards))  # output.columns or a part size changed
             write_res = engine.map_shards("write", stages.write_shard, job, shards, str(layout.root), table)
+            # output.target_rows_per_part: the per-shard parts re-chunked, one map task per part
+            parts = rechunk(job, layout, write_res, engine.parallel_map) if rechunks(job) else None
             timings["write"] = time.perf_counter() - t
             timings["total"] = time.perf_counter() - t0
         finally:
             engine.close()
-        manifest = build_manifest(job, layout, shards, score_res, select_res, write_res, timings, engine.name)
+        manifest = build_manifest(job, layout, shards, score_res, select_res, write_res, timings, engine.name,
+                                  parts=[r["part"] for r in parts] if parts is not None else None)
+        write_card(manifest, layout)  # after the parts, before the manifest
         write_json_atomic(manifest, layout.manifest)
         text = summary_text(manifest)
         write_text_atomic(text, layout.summary)

@@ -1,10 +1,16 @@
 """spark-submit entry point: run a thresher job on the session spark-submit configured.
 
-    spark-submit --master spark://HOST:7077 --driver-memory 4g \\
-        thresher/pipelines/spark_submit.py JOB.yaml [--set KEY=VALUE ...] [--output DIR] [--overwrite]
+spark-submit wants a Python *file* as the application, so give it this module's file; from a
+pip install (a wheel, no repository checkout) that is
 
-(or `python -m thresher.pipelines.spark_submit JOB.yaml ...`, which starts its own JVM
-with the job's `engine.spark.master` and `engine.spark.conf`).
+    ENTRY=$(python -c "import thresher.pipelines.spark_submit as m; print(m.__file__)")
+    spark-submit --master spark://HOST:7077 --driver-memory 4g \\
+        "$ENTRY" JOB.yaml [--set KEY=VALUE ...] [--output DIR] [--overwrite]
+
+(in a checkout, `thresher/pipelines/spark_submit.py` is the same file). Or run
+`python -m thresher.pipelines.spark_submit JOB.yaml ...`, which starts its own JVM with the
+job's `engine.spark.master` and `engine.spark.conf`. jobs/spark/README.md says how the
+executors get the same Python environment and how a GPU job is submitted.
 
 Under spark-submit the master, memory and resource settings come from spark-submit (its
 flags, `--conf`, `spark-defaults.conf`); the job's `engine.spark.conf` keys are applied
@@ -19,7 +25,14 @@ import argparse
 import os
 import sys
 
-from thresher.config import JobError, load_job
+if __name__ == "__main__" and sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(
+        os.path.abspath(__file__)):
+    # run as a file (spark-submit .../thresher/pipelines/spark_submit.py): Python put this folder
+    # first on sys.path, where its siblings (engine, local, plan, tasks, worker, ...) would
+    # shadow top-level modules of those names; thresher itself is imported as a package
+    sys.path.pop(0)
+
+from thresher.config import JobError, load_job  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,8 +21,10 @@ import pyarrow.parquet as pq
 from thresher.config import FilterSpec, JobSpec
 from thresher.specs import JobError
 from thresher.common.atomic import write_json_atomic
+from thresher.common.progress import Report, no_report
 from thresher.io.output import AtomicParquetWriter, OutputLayout
 from thresher.io.readers import REJECT_SCHEMA, InputShard, read_shard
+from thresher.pipelines.parts import output_columns, shard_part_path
 from thresher.pipelines.worker import global_scorers, scorers_for
 from thresher.scorers.base import GlobalScorer
 from thresher.selectors.base import ParallelMap, SelectContext, SelectionResult, Selector, serial_map
@@ -50,8 +52,10 @@ def base_columns(batch: pa.RecordBatch, shard: int) -> dict[str, pa.Array]:
 # -- map stage 1: score ------------------------------------------------------------
 
 
-def score_shard(job: JobSpec, shard: InputShard, out_root: str, table: pa.Table | None = None) -> dict[str, Any]:
-    """Score one shard into `_scores/part-i` (+ `_rejected/part-i`); skip if already done."""
+def score_shard(job: JobSpec, shard: InputShard, out_root: str, table: pa.Table | None = None,
+                report: Report = no_report) -> dict[str, Any]:
+    """Score one shard into `_scores/part-i` (+ `_rejected/part-i`); skip if already done.
+    `report(n)` is called after each batch with its input rows (progress)."""
     layout = OutputLayout(out_root)
     done = layout.read_marker("score", shard.index)
     if done is not None and done.get("score_hash") == job.score_hash():
@@ -79,6 +83,7 @@ def score_shard(job: JobSpec, shard: InputShard, out_root: str, table: pa.Table 
                                        f"give the scorer another `name:`")
                     cols[name] = arr
             scores_w.write(pa.RecordBatch.from_pydict(cols))
+            report(rb.good.num_rows + rb.rejected.num_rows)
         if scores_w.schema is None:  # an empty shard still gets a score file with a schema
             scores_w.schema = _empty_score_schema(scorers)
         info = scores_w.close()
@@ -327,11 +332,13 @@ def _scatter(arr: pa.Array, idx: np.ndarray, n: int) -> pa.Array:
 # -- map stage 2: write ------------------------------------------------------------
 
 
-def write_shard(job: JobSpec, shard: InputShard, out_root: str, table: pa.Table | None = None) -> dict[str, Any]:
-    """Join the selection back onto the wide rows of one shard and write `part-i`."""
+def write_shard(job: JobSpec, shard: InputShard, out_root: str, table: pa.Table | None = None,
+                report: Report = no_report) -> dict[str, Any]:
+    """Join the selection back onto the wide rows of one shard and write `part-i`.
+    `report(n)` is called after each batch with its input rows (progress)."""
     layout = OutputLayout(out_root)
     done = layout.read_marker("write", shard.index)
-    if done is not None and done.get("select_hash") == job.select_hash():
+    if done is not None and done.get("write_hash", done.get("select_hash")) == job.write_hash():
         return {**done, "skipped": True}
     start = time.perf_counter()
     scores = pq.read_table(layout.scores(shard.index))
@@ -341,9 +348,11 @@ def write_shard(job: JobSpec, shard: InputShard, out_root: str, table: pa.Table 
     score_cols = [c for c in scores.column_names if c not in ("id", "_shard", "_row")]
     sel_cols = [c for c in sel.column_names if c not in ("_row", "status", "reason")]
     selected = pc.equal(sel.column("status"), "selected")
-    writer = AtomicParquetWriter(layout.part(shard.index), compression=job.output.compression)
+    # the part itself, or (output.target_rows_per_part) its staged copy that parts.rechunk cuts up
+    writer = AtomicParquetWriter(shard_part_path(job, layout, shard.index), compression=job.output.compression)
     offset = 0
     rows_in = 0
+    names: list[str] | None = None  # the columns the part holds (output.columns)
     try:
         for rb in read_shard(shard, job.input, table):
             good = rb.good
@@ -362,13 +371,16 @@ def write_shard(job: JobSpec, shard: InputShard, out_root: str, table: pa.Table 
             cols.update({name: sc.column(name) for name in score_cols})
             s = sel.slice(offset, k)
             cols.update({name: s.column(name) for name in sel_cols})
-            out = pa.table(cols).filter(selected.slice(offset, k))
+            names = names or output_columns(list(cols), job, where=shard.name)
+            out = pa.table({name: cols[name] for name in names}).filter(selected.slice(offset, k))
             writer.write(out)
             offset += k
+            report(good.num_rows + rb.rejected.num_rows)
         if writer.schema is None:
-            writer.schema = pa.schema([("id", pa.string()), ("text", pa.string())] +
-                                      [scores.schema.field(c) for c in score_cols] +
-                                      [sel.schema.field(c) for c in sel_cols])
+            schema = pa.schema([("id", pa.string()), ("text", pa.string())] +
+                               [scores.schema.field(c) for c in score_cols] +
+                               [sel.schema.field(c) for c in sel_cols])
+            writer.schema = pa.schema([schema.field(c) for c in output_columns(schema.names, job)])
         if offset != scores.num_rows:
             raise JobError(f"{shard.name}: read {offset} rows but {scores.num_rows} were scored; input changed? "
                            f"re-run with --overwrite")
@@ -378,5 +390,7 @@ def write_shard(job: JobSpec, shard: InputShard, out_root: str, table: pa.Table 
         raise
     marker = {"shard": shard.index, "select_hash": job.select_hash(), "part": info, "rows_in": rows_in,
               "seconds": round(time.perf_counter() - start, 4)}
+    if job.write_hash() != job.select_hash():  # output.columns or a part size: the parts' own identity
+        marker["write_hash"] = job.write_hash()
     write_json_atomic(marker, layout.marker("write", shard.index))
     return {**marker, "skipped": False}

@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from thresher.common.atomic import PARENT_GONE_EXIT, guard_parent
+from thresher.common.progress import set_worker_queue
 from thresher.common.threads import limit_process_threads
 from thresher.scorers.base import GlobalScorer, Scorer
 from thresher.scorers.registry import build_scorer, scorer_class
@@ -52,17 +53,19 @@ def global_scorers(specs: list[dict[str, Any]]) -> list[GlobalScorer]:
     return [build_scorer(s) for s in specs if _is_global(s)]  # type: ignore[misc]
 
 
-def init_worker(torch_threads: int | None, parent_pid: int | None = None) -> None:
+def init_worker(torch_threads: int | None, parent_pid: int | None = None, progress_queue: Any = None) -> None:
     """Process-pool initialiser: cap math threads so workers do not oversubscribe cores.
 
     Only environment variables are set (torch reads them when a model scorer first imports
     it), so workers of jobs without model scorers never pay for importing torch.
     With `parent_pid` (the local engine's pool) the worker dies with that process
-    (`die_with_parent`) and leaves Ctrl-C to it (the parent stops the pool)."""
+    (`die_with_parent`) and leaves Ctrl-C to it (the parent stops the pool).
+    `progress_queue`: where this worker's progress counts go (`common.progress.Channel`)."""
     limit_process_threads(torch_threads)
     if parent_pid is not None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         die_with_parent(parent_pid)
+    set_worker_queue(progress_queue)
 
 
 PR_SET_PDEATHSIG = 1

@@ -1,7 +1,9 @@
 """Build the self-contained HTML report of one or several runs (and of a selection benchmark).
 
 `load_run(path)` reads an output folder's narrow tables (`_scores`, `_selection`) and its
-manifest, or a benchmark folder's `selection_quality.json`. `build_report(runs)` turns them into
+manifest, or a benchmark folder's `selection_quality.json`; the few example documents per score
+decile are read afterwards (`fetch_texts`: selected ones from the part files, the others from
+the job's input, bounded). `build_report(runs)` turns them into
 sections of tables and figures; `write_report(paths, out)` writes the HTML (every image
 embedded as a base64 PNG) and the same PNG files next to it.
 
@@ -40,7 +42,8 @@ CLUSTER_RE = re.compile(r"^clusters\w*_id$")
 
 @dataclass
 class RunData:
-    """What the report needs from one output folder (narrow tables only, never the text)."""
+    """What the report needs from one output folder (narrow tables; the text of a few example
+    documents is read separately, `fetch_texts`)."""
 
     path: Path
     name: str
@@ -203,6 +206,7 @@ def cluster_stats(run: RunData, column: str) -> dict[str, Any]:
     sel = g.apply(lambda s: int((s == "selected").sum()))
     covered = float((sel > 0).mean()) if len(total) else 0.0
     return {"clusters": int(len(total)), "covered": covered, "total": total.to_numpy(), "selected": sel.to_numpy(),
+            "ids": total.index.to_numpy(),
             "median_fraction": float(np.median(sel.to_numpy() / total.to_numpy())) if len(total) else 0.0}
 
 
@@ -252,8 +256,8 @@ def overview(runs: list[RunData]) -> Section:
         rows.append([r.name, r.manifest["job"].get("name"), run_label(r), c["input_rows"], c["selected"],
                      f"{100 * c['selected'] / n:.1f}%", c["not_selected"]["total"], c["rejected"]["total"],
                      r.manifest.get("engine")])
-    return Section("Runs", table(["run", "job", "selector", "input rows", "selected", "share", "not selected",
-                                  "rejected", "engine"], rows))
+    return Section("Runs", budget_note(runs) + table(["run", "job", "selector", "input rows", "selected", "share",
+                                                      "not selected", "rejected", "engine"], rows))
 
 
 def counts_section(runs: list[RunData]) -> Section:
@@ -264,8 +268,9 @@ def counts_section(runs: list[RunData]) -> Section:
     rows = [[k] + [d.get(k, 0) for d in per_run] for k in keys]
     rows.append(["total (= input rows)"] + [sum(d.values()) for d in per_run])
     sec = Section("Counts", table(["status / reason"] + [r.name for r in runs], rows))
-    for i, (r, d) in enumerate(zip(runs[:MAX_RUN_FIGURES], per_run)):
-        sec.figures.append(Figure(f"counts-{i}", f"Counts: {r.name}", plots.counts_bar(d)))
+    shown = runs[:MAX_RUN_FIGURES]
+    title = "Counts: " + (shown[0].name if len(shown) == 1 else "runs side by side")
+    sec.figures.append(Figure("counts", title, plots.counts_grouped([r.name for r in shown], per_run[:len(shown)])))
     return sec
 
 
@@ -289,9 +294,184 @@ def histogram_section(runs: list[RunData]) -> Section:
                      + (f"<p class='note'>{hidden} more numeric column(s) not shown (constant, or a smaller "
                         f"shift between pool and selection).</p>" if hidden > 0 else ""))
         sec.figures.append(Figure(f"scores-{i}", f"Score histograms: {r.name}", plots.score_histograms(data),
-                                  "grey: valid pool; orange outline: selection (densities)"))
+                                  "grey: valid pool; orange outline: selection (densities; the outer bins also hold "
+                                  "the values beyond the central 99%; a heavy-tailed column gets a log x axis and "
+                                  "shows the share of documents per log-spaced bin)"))
     sec.html = "".join(parts)
     return sec
+
+
+def budget_text(r: RunData) -> str:
+    """A run's budget as the page states it: the selector's setting and what it selected."""
+    s, c = r.selector, r.manifest["counts"]
+    b = s.get("budget")
+    picked = f"{int(c['selected']):,} of {int(c['input_rows']):,} rows selected"
+    if b is None:
+        return f"none ({s.get('type', '?')}; {picked})"
+    unit = "tokens" if s.get("budget_unit") == "tokens" else "documents"
+    share = f"{100 * float(b):g}% of the valid {unit}" if isinstance(b, (int, float)) and b <= 1 else f"{fmt(b)} {unit}"
+    return f"{share} ({picked})"
+
+
+def budget_note(runs: list[RunData]) -> str:
+    """A visible note when compared runs select with different budgets (empty otherwise)."""
+    if len(runs) < 2:
+        return ""
+    if len({(json.dumps(r.selector.get("budget")), r.selector.get("budget_unit", "docs")) for r in runs}) < 2:
+        return ""
+    items = "".join(f"<li><b>{esc(r.name)}</b>: budget {esc(budget_text(r))}</li>" for r in runs)
+    return (f'<div class="warn" id="budgets-differ"><b>Budgets differ between these runs.</b> Overlaps and score '
+            f"means below compare selections of different sizes:<ul>{items}</ul></div>")
+
+
+# -- example documents ------------------------------------------------------------------
+
+MAX_EXAMPLE_RUNS = 3
+MAX_EXAMPLE_COLUMNS = 3
+EXAMPLE_DECILES = (0, 2, 4, 7, 9)  # D1, D3, D5, D8, D10: one selected + one not each, <= 10 docs per column
+EXAMPLE_CHARS = 300
+MAX_EXAMPLE_SCAN_ROWS = 200_000  # input rows read again, at most, to find not-selected examples
+
+
+def decile_examples(run: RunData, column: str) -> list[dict[str, Any]]:
+    """Per chosen decile of `column` over the pool: range, size, selected share, and the ids of one
+    selected and one not-selected document nearest the decile's median (either may be absent)."""
+    f = run.frame.loc[run.pool, ["id", "status", column]]
+    f = f[np.isfinite(f[column].to_numpy(dtype=float, na_value=np.nan))]
+    if len(f) < 10 or f[column].nunique() < 2:
+        return []
+    rank = f[column].rank(method="first").to_numpy()
+    dec = ((rank - 1) * 10 // len(f)).astype(int)
+    out: list[dict[str, Any]] = []
+    for d in EXAMPLE_DECILES:
+        part = f[dec == d]
+        if part.empty:
+            continue
+        vals = part[column].astype(float)
+        if out and out[-1]["lo"] == out[-1]["hi"] == float(vals.min()) == float(vals.max()):
+            continue  # the same single value again (a mostly-constant column): nothing new to show
+        med = float(vals.median())
+        row: dict[str, Any] = {"decile": d + 1, "lo": float(vals.min()), "hi": float(vals.max()), "docs": len(part),
+                               "share": float((part["status"] == "selected").mean())}
+        for key, mask in (("selected", part["status"] == "selected"), ("not", part["status"] != "selected")):
+            cand = part[mask]
+            if len(cand):
+                i = (cand[column].astype(float) - med).abs().idxmin()
+                row[key] = (str(cand.at[i, "id"]), float(cand.at[i, column]), str(cand.at[i, "status"]))
+        out.append(row)
+    return out
+
+
+def fetch_texts(run: RunData, ids: set[str]) -> tuple[dict[str, str], str]:
+    """The text of these documents: selected ones from the output's part files, the rest read
+    again from the job's input (only the shards that hold them, at most MAX_EXAMPLE_SCAN_ROWS
+    rows). Returns (id -> text, a note on what could not be read, or "")."""
+    import pyarrow.compute as pc
+
+    got: dict[str, str] = {}
+
+    def take(tbl: pa.Table | pa.RecordBatch, want: set[str]) -> None:
+        mask = pc.is_in(tbl.column("id"), value_set=pa.array(sorted(want), pa.string()))
+        hit = tbl.filter(mask)
+        for i, t in zip(hit.column("id").to_pylist(), hit.column("text").to_pylist()):
+            got[str(i)] = "" if t is None else str(t)
+
+    for part in sorted(run.path.glob("part-*.parquet")):
+        want = ids - got.keys()
+        if not want:
+            break
+        try:
+            take(pq.read_table(part, columns=["id", "text"]), want)
+        except (OSError, KeyError, pa.ArrowException):
+            continue
+    missing = ids - got.keys()
+    if not missing:
+        return got, ""
+    try:
+        from thresher.config import InputSpec
+        from thresher.io.readers import plan_shards, read_shard
+
+        spec = InputSpec.model_validate(run.manifest["job"]["input"])
+        shards = plan_shards(spec)
+        recorded = {int(x["shard"]): x for x in run.manifest.get("inputs", [])}
+        need: dict[int, set[str]] = {}
+        for sf in sorted((run.path / "_scores").glob("part-*.parquet")):
+            i = int(sf.stem.split("-")[1])
+            col = pq.read_table(sf, columns=["id"]).column("id")
+            hit = set(col.filter(pc.is_in(col, value_set=pa.array(sorted(missing), pa.string()))).to_pylist())
+            if hit:
+                need[i] = {str(h) for h in hit}
+        scanned = 0
+        for i in sorted(need, key=lambda k: -len(need[k])):
+            shard = shards[i] if i < len(shards) else None
+            rec = recorded.get(i, {})
+            if shard is None or (rec.get("fingerprint") and rec["fingerprint"] != shard.fingerprint):
+                return got, "the input changed since the run: some examples are shown without their text"
+            rows = int(rec.get("rows") or shard.rows or 0)
+            if scanned + rows > MAX_EXAMPLE_SCAN_ROWS:
+                break
+            scanned += rows
+            for rb in read_shard(shard, spec):
+                want = need[i] - got.keys()
+                if not want:
+                    break
+                take(rb.good, want)
+    except Exception as exc:  # the input moved, is in memory only, ...: the page still renders
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        return got, f"the input could not be read again ({type(exc).__name__}: {first}): examples without text"
+    if ids - got.keys():
+        return got, "some inputs were too large to scan again: those examples are shown without their text"
+    return got, ""
+
+
+def _snippet(text: str | None) -> str:
+    if text is None:
+        return "<i>text not available</i>"
+    flat = " ".join(text.split())
+    return esc(flat[:EXAMPLE_CHARS] + ("…" if len(flat) > EXAMPLE_CHARS else ""))
+
+
+def _doc_cell(pick: tuple[str, float, str] | None, texts: dict[str, str]) -> str:
+    if pick is None:
+        return '<td class="doc">–</td>'
+    doc_id, value, status = pick
+    return (f'<td class="doc"><span class="docid">{esc(doc_id)} · {esc(fmt(value))}'
+            f'{"" if status in ("selected", "not_selected") else " · " + esc(status)}</span><br>'
+            f"{_snippet(texts.get(doc_id))}</td>")
+
+
+def examples_section(runs: list[RunData]) -> Section | None:
+    """A few documents per score decile, selected against not selected (text truncated, escaped)."""
+    plan: list[tuple[RunData, str, list[dict[str, Any]]]] = []
+    for r in runs[:MAX_EXAMPLE_RUNS]:
+        for c in informative_columns(r, cap=MAX_EXAMPLE_COLUMNS):
+            rows = decile_examples(r, c)
+            if rows:
+                plan.append((r, c, rows))
+    if not plan:
+        return None
+    parts = [f"<p class='note'>For the first {min(len(runs), MAX_EXAMPLE_RUNS)} run(s) and up to "
+             f"{MAX_EXAMPLE_COLUMNS} of their most informative score columns: deciles 1, 3, 5, 8 and 10 of the pool "
+             f"(by the column's value), each with the selected and the not-selected document nearest the decile's "
+             f"median; id · value, then the first {EXAMPLE_CHARS} characters. Click a run to open it.</p>"]
+    for r in [r for r in runs[:MAX_EXAMPLE_RUNS] if any(p[0] is r for p in plan)]:
+        mine = [(c, rows) for rr, c, rows in plan if rr is r]
+        ids = {pick[0] for _, rows in mine for row in rows for k in ("selected", "not") if (pick := row.get(k))}
+        texts, note = fetch_texts(r, ids)
+        first = not parts[1:]
+        parts.append(f"<details{' open' if first else ''}><summary>{esc(r.name)}: "
+                     f"{', '.join(esc(c) for c, _ in mine)}</summary>"
+                     + (f"<p class='note'>{esc(note)}</p>" if note else ""))
+        for c, rows in mine:
+            body = "".join(
+                f"<tr><td>D{row['decile']}</td><td class='range'>{esc(fmt(row['lo']))} – {esc(fmt(row['hi']))}</td>"
+                f"<td>{row['docs']:,}</td><td>{100 * row['share']:.0f}%</td>"
+                f"{_doc_cell(row.get('selected'), texts)}{_doc_cell(row.get('not'), texts)}</tr>" for row in rows)
+            parts.append(f"<h4>{esc(c)}</h4><table class='examples'><thead><tr><th>decile</th><th>range</th>"
+                         f"<th>docs</th><th>selected</th><th>a selected document</th><th>a document not selected"
+                         f"</th></tr></thead><tbody>{body}</tbody></table>")
+        parts.append("</details>")
+    return Section("Example documents per score decile", "".join(parts))
 
 
 def cluster_section(runs: list[RunData]) -> Section | None:
@@ -301,7 +481,7 @@ def cluster_section(runs: list[RunData]) -> Section | None:
             st = cluster_stats(r, col)
             rows.append([r.name, col, st["clusters"], f"{100 * st['covered']:.1f}%", st["median_fraction"]])
             figs.append(Figure(f"clusters-{i}-{j}", f"Cluster coverage: {r.name} ({col})",
-                               plots.cluster_coverage(st["total"], st["selected"], col)))
+                               plots.cluster_coverage(st["total"], st["selected"], col, ids=st["ids"])))
     if not rows:
         return None
     return Section("Cluster coverage", table(["run", "column", "clusters", "covered (≥1 selected)",
@@ -337,7 +517,7 @@ def comparison_section(runs: list[RunData]) -> Section | None:
     mat = np.eye(k)
     for i, j in combinations(range(k), 2):
         mat[i, j] = mat[j, i] = jaccard(ids[i], ids[j])
-    sec = Section("Comparison of runs")
+    sec = Section("Comparison of runs", budget_note(runs).replace('id="budgets-differ"', ""))
     sec.html += "<h3>Overlap (Jaccard of selected ids)</h3>" + table(
         ["run"] + names, [[n] + [float(x) for x in mat[i]] for i, n in enumerate(names)])
     sec.figures.append(Figure("jaccard", "Overlap between runs", plots.jaccard_heatmap(names, mat)))
@@ -422,7 +602,7 @@ def build_report(items: list[RunData | BenchData]) -> list[Section]:
         sections.append(bench_section(b))
     if runs:
         sections += [overview(runs), counts_section(runs), histogram_section(runs)]
-        for s in (cluster_section(runs), reward_section(runs), comparison_section(runs)):
+        for s in (examples_section(runs), cluster_section(runs), reward_section(runs), comparison_section(runs)):
             if s is not None:
                 sections.append(s)
     return sections
@@ -441,6 +621,13 @@ td:first-child,th:first-child{text-align:left}
 figure{margin:12px 0} figure img{max-width:100%;border:1px solid #e9ecef}
 figcaption{font-size:0.8em;color:#495057} .note,.meta{font-size:0.85em;color:#495057}
 nav a{margin-right:12px}
+.warn{background:#fff4e6;border-left:4px solid #e8590c;padding:6px 12px;margin:8px 0;font-size:0.9em}
+.warn ul{margin:4px 0 2px;padding-left:20px}
+h4{font-size:0.95em;margin:14px 0 4px;font-family:ui-monospace,monospace}
+table.examples td.doc{text-align:left;vertical-align:top;max-width:440px;font-size:0.95em;line-height:1.3}
+table.examples td{vertical-align:top} table.examples th{text-align:left} table.examples td.range{white-space:nowrap}
+.docid{color:#495057;font-family:ui-monospace,monospace;font-size:0.9em}
+details{margin:6px 0} summary{cursor:pointer;font-weight:600;margin:10px 0 4px}
 """
 
 CHECK_JS = """

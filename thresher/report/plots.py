@@ -22,39 +22,122 @@ DPI = 100
 
 
 def to_png(fig: plt.Figure, tight: bool = True) -> bytes:
-    """Render a figure to PNG bytes and close it."""
+    """Render a figure to PNG bytes and close it.
+
+    The saved area is the drawn area (`bbox_inches="tight"`), so no tick label, axis label or
+    legend outside the axes is ever cut off; `tight` also runs tight_layout first (spacing
+    between panels)."""
     buf = io.BytesIO()
     if tight:
         fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=DPI)
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.08)
     plt.close(fig)
     return buf.getvalue()
 
 
+HEAVY_RATIO = 100.0  # max / median above this: a heavy tail
+HEAVY_Q99_RATIO = 20.0  # or the 99th percentile / median above this (one outlier is not a tail)
+
+
+def _skew(v: np.ndarray) -> float:
+    sd = float(v.std())
+    return float(np.mean(((v - v.mean()) / sd) ** 3)) if sd > 0 else 0.0
+
+
+def _heavy(v: np.ndarray) -> bool:
+    med = float(np.median(v))
+    return med > 0 and (float(v.max()) / med > HEAVY_RATIO or float(np.quantile(v, 0.99)) / med > HEAVY_Q99_RATIO)
+
+
+def axis_scale(values: np.ndarray) -> str:
+    """`linear`, `log` or `symlog` for a score's histogram axis.
+
+    Heavy-tailed non-negative scores (max/median > 100, or 99th percentile/median > 20: e.g.
+    perplexities) get a log axis: `log` when every value is positive, `symlog` (linear near
+    zero) when some are zero and the positive ones are heavy-tailed. Columns with few distinct
+    values (flags, small counts) and signed columns stay linear."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size < 20 or np.unique(v).size < 10 or float(v.min()) < 0:
+        return "linear"
+    if float(v.min()) > 0:
+        return "log" if _heavy(v) else "linear"
+    pos = v[v > 0]
+    return "symlog" if pos.size >= 10 and (_heavy(pos) or _heavy(v)) else "linear"
+
+
+def _bins(both: np.ndarray, scale: str, n: int = 30) -> tuple[np.ndarray, float]:
+    """Bin edges for a histogram on `scale` (and the symlog linear threshold, else 0)."""
+    if both.size == 0:
+        return np.linspace(0.0, 1.0, n + 1), 0.0
+    if scale == "log":
+        lo, hi = float(both.min()), float(both.max())
+        return np.geomspace(lo, hi if hi > lo else lo * 10, n + 1), 0.0
+    if scale == "symlog":
+        pos = both[both > 0]
+        c = float(np.quantile(pos, 0.05)) if pos.size else 1.0
+        hi = float(both.max())
+        t = np.linspace(0.0, np.log10(1 + hi / c), n + 1)
+        return c * (10 ** t - 1), c
+    # linear: the central 99%, so one outlier does not squash the rest into one bar
+    lo, hi = float(np.quantile(both, 0.005)), float(np.quantile(both, 0.995))
+    if hi <= lo:  # the central 99% is one value (a mostly-zero column): the whole range then
+        lo, hi = float(both.min()), float(both.max())
+    if hi <= lo:
+        lo, hi = lo - 0.5, lo + 0.5
+    return np.linspace(lo, hi, n + 1), 0.0
+
+
 def counts_bar(counts: Mapping[str, int]) -> bytes:
-    """Horizontal bars: selected, not selected / rejected by reason."""
-    labels = list(counts)
-    values = [counts[k] for k in labels]
-    colors = [SEL_COLOR if k == "selected" else ("#c92a2a" if k.startswith("rejected") else POOL_COLOR)
-              for k in labels]
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(labels) + 1.0))
+    """Horizontal bars of one run: selected, not selected / rejected by reason."""
+    return counts_grouped(["run"], [counts])
+
+
+def counts_grouped(runs: Sequence[str], counts: Sequence[Mapping[str, int]]) -> bytes:
+    """Grouped horizontal bars: per status / reason, one bar per run, side by side.
+
+    `counts[i]` maps status/reason -> documents for run `runs[i]`; a reason a run lacks is 0."""
+    labels: list[str] = []
+    for d in counts:
+        labels += [k for k in d if k not in labels]
+    n_runs = max(len(runs), 1)
+    height = 0.8 / n_runs
+    longest = max((len(k) for k in labels), default=0)  # long reasons: a wider figure, not a thinner plot
+    fig, ax = plt.subplots(figsize=(7.5 + 0.06 * max(0, longest - 20), max(1.6, (0.32 * n_runs + 0.2) * len(labels) + 1.1)))
     y = np.arange(len(labels))
-    ax.barh(y, values, color=colors)
-    ax.set_yticks(y, labels)
+    top = max([max(d.values(), default=0) for d in counts] + [1])
+    for i, (run, d) in enumerate(zip(runs, counts)):
+        values = [int(d.get(k, 0)) for k in labels]
+        pos = y + (i - (n_runs - 1) / 2) * height
+        ax.barh(pos, values, height=height * 0.95, color=PALETTE[i % len(PALETTE)] if n_runs > 1 else
+                [SEL_COLOR if k == "selected" else ("#c92a2a" if k.startswith("rejected") else POOL_COLOR)
+                 for k in labels], label=run)
+        for yi, v in zip(pos, values):
+            ax.text(v, yi, f" {v:,}", va="center", fontsize=7 if n_runs > 1 else 8)
+    ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
-    for yi, v in zip(y, values):
-        ax.text(v, yi, f" {v:,}", va="center", fontsize=8)
     ax.set_xlabel("documents")
-    ax.set_xlim(0, max(values + [1]) * 1.18)
-    ax.set_title("Where every input row went")
+    ax.set_xlim(0, top * 1.2)
+    ax.set_title("Where every input row went" + (" (runs side by side)" if n_runs > 1 else ""))
+    if n_runs > 1:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return to_png(fig)
+
+
+def _integer_valued(v: np.ndarray) -> bool:
+    return bool(v.size) and bool(np.all(v == np.round(v)))
 
 
 def score_histograms(columns: Sequence[tuple[str, np.ndarray, np.ndarray]], ncols: int = 3) -> bytes:
     """One panel per score column: density of the pool against the selection.
 
     `columns` holds (name, pool values, selected values); non-finite values are dropped.
+    Heavy-tailed columns get a log x axis (`axis_scale`), whole-number columns one bin per
+    value (when their range is small), and a column that is mostly zeros says how many.
     """
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator, NullFormatter
+
     n = len(columns)
     if n == 0:
         raise ValueError("score_histograms: no columns to plot")
@@ -65,45 +148,97 @@ def score_histograms(columns: Sequence[tuple[str, np.ndarray, np.ndarray]], ncol
         pool = pool[np.isfinite(pool)]
         sel = sel[np.isfinite(sel)]
         both = np.concatenate([pool, sel])
-        # bins over the central 99% so one outlier does not squash the rest into one bar
-        lo, hi = (float(np.quantile(both, 0.005)), float(np.quantile(both, 0.995))) if both.size else (0.0, 1.0)
-        if hi <= lo:
-            hi = lo + 1.0
-        bins = np.linspace(lo, hi, 31)
+        scale = axis_scale(pool if pool.size else both)
+        if scale != "linear" and both.size and float(both.min()) < 0:
+            scale = "linear"
+        bins, linthresh = _bins(both, scale)
+        if scale == "linear" and both.size:
+            if _integer_valued(both) and bins[-1] - bins[0] <= 60:
+                lo_i, hi_i = np.floor(bins[0]), np.ceil(bins[-1])
+                bins = np.arange(lo_i - 0.5, hi_i + 1.0, 1.0)  # one bin per whole number, no empty combs
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=6))
+            else:
+                ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+        lo, hi = float(bins[0]), float(bins[-1])
         pool, sel = np.clip(pool, lo, hi), np.clip(sel, lo, hi)
-        ax.hist(pool, bins=bins, density=True, histtype="stepfilled", color=POOL_COLOR, alpha=0.8, label=f"pool (n={pool.size:,})")
+        if scale == "linear":
+            kw: dict = {"density": True}
+            pool_kw, sel_kw = kw, kw
+        else:  # share of documents per (log-spaced) bin: a density would vanish in the tail
+            pool_kw = {"weights": np.full(pool.size, 1.0 / max(pool.size, 1))}
+            sel_kw = {"weights": np.full(sel.size, 1.0 / max(sel.size, 1))}
+        ax.hist(pool, bins=bins, histtype="stepfilled", color=POOL_COLOR, alpha=0.8, **pool_kw)
         if sel.size:
-            ax.hist(sel, bins=bins, density=True, histtype="step", linewidth=1.8, color=SEL_COLOR,
-                    label=f"selected (n={sel.size:,})")
-        ax.set_title(name, fontsize=9)
+            ax.hist(sel, bins=bins, histtype="step", linewidth=1.8, color=SEL_COLOR, **sel_kw)
+        if scale == "log":
+            ax.set_xscale("log")
+        elif scale == "symlog":
+            ax.set_xscale("symlog", linthresh=linthresh)
+        if scale != "linear":
+            ax.xaxis.set_minor_formatter(NullFormatter())  # labelled decades only: no overlapping minor labels
+        notes = [f"pool {pool.size:,}, selected {sel.size:,}"]
+        zeros = float(np.mean(pool == 0)) if pool.size else 0.0
+        if zeros >= 0.5:
+            notes.append(f"{100 * zeros:.0f}% of pool = 0")
+        if scale != "linear":
+            notes.append(f"{scale} x, share per bin")
+        ax.set_title(f"{name}\n({'; '.join(notes)})", fontsize=8.5)
         ax.tick_params(labelsize=7)
-        ax.legend(fontsize=7)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    # fixed margins: tight_layout would draw the 9-panel figure twice
-    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.08 / nrows, top=1 - 0.1 / nrows, wspace=0.25,
-                        hspace=0.45)
+    fig.legend(handles=[Patch(color=POOL_COLOR, alpha=0.8, label="pool (valid documents)"),
+                        Patch(facecolor="none", edgecolor=SEL_COLOR, linewidth=1.8, label="selected")],
+               loc="upper center", ncol=2, fontsize=8, frameon=False, bbox_to_anchor=(0.5, 1.0))
+    # fixed spacing (tight_layout would draw the 9-panel figure twice); the tight bbox of
+    # to_png keeps the outer labels
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.08 / nrows, top=1 - 0.22 / nrows, wspace=0.28,
+                        hspace=0.62)
     return to_png(fig, tight=False)
 
 
-def cluster_coverage(per_cluster_total: np.ndarray, per_cluster_selected: np.ndarray, column: str) -> bytes:
-    """Left: clusters by size, selected share; right: histogram of the per-cluster selected fraction."""
+def cluster_coverage(per_cluster_total: np.ndarray, per_cluster_selected: np.ndarray, column: str,
+                     ids: Sequence[int] | None = None) -> bytes:
+    """Left: clusters by size with their selected documents side by side; right: histogram of
+    the per-cluster selected fraction.
+
+    `ids` (the cluster ids, in the order of the counts) label the bars when there are at most
+    40 clusters; otherwise the x axis is the size rank. Ticks are whole numbers either way."""
+    from matplotlib.ticker import MaxNLocator
+
     total = np.asarray(per_cluster_total, dtype=float)
     sel = np.asarray(per_cluster_selected, dtype=float)
     keep = total > 0
     total, sel = total[keep], sel[keep]
+    id_arr = np.asarray(ids)[keep] if ids is not None else None
     frac = sel / total
     covered = float((sel > 0).mean()) if total.size else 0.0
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.2))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4), gridspec_kw={"width_ratios": [1.6, 1]})
     order = np.argsort(-total, kind="stable")
     x = np.arange(total.size)
-    a1.bar(x, total[order], color=POOL_COLOR, width=1.0, label="documents")
-    a1.bar(x, sel[order], color=SEL_COLOR, width=1.0, label="selected")
-    a1.set_xlabel("cluster (largest first)")
+    if total.size <= 40:  # few clusters: documents and selected side by side, labelled by id
+        w = 0.4
+        a1.bar(x - w / 2, total[order], width=w, color=POOL_COLOR, label="documents")
+        a1.bar(x + w / 2, sel[order], width=w, color=SEL_COLOR, label="selected")
+        if id_arr is not None:
+            a1.set_xticks(x, [str(int(i)) for i in id_arr[order]], fontsize=7,
+                          rotation=90 if total.size > 20 else 0)
+            a1.set_xlabel(f"{column} (cluster id, largest first)")
+        else:
+            a1.xaxis.set_major_locator(MaxNLocator(integer=True))
+            a1.set_xlabel("cluster rank (largest first)")
+    else:  # many clusters: selected drawn inside each cluster's bar (a part of it)
+        a1.bar(x, total[order], color=POOL_COLOR, width=1.0, label="documents")
+        a1.bar(x, sel[order], color=SEL_COLOR, width=1.0, label="selected (part of the bar)")
+        a1.xaxis.set_major_locator(MaxNLocator(integer=True))
+        a1.set_xlabel("cluster rank (largest first)")
+    if total.size and float(np.median(total)) > 0 and float(total.max()) / float(np.median(total)) > HEAVY_RATIO:
+        a1.set_yscale("log")
+    a1.yaxis.set_major_locator(MaxNLocator(integer=True))
     a1.set_ylabel("documents")
     a1.set_title(f"{column}: {100 * covered:.1f}% of {total.size} clusters covered", fontsize=9)
     a1.legend(fontsize=7)
     a2.hist(frac, bins=np.linspace(0, 1, 21), color=SEL_COLOR)
+    a2.yaxis.set_major_locator(MaxNLocator(integer=True))
     a2.set_xlabel("fraction of the cluster selected")
     a2.set_ylabel("clusters")
     a2.set_title("Per-cluster selection", fontsize=9)

@@ -17,6 +17,8 @@ The problem type comes from the model config (`problem_type`, else one output = 
 several = single-label); `problem_type:` in the spec overrides it.
 Long documents: `truncate` (default, as the published classifiers are used) or `chunk`
 (outputs averaged over chunks, weighted by their token counts).
+`cpu_bf16_autocast` defaults to false (fp32 outputs, the same on every CPU); `auto` turns bf16
+autocast on where the CPU runs bf16 natively.
 """
 
 from __future__ import annotations
@@ -38,10 +40,19 @@ ProblemType = Literal["auto", "regression", "single_label_classification", "mult
 
 
 class ClassifierParams(ModelScorerParams):
-    problem_type: ProblemType = "auto"
+    problem_type: ProblemType = Field(
+        "auto", description="auto (from the model config) | regression | single_label_classification | "
+                            "multi_label_classification")
     labels_as: Literal["columns", "list"] = Field("columns", description="one column per label, or one list column")
     label: str | None = Field(None, description="also write <p>_score = probability of this label")
-    long_doc_policy: Literal["chunk", "truncate"] = "truncate"
+    long_doc_policy: Literal["chunk", "truncate"] = Field(
+        "truncate", description="truncate (the first max_length tokens, as published classifiers are used) or chunk "
+                                "(outputs averaged over chunks)")
+    # not `auto`: the outputs are scores that get thresholded, and under autocast the head's
+    # logits are bf16 (8-bit mantissa), which moves a score by ~0.4% of its size
+    cpu_bf16_autocast: Literal["auto"] | bool = Field(
+        False, description="bf16 autocast of the forward on CPU (default false: the head's outputs would be "
+        "bf16); auto | true | false as for the embedding scorer")
 
 
 def _slug(name: str) -> str:
@@ -135,7 +146,7 @@ class ClassifierScorer(ModelScorerMixin, Scorer):
         lm = self._lm
         for b in self._batcher.batches([texts[i] for i in valid], valid):
             ids, mask = move(b, lm.device)
-            with inference_mode(), autocast_context(lm.device, self.params.cpu_bf16_autocast):
+            with inference_mode(), autocast_context(lm.device, self.cpu_autocast()):
                 logits = lm.model(input_ids=ids, attention_mask=mask).logits
             logits = logits.float()
             if problem == "single_label_classification":

@@ -33,12 +33,16 @@ class ClusterParams(ScorerParams):
     embedding_column: str = Field("embedding_vector", description="fixed-size list<float> column of the score table")
     k: int = Field(100, gt=0, description="clusters (lowered to the number of documents when fewer)")
     fit_fraction: float = Field(1.0, gt=0, le=1, description="share of documents the k-means is fitted on")
-    niter: int = Field(20, gt=0)
-    spherical: bool = True
+    niter: int = Field(20, gt=0, description="k-means iterations")
+    spherical: bool = Field(True,
+                            description="spherical k-means (cosine); distance = 1 - cosine to the centroid, else L2")
     max_points_per_centroid: int = Field(256, gt=0, description="faiss subsamples to k x this when fitting")
-    eps: list[float] = Field(default_factory=lambda: [0.01, 0.05, 0.1])
+    eps: list[float] = Field(
+        default_factory=lambda: [0.01, 0.05, 0.1], description="near-duplicate thresholds: a document is a duplicate "
+                                                               "at eps when max_sim > 1 - eps")
     order_by: str = Field("id", description="column that orders members within a cluster")
-    use_gpu: bool | Literal["auto"] = "auto"
+    use_gpu: bool | Literal["auto"] = Field("auto",
+                                            description="faiss on GPU: auto (when one is visible) | true | false")
     block_rows: int = Field(2048, gt=0, description="rows per similarity block inside a cluster")
 
     @field_validator("eps")

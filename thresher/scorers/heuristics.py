@@ -133,33 +133,55 @@ _U64 = np.uint64
 class HeuristicParams(ScorerParams):
     """Thresholds of every rule (see the module table) and the rules that decide `pass`."""
 
-    min_words: int = Field(50, ge=0)
-    max_words: int = Field(100_000, ge=0)
-    min_mean_word_length: float = Field(3.0, ge=0)
-    max_mean_word_length: float = Field(10.0, ge=0)
-    max_symbol_word_ratio: float = Field(0.1, ge=0)
-    max_bullet_lines: float = Field(0.9, ge=0, le=1)
-    max_ellipsis_lines: float = Field(0.3, ge=0, le=1)
-    max_no_alpha_words: float = Field(0.2, ge=0, le=1)
-    min_stopwords: int = Field(2, ge=0)
-    max_dup_line_frac: float = Field(0.30, ge=0, le=1)
-    max_dup_para_frac: float = Field(0.30, ge=0, le=1)
-    max_dup_line_char_frac: float = Field(0.20, ge=0, le=1)
-    max_dup_para_char_frac: float = Field(0.20, ge=0, le=1)
-    max_top_2gram_char_frac: float = Field(0.20, ge=0, le=1)
-    max_top_3gram_char_frac: float = Field(0.18, ge=0, le=1)
-    max_top_4gram_char_frac: float = Field(0.16, ge=0, le=1)
-    max_dup_5gram_char_frac: float = Field(0.15, ge=0, le=1)
-    max_dup_6gram_char_frac: float = Field(0.14, ge=0, le=1)
-    max_dup_7gram_char_frac: float = Field(0.13, ge=0, le=1)
-    max_dup_8gram_char_frac: float = Field(0.12, ge=0, le=1)
-    max_dup_9gram_char_frac: float = Field(0.11, ge=0, le=1)
-    max_dup_10gram_char_frac: float = Field(0.10, ge=0, le=1)
-    min_lines_end_punct: float = Field(0.12, ge=0, le=1)
-    max_short_lines: float = Field(0.67, ge=0, le=1)
+    min_words: int = Field(50, ge=0, description="too_few_words: fewest words a document may have")
+    max_words: int = Field(100_000, ge=0, description="too_many_words: most words a document may have")
+    min_mean_word_length: float = Field(3.0, ge=0, description="mean_word_length: lowest mean word length (characters)")
+    max_mean_word_length: float = Field(10.0, ge=0,
+                                        description="mean_word_length: highest mean word length (characters)")
+    max_symbol_word_ratio: float = Field(0.1, ge=0,
+                                         description="symbol_word_ratio: most # or ellipsis symbols per word")
+    max_bullet_lines: float = Field(0.9, ge=0, le=1,
+                                    description="bullet_lines: highest share of lines that start with a bullet")
+    max_ellipsis_lines: float = Field(0.3, ge=0, le=1,
+                                      description="ellipsis_lines: highest share of lines that end with an ellipsis")
+    max_no_alpha_words: float = Field(0.2, ge=0, le=1,
+                                      description="no_alpha_words: highest share of words without a letter")
+    min_stopwords: int = Field(2, ge=0, description="stopwords: fewest stop words a document must have")
+    max_dup_line_frac: float = Field(0.30, ge=0, le=1,
+                                     description="dup_line_frac: highest share of lines that repeat an earlier line")
+    max_dup_para_frac: float = Field(
+        0.30, ge=0, le=1, description="dup_para_frac: highest share of paragraphs that repeat an earlier one")
+    max_dup_line_char_frac: float = Field(
+        0.20, ge=0, le=1, description="dup_line_char_frac: highest share of characters in repeated lines")
+    max_dup_para_char_frac: float = Field(
+        0.20, ge=0, le=1, description="dup_para_char_frac: highest share of characters in repeated paragraphs")
+    max_top_2gram_char_frac: float = Field(
+        0.20, ge=0, le=1, description="top_2gram: highest share of word characters in the most frequent 2-gram")
+    max_top_3gram_char_frac: float = Field(
+        0.18, ge=0, le=1, description="top_3gram: highest share of word characters in the most frequent 3-gram")
+    max_top_4gram_char_frac: float = Field(
+        0.16, ge=0, le=1, description="top_4gram: highest share of word characters in the most frequent 4-gram")
+    max_dup_5gram_char_frac: float = Field(
+        0.15, ge=0, le=1, description="dup_5gram: highest share of word characters in repeated 5-grams")
+    max_dup_6gram_char_frac: float = Field(
+        0.14, ge=0, le=1, description="dup_6gram: highest share of word characters in repeated 6-grams")
+    max_dup_7gram_char_frac: float = Field(
+        0.13, ge=0, le=1, description="dup_7gram: highest share of word characters in repeated 7-grams")
+    max_dup_8gram_char_frac: float = Field(
+        0.12, ge=0, le=1, description="dup_8gram: highest share of word characters in repeated 8-grams")
+    max_dup_9gram_char_frac: float = Field(
+        0.11, ge=0, le=1, description="dup_9gram: highest share of word characters in repeated 9-grams")
+    max_dup_10gram_char_frac: float = Field(
+        0.10, ge=0, le=1, description="dup_10gram: highest share of word characters in repeated 10-grams")
+    min_lines_end_punct: float = Field(0.12, ge=0, le=1,
+                                       description="line_punct (FineWeb): lowest share of lines ending in punctuation")
+    max_short_lines: float = Field(
+        0.67, ge=0, le=1, description="short_lines (FineWeb): highest share of short lines (see short_line_length)")
     short_line_length: int = Field(30, ge=0, description="a line of at most this many characters is short")
-    max_fineweb_dup_line_char_frac: float = Field(0.01, ge=0, le=1)
-    stopwords: list[str] = Field(default_factory=lambda: list(GOPHER_STOPWORDS))
+    max_fineweb_dup_line_char_frac: float = Field(
+        0.01, ge=0, le=1, description="fineweb_dup_line_chars (FineWeb): highest share of characters in repeated lines")
+    stopwords: list[str] = Field(default_factory=lambda: list(GOPHER_STOPWORDS),
+                                 description="the stop words counted by the stopwords rule (default: Gopher's list)")
     bullet_chars: str = Field("•‣●◦▪-*", min_length=1, description="a line starting with one of these is a bullet")
     end_punct: str = Field(".!?\"'", min_length=1, description="a line ending with one of these ends in punctuation")
     rules: list[str] | None = Field(None, description="rules that decide `pass`; default: all Gopher rules")

@@ -42,25 +42,26 @@ STATS = ("score", "phi", "consistency", "stability", "coverage")
 class IConParams(ScorerParams):
     model: str = Field("smollm2", description="the target causal LM (the model that will be fine-tuned)")
     assessment: str = Field(..., description="assessment set: .jsonl / .json / .parquet with prompt and response fields")
-    assessment_prompt_field: str = "prompt"
-    assessment_response_field: str = "response"
+    assessment_prompt_field: str = Field("prompt", description="field of the assessment records holding the prompt")
+    assessment_response_field: str = Field("response",
+                                           description="field of the assessment records holding the response")
     assessment_input_field: str | None = Field(None, description="optional field appended to the prompt after a blank line")
     assessment_limit: int | None = Field(None, gt=0, description="use only the first N assessment items")
     template: str = Field(ALPACA_TEMPLATE, description="prompt template; must contain {prompt}")
-    separator: str = SEPARATOR
+    separator: str = Field(SEPARATOR, description="text between the demonstration and the assessment item")
     sample_fraction: float = Field(1.0, gt=0, le=1, description="share of rows scored with ICL (seeded by id)")
     exclude_urls: bool = Field(True, description="rows whose prompt or response has http(s):// are not sampled")
     random_control: bool = Field(True, description="RICo control; false = v1-style (base - real)/base")
-    seed: int = 42
-    max_prompt_tokens: int = Field(1024, gt=0)
-    max_context_tokens: int = Field(2040, gt=0)
-    max_target_tokens: int = Field(1024, gt=0)
+    seed: int = Field(42, description="seeds the sample (by id) and the random-character controls")
+    max_prompt_tokens: int = Field(1024, gt=0, description="assessment prompt tokens kept (longer prompts are cut)")
+    max_context_tokens: int = Field(2040, gt=0, description="demonstration (candidate) tokens kept")
+    max_target_tokens: int = Field(1024, gt=0, description="assessment response tokens kept")
     max_tokens_per_batch: int | None = Field(None, gt=0, description="continuation tokens per batch (default 2048 CPU, 32768 GPU)")
-    device: str = "auto"
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     dtype: str = Field("auto", description="auto (bf16 on GPU, fp32 on CPU); log-probs are always fp32")
-    torch_threads: int | None = Field(None, gt=0)
-    trust_remote_code: bool = False
-    pad_token: str | None = None
+    torch_threads: int | None = Field(None, gt=0, description="torch threads in this worker")
+    trust_remote_code: bool = Field(False, description="let transformers run code shipped with the model folder")
+    pad_token: str | None = Field(None, description="pad token to use when the tokenizer has none (default: eos)")
 
 
 def read_assessment(params: IConParams) -> list[tuple[str, str]]:

@@ -7,6 +7,7 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import Field
 
+from thresher.common.device import resolve_cpu_bf16_autocast
 from thresher.models.batching import TokenBatcher
 from thresher.models.loading import LoadedModel, ModelConfig, ModelKind, load_model
 from thresher.scorers.base import ScorerParams
@@ -23,14 +24,18 @@ class ModelScorerParams(ScorerParams):
     model: str = Field(..., description="local path, package:NAME/SUB, special name, or cached hub id")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     dtype: str = Field("auto", description="auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16")
-    cpu_bf16_autocast: bool = Field(False, description="run the forward under bf16 autocast on CPU")
+    cpu_bf16_autocast: Literal["auto"] | bool = Field(
+        "auto", description="bf16 autocast of the forward on CPU: auto (only where the CPU runs bf16 natively, "
+        "AVX-512-BF16/AMX or Arm BF16; an AVX2-only CPU emulates it at several times the fp32 cost) | true | false")
     torch_threads: int | None = Field(None, gt=0, description="torch threads in this worker")
-    trust_remote_code: bool = False
+    trust_remote_code: bool = Field(False, description="let transformers run code shipped with the model folder")
     pad_token: str | None = Field(None, description="pad token to use when the tokenizer has none (default: eos)")
     max_length: int | None = Field(None, gt=1, description="tokens per model row (default: per scorer)")
     max_tokens_per_batch: int | None = Field(None, gt=0, description="padded tokens per batch (default 2048 CPU, 32768 GPU)")
-    max_batch_size: int | None = Field(None, gt=0)
-    long_doc_policy: Literal["chunk", "truncate"] = "chunk"
+    max_batch_size: int | None = Field(
+        None, gt=0, description="most documents per batch (default: limited only by max_tokens_per_batch)")
+    long_doc_policy: Literal["chunk", "truncate"] = Field(
+        "chunk", description="documents longer than max_length: chunk (score every chunk) or truncate (the first only)")
     sort_window: int = Field(1024, gt=0, description="documents tokenised and length-sorted together")
     prefetch: int = Field(2, ge=0, description="batches tokenised ahead by a background thread (0: none)")
 
@@ -66,6 +71,10 @@ class ModelScorerMixin:
             self._lm.tokenizer, max_length=max_length, max_tokens_per_batch=max(budget, max_length),
             policy=p.long_doc_policy, mode=self.batcher_mode, sort_window=p.sort_window,
             max_batch_size=p.max_batch_size, text_prefix=text_prefix, prefetch=p.prefetch)
+
+    def cpu_autocast(self) -> bool:
+        """The `cpu_bf16_autocast` setting resolved for this machine (`auto`: native bf16 CPUs only)."""
+        return resolve_cpu_bf16_autocast(self.params.cpu_bf16_autocast)
 
     def batching_stats(self) -> dict[str, Any]:
         return self._batcher.stats.as_dict() if self._batcher is not None else {}

@@ -34,7 +34,8 @@ class BudgetParams(SelectorParams):
     """Parameters shared by every selector that picks a budget."""
 
     budget: float = Field(0.1, gt=0, le=1, description="fraction of the valid corpus to select")
-    budget_unit: Literal["docs", "tokens"] = "docs"
+    budget_unit: Literal["docs", "tokens"] = Field(
+        "docs", description="count the budget in documents, or in tokens (by token_column)")
     token_column: str = Field("n_words", description="per-document token count for token budgets")
 
 

@@ -47,7 +47,7 @@ class RandomSelector(Selector):
 
 
 class TopKParams(BudgetParams):
-    column: str
+    column: str = Field(..., description="the score column to rank by")
     descending: bool = Field(True, description="True: highest scores first")
 
 
@@ -73,9 +73,9 @@ class TopKSelector(Selector):
 
 
 class ThresholdParams(SelectorParams):
-    column: str
-    min: float | None = None
-    max: float | None = None
+    column: str = Field(..., description="the score column to compare")
+    min: float | None = Field(None, description="keep rows with a score >= this (give min, max or both)")
+    max: float | None = Field(None, description="keep rows with a score <= this")
 
 
 class ThresholdSelector(Selector):

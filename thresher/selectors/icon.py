@@ -48,26 +48,31 @@ class IConSelectorParams(BudgetParams):
                              "ranking with its saturated ties broken by s); phi = the reference code's phi quantile, "
                              "where every s beyond +-0.5 ties and can make far more than top_k positive")
     prefix: str = Field("icon", description="column prefix of the icon scorer")
-    classifier: Literal["logistic", "lora", "none"] = "logistic"
+    classifier: Literal["logistic", "lora", "none"] = Field(
+        "logistic", description="logistic: probe on an embedding column; lora: LoRA fine-tune of the LLM; none: rank "
+                                "by s")
     embedding: str = Field("embedding_vector", description="(fixed-size) list<float> column for the probe")
-    train_fraction: float = Field(0.9, gt=0, lt=1)
+    train_fraction: float = Field(
+        0.9, gt=0, lt=1, description="share of the sampled rows (in input order) the classifier trains on; the rest "
+                                     "evaluate it")
     C: float = Field(1.0, gt=0, description="inverse L2 strength of the logistic regression")
-    max_iter: int = Field(1000, gt=0)
+    max_iter: int = Field(1000, gt=0, description="logistic regression iterations")
     # classifier: lora (SPEC 2.5 defaults)
     classifier_model: str | None = Field(None, description="lora backbone (default: the icon scorer's model)")
     template: str | None = Field(None, description="lora input template with {prompt} (default: the icon scorer's)")
-    lora_r: int = Field(8, gt=0)
-    lora_alpha: float = Field(8.0, gt=0)
-    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_r: int = Field(8, gt=0, description="LoRA rank")
+    lora_alpha: float = Field(8.0, gt=0, description="LoRA scaling alpha")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
     target_modules: list[str] = Field(["q_proj", "v_proj"], min_length=1,
                                       description="LoRA layers (Llama/Qwen: q_proj, v_proj; GPT-2: c_attn)")
-    epochs: int = Field(5, gt=0)
-    lr: float = Field(5e-5, gt=0)
-    batch_size: int = Field(8, gt=0)
-    grad_accum: int = Field(16, gt=0)
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float | None = Field(1.0, gt=0)
+    epochs: int = Field(5, gt=0, description="LoRA training epochs")
+    lr: float = Field(5e-5, gt=0, description="LoRA learning rate")
+    batch_size: int = Field(8, gt=0, description="LoRA training batch size")
+    grad_accum: int = Field(16, gt=0, description="gradient accumulation steps")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1,
+                                description="share of the LoRA steps spent warming up the learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="LoRA weight decay")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="clip the gradient norm to this; null: no clipping")
     max_length: int = Field(512, gt=1, description="tokens per classifier input (longer texts are truncated)")
     gradient_checkpointing: bool = Field(False, description="trade compute for memory (the paper trains with it)")
     score_chunk_rows: int = Field(2048, gt=0, description="rows per pool-scoring work item")
@@ -76,7 +81,7 @@ class IConSelectorParams(BudgetParams):
     device: str | None = Field(None, description="default: the icon scorer's device, else auto")
     dtype: str | None = Field(None, description="default: the icon scorer's dtype, else auto")
     trust_remote_code: bool | None = Field(None, description="default: the icon scorer's setting, else off")
-    pad_token: str | None = None
+    pad_token: str | None = Field(None, description="pad token when the tokenizer has none (default: eos)")
     torch_threads: int | None = Field(None, gt=0, description="default: the icon scorer's setting")
 
 

@@ -34,13 +34,14 @@ class ReweightConfig(Strict):
     (pydantic's ``ValidationError``) naming the field.
     """
 
-    strategy: str = "linupper"
+    strategy: str = Field("linupper", description="uniform, linupper, quadratic or extremes (the paper's names)")
     temperature: float = Field(1.0, gt=0, description="softmax temperature r")
-    delta: float = Field(1.0, gt=0)
-    warmup_steps: int = Field(0, ge=0)
+    delta: float = Field(1.0, gt=0, description="losses are min-max mapped to [-delta, delta] before the strategy")
+    warmup_steps: int = Field(0, ge=0, description="steps before reweighting starts (see warmup)")
     warmup: Literal["uniform", "temperature"] = Field(
         "uniform", description="uniform: weights 1/B during warm-up; temperature: use warmup_temperature")
-    warmup_temperature: float = Field(100.0, gt=0)
+    warmup_temperature: float = Field(100.0, gt=0,
+                                      description="the temperature during warm-up when warmup is temperature")
 
     @field_validator("strategy")
     @classmethod
@@ -56,10 +57,10 @@ class SSTokenConfig(Strict):
     value raises a ``ValueError`` (pydantic's ``ValidationError``) naming the field. The random
     baseline's stream is the run's seed, given to :class:`SSToken`."""
 
-    rho: float = Field(0.6, gt=0, le=1)
-    gamma: float = Field(0.5, ge=0, le=1)
+    rho: float = Field(0.6, gt=0, le=1, description="share of each sample's response tokens that is trained on")
+    gamma: float = Field(0.5, ge=0, le=1, description="weight of the excess loss against attention in the token score")
     warmup_steps: int = Field(0, ge=0, description="steps with gamma forced to 0 (attention only)")
     history: HistorySource = Field(
         "model", description="model: frozen base copy; column: hist_token_loss; ema: EMA of the trained model")
-    ema_alpha: float = Field(0.99, ge=0, lt=1)
+    ema_alpha: float = Field(0.99, ge=0, lt=1, description="decay of the EMA history model (history: ema)")
     mode: Literal["sstoken", "random"] = Field("sstoken", description="or 'random' (the baseline)")

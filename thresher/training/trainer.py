@@ -30,6 +30,7 @@ import torch
 
 from thresher.common.atomic import TMP_GLOB, atomic_path
 from thresher.common.device import resolve_device
+from thresher.common.progress import Progress, no_library_bars
 from thresher.common.schedule import warmup_cosine
 from thresher.common.templates import ALPACA_TEMPLATE
 from thresher.models.tiny import tiny_gpt2, train_bpe_tokenizer
@@ -99,7 +100,7 @@ def load_model(spec: TrainSpec, data: str, seed: int, tokenizer: Any = None) -> 
 
 def train(spec: TrainSpec | dict[str, Any], data: str, output: str, seed: int = 0,
           model: torch.nn.Module | None = None, tokenizer: Any = None,
-          on_checkpoint: Callable[[int], None] | None = None) -> dict[str, Any]:
+          on_checkpoint: Callable[[int], None] | None = None, progress: bool = True) -> dict[str, Any]:
     """Train with ``spec`` on the shards in ``data``; checkpoints and the final model go to ``output``.
 
     Continues from ``output``'s latest ``checkpoint-<step>/`` when it comes from the same
@@ -107,6 +108,9 @@ def train(spec: TrainSpec | dict[str, Any], data: str, output: str, seed: int = 
     another run; ``resume: false`` discards it. ``on_checkpoint(step)`` is called after each
     checkpoint is written (a hook for tests). On CPU a resumed run reproduces the
     uninterrupted one exactly (weights, loss log); on GPU up to kernel nondeterminism.
+    ``progress``: on a terminal a bar over the steps (rate, ETA, the loss every ``log_every``
+    steps) on stderr, else one line at the end; False: nothing (every step's loss is in
+    ``loss_log.json`` either way).
     """
     if isinstance(spec, dict):
         spec = TrainSpec.model_validate(validate_train_spec(spec))
@@ -159,42 +163,44 @@ def train(spec: TrainSpec | dict[str, Any], data: str, output: str, seed: int = 
         if on_checkpoint is not None:
             on_checkpoint(step)
 
-    while step < spec.steps:
-        if resume_data is not None:  # continue the checkpoint's epoch after the samples it consumed
-            ds.load_state_dict(resume_data)
-            consumed = int(resume_data["samples_consumed"])
-            resume_data = None
-        else:
-            ds.set_epoch(epoch)
-            consumed = 0
-        fresh_epoch = consumed == 0
-        got_any = False
-        for batch in loader:
-            got_any = True
-            batch = {k: v.to(device) for k, v in batch.items()}
-            loss, _ = objective(model, batch, step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if spec.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
-            opt.step()
-            sched.step()
-            consumed += batch["input_ids"].shape[0]
-            entry = {"step": step, "epoch": epoch, "loss": float(loss.detach()), "lr": sched.get_last_lr()[0],
-                     **objective.last}
-            log.append(entry)
-            if step % spec.log_every == 0 or step == spec.steps - 1:
-                print(json.dumps(entry), flush=True)
-            step += 1
-            if spec.checkpoint_every and step % spec.checkpoint_every == 0 and step < spec.steps:
-                save()
-                saved_step = step
-            if step >= spec.steps:
-                break
-        if not got_any and fresh_epoch:
-            raise ValueError(f"{data}: no training samples (empty shards, or blocks longer than the data)")
-        if step < spec.steps:
-            epoch += 1
+    with Progress("train", spec.steps, unit="step", verb="trained", initial=step, enabled=progress) as bar:
+        while step < spec.steps:
+            if resume_data is not None:  # continue the checkpoint's epoch after the samples it consumed
+                ds.load_state_dict(resume_data)
+                consumed = int(resume_data["samples_consumed"])
+                resume_data = None
+            else:
+                ds.set_epoch(epoch)
+                consumed = 0
+            fresh_epoch = consumed == 0
+            got_any = False
+            for batch in loader:
+                got_any = True
+                batch = {k: v.to(device) for k, v in batch.items()}
+                loss, _ = objective(model, batch, step)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if spec.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+                opt.step()
+                sched.step()
+                consumed += batch["input_ids"].shape[0]
+                entry = {"step": step, "epoch": epoch, "loss": float(loss.detach()), "lr": sched.get_last_lr()[0],
+                         **objective.last}
+                log.append(entry)
+                step += 1
+                bar.update(1)
+                if (step - 1) % spec.log_every == 0 or step == spec.steps:
+                    bar.set_note(f"loss {entry['loss']:.4f}")
+                if spec.checkpoint_every and step % spec.checkpoint_every == 0 and step < spec.steps:
+                    save()
+                    saved_step = step
+                if step >= spec.steps:
+                    break
+            if not got_any and fresh_epoch:
+                raise ValueError(f"{data}: no training samples (empty shards, or blocks longer than the data)")
+            if step < spec.steps:
+                epoch += 1
     if saved_step != step:
         save()
     _publish(_checkpoint_dir(out, step), out)
@@ -298,7 +304,8 @@ def save_checkpoint(out: Path, step: int, model: torch.nn.Module, tokenizer: Any
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    model.save_pretrained(tmp, safe_serialization=True)
+    with no_library_bars():  # no "Writing model shards" bar at every checkpoint
+        model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     torch.save(trainer_state, tmp / STATE_FILE)
     # plain writes: the folder is renamed into place only once complete

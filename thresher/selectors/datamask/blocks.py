@@ -24,6 +24,7 @@ import torch
 
 from thresher.common.arrays import column_numpy, embedding_matrix
 from thresher.common.device import resolve_device
+from thresher.common.progress import item_progress
 from thresher.common.seeds import derive_seed, torch_generator
 from thresher.common.threads import torch_threads
 from thresher.selectors.base import SelectContext, SelectionResult, Selector, budget_target
@@ -308,6 +309,7 @@ def _selection_stats(q: np.ndarray, emb: np.ndarray, selected: np.ndarray, sizes
     return stats
 
 
+@item_progress("select", "block")  # the engine's bar over blocks solved
 def solve_block_task(task: tuple[BlockSelector, np.ndarray, np.ndarray, np.ndarray | None, float, int, int]
                      ) -> tuple[np.ndarray, BlockResult]:
     """Solve one block for `BlockSelector.select` (module level, so engines can ship it).

@@ -19,7 +19,9 @@ class BlockObjectiveParams(BudgetParams):
         None, description="quality = weighted sum of these columns (e.g. three classifiers)")
     embedding: str = Field("embedding_vector", description="fixed-size-list<float> embedding column")
     lam: float = Field(0.5, ge=0, le=1, description="weight of quality against diversity")
-    diversity: Literal["pws", "fl", "disf"] = "pws"
+    diversity: Literal["pws", "fl", "disf"] = Field(
+        "pws", description="pws: minus the mean pairwise cosine; fl: facility location; disf: DiSF (decorrelated "
+                           "embedding dimensions)")
     prune_fraction: float = Field(0.4, ge=0, lt=1, description="drop this bottom share by quality first")
     block_size: int = Field(1_000_000, ge=2, description="documents per independently solved block (memory: the "
                                                           "block's embeddings, plus a copy of the kept ones with the "
@@ -28,7 +30,8 @@ class BlockObjectiveParams(BudgetParams):
     calibration_draws: int = Field(32, ge=2, description="random subsets used to standardise fl/disf diversity "
                                                            "(pws: exact moments, no subsets)")
     normalized_tol: float = Field(1e-3, gt=0, description="allowed | ||e|| - 1 | for pws/fl")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where blocks are solved: auto (cuda when available) | cpu | cuda")
     threads: int | None = Field(None, ge=1, description="torch CPU threads while solving (None: leave as is)")
 
     @model_validator(mode="after")
@@ -56,7 +59,8 @@ class DataMaskParams(BlockObjectiveParams):
     batch_fraction: float | None = Field(None, gt=0, le=1, description="share of the pruned block per batch "
                                                                    "(None: see batch_size)")
     min_batch: int = Field(64, ge=2, description="smallest batch, for small blocks")
-    init: Literal["quality", "uniform"] = "quality"
+    init: Literal["quality", "uniform"] = Field("quality",
+                                                description="initial logits: from the quality scores, or uniform")
     metric_norm: Literal["group", "fixed"] = Field(
         "fixed", description="group: z-score each metric within the group before mixing; "
                              "fixed: mix the block-standardised objective (exactly what greedy maximises)")
