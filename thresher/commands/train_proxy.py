@@ -129,7 +129,7 @@ def train_proxy(inputs: Sequence[str], output: str, *, text_field: str = "text",
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The command-line options of `thresher train-proxy`."""
     parser.add_argument("--input", nargs="+", required=True, help="reference texts: JSONL, Parquet, txt, or folders")
-    parser.add_argument("--output", required=True, help="folder for the HF model")
+    parser.add_argument("--output", "-o", required=True, help="folder for the HF model")
     parser.add_argument("--text-field", default="text")
     parser.add_argument("--tokenizer", default=None, help="reuse a tokenizer (folder or model ref) instead of training one")
     parser.add_argument("--vocab-size", type=int, default=8192)
