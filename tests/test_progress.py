@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 import yaml
-
 from conftest import job_dict, write_parquet_corpus
+
 from thresher import run
 from thresher.commands.cli import main as cli_main
 from thresher.common.progress import Progress, item_progress, report_steps
@@ -29,7 +29,7 @@ class Watched(Progress):
 
     tty = True
     seen: list[tuple[str, int, float | None]] = []
-    made: list["Watched"] = []
+    made: list[Watched] = []
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -132,7 +132,7 @@ def test_resumed_select_says_so_instead_of_a_rate(tmp_path: Path, capsys) -> Non
     assert "(score: resumed, 0 docs scored)" in cap.out  # the summary's time line
     assert "docs/s scoring" not in cap.out
     assert all(r < 1e6 for r in _rates(cap.out + cap.err)), cap
-    assert re.search(r"^write: 600 docs in", cap.err, flags=re.M)  # re-written: a real rate
+    assert re.search(r"^write: 600 docs in", cap.err, flags=re.MULTILINE)  # re-written: a real rate
 
 
 def test_line_texts() -> None:
@@ -190,3 +190,51 @@ def test_train_and_train_proxy_print_a_line_per_phase(tmp_path: Path, capsys) ->
     assert re.fullmatch(r"train-proxy: 5 steps in \d+\.\d s \([\d.]+ steps/s\); loss \d+\.\d{4}", lines[2])
     assert proxy_main(args + ["-q"]) == 0
     assert not [ln for ln in capsys.readouterr().err.splitlines() if phase.match(ln)]
+
+
+LIVE_CLI = ("import sys; from thresher.common.progress import Progress; Progress.tty = True; "
+            "from thresher.commands.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
+def _snapshot(folder: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(folder)): (None if p.is_dir() else p.read_bytes()) for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.timeout(120)
+def test_live_channel_keeps_the_kill_guarantees(tmp_path: Path) -> None:
+    """With live bars (the progress channel up): SIGKILL of the main pid still takes the workers
+    with it and nothing is written after; SIGTERM still stops at once (exit 143, no worker left)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    root = Path(__file__).resolve().parents[1]
+    write_parquet_corpus(tmp_path / "c", 10, 100)
+    for sig, name in ((signal.SIGKILL, "killed"), (signal.SIGTERM, "termed")):
+        out = tmp_path / name
+        job = tmp_path / f"{name}.yaml"
+        job.write_text(yaml.safe_dump(job_dict(tmp_path / "c", out, engine={"local": {"workers": 2}}, **HEUR)))
+        proc = subprocess.Popen([sys.executable, "-c", LIVE_CLI, "run", str(job)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONPATH": str(root), "THRESHER_FAULT": "delay:0.4"})
+        done = out / "_thresher" / "done"
+        deadline = time.time() + 60
+        while time.time() < deadline and not list(done.glob("score-*.json")) and proc.poll() is None:
+            time.sleep(0.02)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len([c for c in children if "spawn_main" in " ".join(c.cmdline())]) == 2
+        proc.send_signal(sig)
+        rc = proc.wait(timeout=30)
+        err = proc.stderr.read() if proc.stderr else ""
+        right_after = _snapshot(out)
+        _, alive = psutil.wait_procs(children, timeout=5)
+        assert not alive, f"{name}: orphaned workers {[c.pid for c in alive]}"
+        if sig == signal.SIGTERM:
+            assert rc == 143 and "Traceback" not in err, err
+            assert "score:" in err  # the live bar was drawn
+        time.sleep(0.6)  # longer than a worker's pre-commit sleep (0.4 s): an orphan would have committed by now
+        assert _snapshot(out) == right_after

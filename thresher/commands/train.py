@@ -58,7 +58,7 @@ def run(job: Any, args: argparse.Namespace | None = None, root: str | Path | Non
     output = str(Path(spec.output).resolve()) if spec.output else str(folder / "_train")
     seed = spec.seed if spec.seed is not None else job.seed
     print(f"train: shards from {data}; model and checkpoints -> {output}", file=sys.stderr)
-    return train(spec, data, output, seed)
+    return train(spec, data, output, seed, progress=not getattr(args, "quiet", False))
 
 
 def load_target(target: str, overrides: list[str], output: str | None = None) -> tuple[JobSpec, Path]:
@@ -108,6 +108,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                                           "(the folder trained on; the model goes to its _train/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a job key, e.g. --set train.steps=50 (--set train.output=DIR: checkpoint folder)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("--steps", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", dest="batch_size", type=int)

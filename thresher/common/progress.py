@@ -50,10 +50,15 @@ def _rate(n: float, seconds: float) -> str:
 
 
 def _is_tty(stream: Any) -> bool:
+    """A terminal, or a Jupyter kernel's stderr (tqdm.auto draws a widget there)."""
     try:
-        return bool(stream.isatty())
+        if stream.isatty():
+            return True
     except (AttributeError, ValueError):  # closed or not a file
         return False
+    ipython = sys.modules.get("IPython")
+    shell = getattr(ipython, "get_ipython", lambda: None)() if ipython is not None else None
+    return stream is sys.stderr and type(shell).__name__ == "ZMQInteractiveShell"
 
 
 class Progress:
@@ -61,9 +66,10 @@ class Progress:
 
     `total`: units expected (None: unknown, no ETA); `initial`: units a previous run already did
     (training resumed at a step); `verb` names the work in the resumed line ("scored");
-    `leave`: keep the finished bar on the terminal; `part`: what `skip`ped parts are (shards). Thread-safe: the channel's thread and the
-    driver both update it. Subclasses may override `changed()` (called after every change) to
-    watch the values (`n`, `total`), e.g. in tests; `tty` = True draws a live bar anywhere."""
+    `leave`: keep the finished bar on the terminal; `part`: what `skip`ped parts are (shards).
+    Thread-safe: the channel's thread and the driver both update it. Subclasses may override
+    `changed()` (called after every change) to watch the values (`n`, `total`), e.g. in tests;
+    `tty` = True draws a live bar anywhere."""
 
     tty: bool | None = None  # None: ask the stream
 
@@ -85,6 +91,7 @@ class Progress:
         self._lock = threading.Lock()
         self._t0 = time.perf_counter()
         self._closed = False
+        self._drawn = -math.inf  # when the postfix was last redrawn
         self._bar: Any = None
         if self.live:
             from tqdm.auto import tqdm
@@ -165,9 +172,13 @@ class Progress:
                 self._bar.update(n)
             self.changed()
 
-    def _postfix(self) -> None:
+    def _postfix(self, force: bool = False) -> None:
         if self._bar is None:
             return
+        now = time.monotonic()
+        if not force and now - self._drawn < _SEND_EVERY:  # steps may come every millisecond
+            return
+        self._drawn = now
         bits = [self.note] if self.note else []
         if self.steps:
             bits.append(f"{self.steps:,} steps")
@@ -214,13 +225,14 @@ class Progress:
                 return
             self._closed = True
             if self._bar is not None:
+                self._postfix(force=True)
                 if self.n == 0 and (self.resumed_parts or self.initial):
                     self._bar.set_postfix_str(f"resumed, 0 {_plural(self.unit, 0)} {self.verb}", refresh=True)
                 self._bar.close()
             elif self.enabled and ok:
                 print(self.summary(), file=self.stream, flush=True)
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
@@ -295,7 +307,7 @@ class Channel:
 
 
 _worker_queue: Any = None  # in a pool worker: the Channel's queue
-_current: "_Reporter | None" = None  # the task running in this worker process
+_current: _Reporter | _DirectSteps | None = None  # the task running in this worker process
 
 
 def set_worker_queue(q: Any) -> None:
@@ -309,7 +321,7 @@ def set_worker_queue(q: Any) -> None:
 class _Reporter:
     """A worker task's `report(n)`: adds up and sends at most every `_SEND_EVERY` seconds."""
 
-    __slots__ = ("token", "key", "n", "steps", "last")
+    __slots__ = ("key", "last", "n", "steps", "token")
 
     def __init__(self, token: int, key: Any) -> None:
         self.token, self.key = token, key
@@ -370,7 +382,7 @@ def call_in_process(progress: Progress, key: Any, fn: Callable[..., Any], args: 
     global _current
     rep = progress.reporter(key)
     prev = _current
-    _current = _DirectSteps(progress) if progress.live else None  # type: ignore[assignment]
+    _current = _DirectSteps(progress) if progress.live else None
     try:
         return fn(*args, report=rep) if pass_report else fn(*args)
     finally:

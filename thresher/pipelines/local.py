@@ -14,8 +14,9 @@ from __future__ import annotations
 import inspect
 import multiprocessing as mp
 import os
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from typing import Any, Callable
+from typing import Any
 
 import pyarrow as pa
 
