@@ -14,6 +14,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# reference comparisons run fp32 on every CPU (cpu_bf16_autocast: auto would pick bf16 only on CPUs
+# with native bf16); tests/test_dtype.py sets it itself to test the detection
+os.environ.setdefault("THRESHER_CPU_BF16", "0")
 
 WORDS = ("the of and to in that is was for it with as his on be at by had are but from or have an they which "
          "one you were her all she there would their we him been has when who will more no if out so said what "
