@@ -77,3 +77,24 @@ def job_dict(input_path: str | Path, out: str | Path, **over) -> dict:
     for k, v in over.items():
         job[k] = v
     return job
+
+
+@pytest.fixture(scope="session")
+def built_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel built from a copy of the sources (setuptools writes build/ beside the sources,
+    never into the repository)."""
+    import shutil
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path_factory.mktemp("wheel")
+    src = out / "src"
+    shutil.copytree(root / "thresher", src / "thresher", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(root / name, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
+                    str(src)], check=True, capture_output=True, cwd=out)
+    (whl,) = out.glob("thresher-*.whl")
+    return whl
+

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,19 +19,11 @@ ENTRY_CMD = "import thresher.pipelines.spark_submit as m; print(m.__file__)"
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def site(built_wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The wheel built from a copy of the sources, installed into a --target folder."""
-    out = tmp_path_factory.mktemp("wheel")
-    src = out / "src"  # a copy: setuptools writes build/ beside the sources, never into the repository
-    shutil.copytree(ROOT / "thresher", src / "thresher", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy2(ROOT / name, src / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                    str(src)], check=True, capture_output=True, cwd=out)
-    (whl,) = out.glob("thresher-*.whl")
-    target = out / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(whl)],
-                   check=True, capture_output=True)
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
+                    str(built_wheel)], check=True, capture_output=True)
     return target
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -19,16 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
-    src = out / "src"  # a copy: setuptools writes build/ beside the sources, never into the repository
-    shutil.copytree(ROOT / "thresher", src / "thresher", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy2(ROOT / name, src / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                    str(src)], check=True, capture_output=True, cwd=out)
-    (whl,) = out.glob("thresher-*.whl")
-    return whl
+def wheel(built_wheel: Path) -> Path:
+    return built_wheel
 
 
 def test_wheel_holds_the_package_only(wheel: Path) -> None:
