@@ -27,14 +27,10 @@ CPU with tiny sizes and fake GPU addresses for Spark: it checks the script, not 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,7 +47,6 @@ sys.path.insert(0, str(ROOT))
 
 PARTS = ("perplexity", "embedding", "faiss", "datamask", "spark")
 DEADLINE_S = 7 * 60  # parts not started by then are skipped (the whole check stays under 8 minutes)
-DISCOVERY = ROOT / "jobs" / "spark" / "get_gpus_resources.sh"
 
 
 def no_cuda_reason() -> str | None:
@@ -204,77 +199,7 @@ def datamask_part(sizes: list[int], devices: list[str], repeats: int = 3) -> dic
 
 
 # -- 5. Spark with GPU resource scheduling --------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _port_open(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
-def _wait(pred: Callable[[], bool], seconds: float, what: str, logs: list[Path]) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.3)
-    tail = "\n".join(p.read_text(errors="replace")[-1500:] for p in logs if p.exists())
-    raise RuntimeError(f"standalone cluster: {what} within {seconds:.0f} s\n{tail}")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-@contextlib.contextmanager
-def standalone_cluster(tmp: Path, gpus: int, fake: bool):
-    """spark://127.0.0.1:PORT, one worker announcing `gpus` GPUs through the discovery script."""
-    import pyspark
-
-    from thresher.pipelines.java import ensure_java
-
-    spark_home = os.path.dirname(pyspark.__file__)
-    env = {**os.environ, "SPARK_HOME": spark_home, "SPARK_LOCAL_IP": "127.0.0.1",
-           "SPARK_WORKER_OPTS": f"-Dspark.worker.resource.gpu.amount={gpus} "
-                                f"-Dspark.worker.resource.gpu.discoveryScript={DISCOVERY}"}
-    if fake:
-        env["THRESHER_FAKE_GPUS"] = ",".join(str(i) for i in range(gpus))
-    ensure_java(env)
-    spark_class = os.path.join(spark_home, "bin", "spark-class")
-    port = _free_port()
-    master_log, worker_log = tmp / "master.log", tmp / "worker.log"
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        procs.append(subprocess.Popen(
-            [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
-             "--webui-port", "0"], env=env, stdout=master_log.open("wb"), stderr=subprocess.STDOUT,
-            start_new_session=True))
-        _wait(lambda: _port_open(port), 90, "the master did not listen", [master_log])
-        url = f"spark://127.0.0.1:{port}"
-        procs.append(subprocess.Popen(
-            [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--port", "0",
-             "--webui-port", "0", "--cores", "4", "--memory", "6g", "--work-dir", str(tmp / "work"), url],
-            env=env, stdout=worker_log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True))
-        _wait(lambda: "Registering worker" in master_log.read_text(errors="replace"), 90,
-              "no worker registered", [master_log, worker_log])
-        yield url
-    finally:
-        for p in reversed(procs):
-            _stop(p)
+from benchmarks.spark_cluster import standalone_cluster  # noqa: E402
 
 
 def spark_part(docs: int, rehearse: bool) -> dict[str, Any]:

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from benchmarks.spark_cluster import standalone_cluster
 from conftest import job_dict, write_parquet_corpus
 from thresher import run
 from thresher.config import SparkEngineSpec, load_job
@@ -31,80 +29,14 @@ pyspark = pytest.importorskip("pyspark")
 
 ROOT = Path(__file__).resolve().parents[1]
 SPARK_HOME = os.path.dirname(pyspark.__file__)
-DISCOVERY = ROOT / "jobs" / "spark" / "get_gpus_resources.sh"
 JOB = {"scorers": [{"type": "heuristics"}], "selector": {"type": "topk", "column": "n_words", "budget": 0.3}}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(pred: Any, seconds: float, what: str, logs: list[Path]) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.3)
-    tail = "\n".join(p.read_text(errors="replace")[-1500:] for p in logs if p.exists())
-    raise RuntimeError(f"standalone cluster: {what} within {seconds:.0f} s\n{tail}")
-
-
-def _port_open(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """spark://127.0.0.1:PORT with one worker (4 cores, 3g, 2 fake GPUs); stopped afterwards."""
-    from thresher.pipelines.java import ensure_java
-
-    tmp = tmp_path_factory.mktemp("cluster")
-    env = {**os.environ, "SPARK_HOME": SPARK_HOME, "SPARK_LOCAL_IP": "127.0.0.1", "THRESHER_FAKE_GPUS": "0,1",
-           "SPARK_WORKER_OPTS": f"-Dspark.worker.resource.gpu.amount=2 "
-                                f"-Dspark.worker.resource.gpu.discoveryScript={DISCOVERY}"}
-    ensure_java(env)
-    spark_class = os.path.join(SPARK_HOME, "bin", "spark-class")
-    port = _free_port()
-    master_log, worker_log = tmp / "master.log", tmp / "worker.log"
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        procs.append(subprocess.Popen(
-            [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
-             "--webui-port", "0"], env=env, stdout=master_log.open("wb"), stderr=subprocess.STDOUT,
-            start_new_session=True))
-        _wait(lambda: _port_open(port), 90, "the master did not listen", [master_log])
-        url = f"spark://127.0.0.1:{port}"
-        procs.append(subprocess.Popen(
-            [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--port", "0",
-             "--webui-port", "0", "--cores", "4", "--memory", "3g", "--work-dir", str(tmp / "work"), url],
-            env=env, stdout=worker_log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True))
-        _wait(lambda: "Registering worker" in master_log.read_text(errors="replace"), 90,
-              "no worker registered", [master_log, worker_log])
+    with standalone_cluster(tmp_path_factory.mktemp("cluster"), gpus=2, fake=True, memory="3g") as url:
         yield url
-    finally:
-        for p in reversed(procs):
-            _stop(p)
-    assert all(p.poll() is not None for p in procs)
 
 
 def _conf(gpus: bool) -> dict[str, str]:
