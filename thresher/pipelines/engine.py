@@ -25,6 +25,10 @@ from thresher.specs import JobError
 StageFn = Callable[[JobSpec, InputShard, str, "pa.Table | None"], dict[str, Any]]
 # a work item function: picklable, module-level
 ItemFn = Callable[[Any], Any]
+# a shuffle's map side: item -> (key, batch) pairs; picklable (module-level or a functools.partial of one)
+EmitFn = Callable[[Any], Iterable[tuple[int, pa.RecordBatch]]]
+# a shuffle's reduce side: (key, all of the key's rows) -> a SMALL json-able dict; picklable
+ReduceFn = Callable[[int, pa.Table], dict[str, Any]]
 
 ENGINES = {
     "local": "thresher.pipelines.local:LocalEngine",
@@ -45,6 +49,18 @@ class Engine(Protocol):
 
     def parallel_map(self, fn: ItemFn, items: list[Any]) -> list[Any]:
         """Map a picklable module-level function over items on the workers; results in order."""
+        ...
+
+    def shuffle(self, name: str, emit: EmitFn, items: list[Any], reduce: ReduceFn,
+                spill_dir: str) -> dict[int, dict[str, Any]]:
+        """Run emit(item) for every item on the workers; route every emitted (key, batch) to its key
+        through the engine's own shuffle (local: Arrow IPC spill files
+        `spill_dir/<name>/k-<key>/i-<item>-<seq>.arrow` written by the map tasks, atomically; Spark: RDD
+        groupByKey; Beam: GroupByKey); then call reduce(key, table) once per key that received at least
+        one row, on the workers, where `table` is all of that key's batches concatenated in (item index,
+        emit order) order — the same table on every engine. Returns {key: reduce result}. No per-row
+        data comes back to the driver. Batches of one key share a schema (emit must cast to one schema).
+        A task's memory is bounded by its item (emit) or its key's rows (reduce)."""
         ...
 
     def close(self) -> None:
@@ -79,6 +95,33 @@ def check_item_count(engine: str, results: list[Any], items: list[Any]) -> list[
     if len(results) != len(items):
         raise JobError(f"engine {engine}: parallel_map returned {len(results)} results for {len(items)} items")
     return results
+
+
+def key_table(key: int, batches: Iterable[pa.RecordBatch]) -> pa.Table:
+    """One key's batches (already in (item, emit order) order) as one table; a clear error when their
+    schemas differ."""
+    batches = list(batches)
+    schema = batches[0].schema
+    for b in batches[1:]:
+        if not b.schema.equals(schema):
+            raise JobError(f"shuffle key {key}: emitted batches with different schemas "
+                           f"({schema} vs {b.schema}); emit must cast to one schema")
+    return pa.Table.from_batches(batches, schema=schema)
+
+
+def serial_shuffle(emit: EmitFn, items: list[Any], reduce: ReduceFn) -> dict[int, dict[str, Any]]:
+    """The in-process reference for `Engine.shuffle`: every key's batches concatenated in (item index,
+    emit order), reduce called for each key with >= 1 row in ascending key order; {key: result}."""
+    by_key: dict[int, list[pa.RecordBatch]] = {}
+    for item in items:
+        for key, batch in emit(item):
+            by_key.setdefault(int(key), []).append(batch)
+    out: dict[int, dict[str, Any]] = {}
+    for key in sorted(by_key):
+        batches = [b for b in by_key[key] if b.num_rows]
+        if batches:
+            out[key] = reduce(key, key_table(key, batches))
+    return out
 
 
 _JVM_PREFIXES = ("org.", "java.", "scala.", "py4j.")
