@@ -10,11 +10,15 @@ error as one short line (`short_error`).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import json
+import operator
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
+import numpy as np
 import pyarrow as pa
 
 from thresher.config import JobSpec
@@ -60,7 +64,12 @@ class Engine(Protocol):
         one row, on the workers, where `table` is all of that key's batches concatenated in (item index,
         emit order) order — the same table on every engine. Returns {key: reduce result}. No per-row
         data comes back to the driver. Batches of one key share a schema (emit must cast to one schema).
-        A task's memory is bounded by its item (emit) or its key's rows (reduce)."""
+        A task's memory is bounded by its item (emit) or its key's rows (reduce).
+
+        Keys are ints >= 0; empty batches are dropped. Results travel as JSON on every engine (tuples
+        come back as lists, dict keys as strings; numpy scalars/arrays become numbers/lists). An error
+        in emit or reduce is one JobError line naming the shuffle and the item or key (`emitted`,
+        `reduced`); `serial_shuffle` is the in-process reference."""
         ...
 
     def close(self) -> None:
@@ -97,31 +106,96 @@ def check_item_count(engine: str, results: list[Any], items: list[Any]) -> list[
     return results
 
 
-def key_table(key: int, batches: Iterable[pa.RecordBatch]) -> pa.Table:
-    """One key's batches (already in (item, emit order) order) as one table; a clear error when their
-    schemas differ."""
-    batches = list(batches)
-    schema = batches[0].schema
-    for b in batches[1:]:
+# -- shuffle: the pieces every engine runs on its workers (and serial_shuffle in-process) -------------
+
+_END = object()
+
+
+@contextlib.contextmanager
+def _named(what: str) -> Iterator[None]:
+    """An error inside becomes one JobError line that says what failed (`what`) and why."""
+    try:
+        yield
+    except Exception as exc:
+        msg = " ".join(str(exc).split())
+        raise JobError(f"{what} failed: {type(exc).__name__}: {msg}" if msg else
+                       f"{what} failed: {type(exc).__name__}") from exc
+
+
+def emitted(name: str, emit: EmitFn, index: int, item: Any) -> Iterator[tuple[int, int, pa.RecordBatch]]:
+    """(key, seq, batch) for every non-empty batch `emit(item)` yields; seq is the pair's place in
+    emit's output. A failing emit or a bad pair is one JobError line naming the shuffle and item."""
+    what = f"shuffle {name}: emit(item {index})"
+    with _named(what):
+        pairs = iter(emit(item))
+    seq = 0
+    while True:
+        with _named(what):
+            pair = next(pairs, _END)
+        if pair is _END:
+            return
+        try:
+            key, batch = pair
+            key = operator.index(key)
+        except (TypeError, ValueError):
+            raise JobError(f"{what}: expected (int key, pyarrow.RecordBatch) pairs, got {_short(pair)}") from None
+        if not isinstance(batch, pa.RecordBatch):
+            raise JobError(f"{what}: key {key}: expected a pyarrow.RecordBatch, got {type(batch).__name__}")
+        if key < 0:
+            raise JobError(f"{what}: key {key}: keys must be >= 0")
+        if batch.num_rows:
+            yield key, seq, batch
+        seq += 1
+
+
+def key_table(name: str, key: int, batches: Iterable[pa.RecordBatch | pa.Table]) -> pa.Table:
+    """One key's batches (already in (item, seq) order) as one table; a clear error when their schemas
+    differ."""
+    parts = list(batches)
+    schema = parts[0].schema
+    for b in parts[1:]:
         if not b.schema.equals(schema):
-            raise JobError(f"shuffle key {key}: emitted batches with different schemas "
-                           f"({schema} vs {b.schema}); emit must cast to one schema")
-    return pa.Table.from_batches(batches, schema=schema)
+            raise JobError(f"shuffle {name}: key {key}: emitted batches with different schemas "
+                           f"({_short(schema)} vs {_short(b.schema)}); emit must cast to one schema")
+    return pa.concat_tables([p if isinstance(p, pa.Table) else pa.Table.from_batches([p]) for p in parts])
 
 
-def serial_shuffle(emit: EmitFn, items: list[Any], reduce: ReduceFn) -> dict[int, dict[str, Any]]:
+def reduced(name: str, reduce: ReduceFn, key: int, batches: Iterable[pa.RecordBatch | pa.Table]) -> str:
+    """`reduce(key, table)` of one key's batches, as JSON text: results travel as JSON on every engine
+    (so they are equal everywhere: tuples come back as lists, dict keys as strings); numpy scalars and
+    arrays are turned into numbers and lists."""
+    table = key_table(name, key, batches)
+    what = f"shuffle {name}: reduce(key {key})"
+    with _named(what):
+        result = reduce(key, table)
+    if not isinstance(result, dict):
+        raise JobError(f"{what}: expected a dict, got {type(result).__name__}")
+    try:
+        return json.dumps(result, default=_json_default)
+    except (TypeError, ValueError) as exc:
+        raise JobError(f"{what}: the result is not JSON-able: {exc}") from None
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.generic, np.ndarray)):
+        return obj.tolist()
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def _short(obj: Any, limit: int = 200) -> str:
+    text = " ".join(repr(obj).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def serial_shuffle(emit: EmitFn, items: list[Any], reduce: ReduceFn, *, name: str = "serial"
+                   ) -> dict[int, dict[str, Any]]:
     """The in-process reference for `Engine.shuffle`: every key's batches concatenated in (item index,
     emit order), reduce called for each key with >= 1 row in ascending key order; {key: result}."""
     by_key: dict[int, list[pa.RecordBatch]] = {}
-    for item in items:
-        for key, batch in emit(item):
-            by_key.setdefault(int(key), []).append(batch)
-    out: dict[int, dict[str, Any]] = {}
-    for key in sorted(by_key):
-        batches = [b for b in by_key[key] if b.num_rows]
-        if batches:
-            out[key] = reduce(key, key_table(key, batches))
-    return out
+    for index, item in enumerate(items):
+        for key, _seq, batch in emitted(name, emit, index, item):
+            by_key.setdefault(key, []).append(batch)
+    return {key: json.loads(reduced(name, reduce, key, by_key[key])) for key in sorted(by_key)}
 
 
 _JVM_PREFIXES = ("org.", "java.", "scala.", "py4j.")

@@ -7,24 +7,35 @@ with documents per second and an ETA; otherwise one line per stage when it ends;
 
 Workers die with the main process (`worker.die_with_parent`), and Ctrl-C or SIGTERM of the
 main process (a BaseException that is not an Exception) kills them at once instead of
-waiting for the shards they are on: their temporaries are removed by the next run."""
+waiting for the shards they are on: their temporaries are removed by the next run.
+
+`shuffle` routes rows to keys through spill files (Arrow IPC, one per emitted batch, written
+atomically by the emit tasks under `spill_dir/<name>/k-<key>/`); each reduce task reads only
+its key's folder, so no task holds more than one item's or one key's rows."""
 
 from __future__ import annotations
 
 import inspect
+import json
 import multiprocessing as mp
 import os
+import re
+import shutil
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
 import pyarrow as pa
 
+from thresher.common.atomic import write_bytes_atomic
 from thresher.common.progress import Channel, Progress, call_in_process, call_reporting, item_label
 from thresher.config import JobSpec
 from thresher.io.readers import InputShard
-from thresher.pipelines.engine import ItemFn, StageFn, check_item_count, in_shard_order
+from thresher.pipelines.engine import (EmitFn, ItemFn, ReduceFn, StageFn, check_item_count, emitted,
+                                       in_shard_order, reduced)
+from thresher.pipelines.tasks import from_ipc, to_ipc
 from thresher.pipelines.worker import init_worker
+from thresher.specs import JobError
 
 VERBS = {"score": "scored", "write": "written"}
 
@@ -103,20 +114,43 @@ class LocalEngine:
         """Map a picklable function over items in the worker pool (in order), with a bar over the
         items done (label and unit from `progress.item_progress`; inner `report_steps` beside it)."""
         label, unit = item_label(fn)
-        prog = self.progress_cls(label, len(items), unit=unit, enabled=self.progress and bool(items))
+        return self._map_calls(label, unit, fn, [(x,) for x in items])
+
+    def shuffle(self, name: str, emit: EmitFn, items: list[Any], reduce: ReduceFn,
+                spill_dir: str) -> dict[int, dict[str, Any]]:
+        """`Engine.shuffle` through spill files: emit tasks write each (key, batch) to
+        `spill_dir/<name>/k-<key>/i-<item>-<seq>.arrow`, then one reduce task per non-empty key
+        reads its own folder. The folder is cleared first (what an interrupted run left) and
+        removed after success."""
+        folder = os.path.join(spill_dir, name)
+        _remove_spill(folder)
+        if not items:
+            return {}
+        counts = self._map_calls(f"shuffle {name}: emit", "item", _emit_to_spill,
+                                 [(name, emit, i, x, folder) for i, x in enumerate(items)])
+        keys = sorted({k for c in counts for k in c})
+        texts = self._map_calls(f"shuffle {name}: reduce", "key", _reduce_spilled,
+                                [(name, reduce, k, _key_folder(folder, k)) for k in keys])
+        _remove_spill(folder)
+        return {k: json.loads(t) for k, t in zip(keys, texts)}
+
+    def _map_calls(self, label: str, unit: str, fn: Callable[..., Any], calls: list[tuple[Any, ...]]) -> list[Any]:
+        """`fn(*args)` for every args tuple, in the pool (in this process with one worker or one
+        call); results in order; a bar over the calls done."""
+        prog = self.progress_cls(label, len(calls), unit=unit, enabled=self.progress and bool(calls))
         ok = False
         try:
-            if min(self.workers, len(items)) <= 1:
+            if min(self.workers, len(calls)) <= 1:
                 out = []
-                for i, x in enumerate(items):
-                    out.append(call_in_process(prog, i, fn, (x,), False))
+                for i, args in enumerate(calls):
+                    out.append(call_in_process(prog, i, fn, args, False))
                     prog.finish(i, 1)
                 ok = True
                 return out
             pool = self._get_pool()
             token = self._channel.attach(prog) if self._channel is not None and prog.live else None
             try:
-                futures = [pool.submit(call_reporting, token, i, fn, (x,), False) for i, x in enumerate(items)]
+                futures = [pool.submit(call_reporting, token, i, fn, args, False) for i, args in enumerate(calls)]
                 index = {f: i for i, f in enumerate(futures)}
                 pending: set[Future[Any]] = set(futures)
                 while pending:
@@ -127,7 +161,7 @@ class LocalEngine:
             finally:
                 if token is not None and self._channel is not None:
                     self._channel.detach(token)
-            results = check_item_count(self.name, [f.result() for f in futures], items)
+            results = check_item_count(self.name, [f.result() for f in futures], calls)
             ok = True
             return results
         except BaseException as exc:
@@ -175,6 +209,55 @@ class LocalEngine:
         for proc in procs:
             proc.join(timeout=5)
         self._close_channel()
+
+
+# -- shuffle tasks (module level: the pool pickles them by reference) -------------------------------
+
+
+def _key_folder(folder: str, key: int) -> str:
+    return os.path.join(folder, f"k-{key:06d}")
+
+
+def _emit_to_spill(name: str, emit: EmitFn, index: int, item: Any, folder: str) -> dict[int, int]:
+    """Emit task: each non-empty batch of `emit(item)` to its key's folder; rows per key."""
+    rows: dict[int, int] = {}
+    for key, seq, batch in emitted(name, emit, index, item):
+        _write_spill(os.path.join(_key_folder(folder, key), f"i-{index:06d}-{seq:04d}.arrow"), batch)
+        rows[key] = rows.get(key, 0) + batch.num_rows
+    return rows
+
+
+def _reduce_spilled(name: str, reduce: ReduceFn, key: int, key_folder: str) -> str:
+    """Reduce task: the key's spill files in (item, seq) order, reduced (JSON text)."""
+    order = []
+    for path in _list_spill(key_folder):
+        m = _SPILL_NAME.fullmatch(os.path.basename(path))
+        if m is not None:  # temporaries of a killed writer never match
+            order.append((int(m.group(1)), int(m.group(2)), path))
+    if not order:
+        raise JobError(f"shuffle {name}: key {key}: no spill files in {key_folder}")
+    return reduced(name, reduce, key, (_read_spill(path) for _, _, path in sorted(order)))
+
+
+_SPILL_NAME = re.compile(r"i-(\d+)-(\d+)\.arrow")
+
+
+# the spill files' I/O, in one place (object storage goes here)
+def _write_spill(path: str, batch: pa.RecordBatch) -> None:
+    write_bytes_atomic(to_ipc(batch), path, fsync=False)  # scratch: removed after the shuffle
+
+
+def _read_spill(path: str) -> pa.Table:
+    with open(path, "rb") as fh:
+        return from_ipc(fh.read())
+
+
+def _list_spill(folder: str) -> list[str]:
+    return sorted(os.path.join(folder, n) for n in os.listdir(folder))
+
+
+def _remove_spill(folder: str) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _slice(table: pa.Table | None, shard: InputShard) -> pa.Table | None:

@@ -1,7 +1,9 @@
-"""Shard tasks as plain values, so Spark rows and Beam elements can carry them.
+"""Shard tasks and shuffled batches as plain values, so Spark rows and Beam elements can carry them.
 
 A task is (shard index, the InputShard as JSON, the shard's slice of an in-memory input
 table as Arrow IPC bytes or None). Executors decode it and run the stage function.
+Tables and batches travel as Arrow IPC bytes (`to_ipc` / `from_ipc`, the IPC file format:
+also what the local engine's shuffle spill files hold).
 """
 
 from __future__ import annotations
@@ -18,6 +20,22 @@ from thresher.io.readers import InputShard
 Task = tuple[int, str, "bytes | None"]
 
 
+def to_ipc(data: pa.Table | pa.RecordBatch) -> bytes:
+    """A table or batch as Arrow IPC (file format) bytes."""
+    sink = io.BytesIO()
+    with pa.ipc.new_file(sink, data.schema) as w:
+        if isinstance(data, pa.RecordBatch):
+            w.write_batch(data)
+        else:
+            w.write_table(data)
+    return sink.getvalue()
+
+
+def from_ipc(data: bytes) -> pa.Table:
+    """The table `to_ipc` encoded."""
+    return pa.ipc.open_file(pa.py_buffer(data)).read_all()
+
+
 def encode_tasks(shards: list[InputShard], table: pa.Table | None) -> list[Task]:
     """One task per shard; memory shards carry their slice of `table`."""
     tasks: list[Task] = []
@@ -26,11 +44,7 @@ def encode_tasks(shards: list[InputShard], table: pa.Table | None) -> list[Task]
         if s.kind == "memory":
             if table is None:
                 raise JobError(f"{s.name}: an in-memory shard but no table was given")
-            sink = io.BytesIO()
-            piece = table.slice(s.start, s.rows)
-            with pa.ipc.new_stream(sink, piece.schema) as w:
-                w.write_table(piece)
-            data = sink.getvalue()
+            data = to_ipc(table.slice(s.start, s.rows))
         tasks.append((s.index, json.dumps(dataclasses.asdict(s)), data))
     return tasks
 
@@ -39,5 +53,5 @@ def decode_task(shard_json: str, data: bytes | None) -> tuple[InputShard, pa.Tab
     """The shard and its table slice (None for file shards)."""
     d = json.loads(shard_json)
     d["paths"] = tuple(d["paths"])
-    table = pa.ipc.open_stream(pa.py_buffer(data)).read_all() if data is not None else None
+    table = from_ipc(data) if data is not None else None
     return InputShard(**d), table
