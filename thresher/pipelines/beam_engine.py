@@ -1,6 +1,7 @@
 """The Beam engine: one pipeline per map stage, a DoFn per shard task.
 
     Create(shard tasks) -> Reshuffle -> ParDo(_StageDoFn) -> WriteToText(results)
+    shuffle: Create(items) -> Reshuffle -> FlatMap(emit) -> GroupByKey -> Map(reduce) -> WriteToText
 
 - `_StageDoFn.setup()` builds the job's scorers once per SDK worker process through the
   per-process cache in `thresher.pipelines.worker` (never in `__init__`, which would
@@ -26,9 +27,11 @@
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import pickle
+import re
 import tempfile
 from collections.abc import Iterator
 from typing import Any
@@ -37,8 +40,8 @@ import pyarrow as pa
 
 from thresher.config import JobSpec
 from thresher.io.readers import InputShard
-from thresher.pipelines.engine import ItemFn, StageFn, check_item_count, in_shard_order, short_error
-from thresher.pipelines.tasks import decode_task, encode_tasks
+from thresher.pipelines.engine import EmitFn, ItemFn, ReduceFn, StageFn, check_item_count, in_shard_order, short_error
+from thresher.pipelines.tasks import decode_task, emit_pairs, encode_tasks, reduce_group
 from thresher.specs import JobError
 
 try:
@@ -131,23 +134,24 @@ class BeamEngine:
         opts = PipelineOptions(flags=[], **self.options)
         return beam.Pipeline(runner=self._runner_obj, options=opts)
 
-    def _run(self, label: str, elements: list[Any], dofn: Any) -> list[str]:
-        """Run Create(elements) -> Reshuffle -> ParDo(dofn) -> WriteToText; return the lines."""
+    def _run(self, label: str, elements: list[Any], *steps: tuple[str, Any]) -> list[str]:
+        """Run Create(elements) -> Reshuffle -> the (name, transform) steps -> WriteToText (the last
+        step yields text lines); return the lines."""
         self._n += 1
         prefix = f"{self._results_root}/{self._n:03d}-{label}/out"
         p = self._pipeline()
-        (p
-         | "Tasks" >> beam.Create(elements, reshuffle=False)
-         | "Spread" >> beam.Reshuffle()
-         | label >> beam.ParDo(dofn)
-         | "Results" >> beam.io.WriteToText(prefix, file_name_suffix=".jsonl"))
+        pcoll = p | "Tasks" >> beam.Create(elements, reshuffle=False) | "Spread" >> beam.Reshuffle()
+        for step, transform in steps:
+            pcoll = pcoll | step >> transform
+        pcoll | "Results" >> beam.io.WriteToText(prefix, file_name_suffix=".jsonl")
         try:
             result = p.run()
             result.wait_until_finish()
         except JobError:
             raise
         except Exception as exc:
-            raise JobError(f"engine beam ({self.runner}): the {label} pipeline failed: {short_error(exc)}") from None
+            why = re.sub(r" \[while running '[^']*'\]$", "", short_error(exc))  # Beam's step name: noise
+            raise JobError(f"engine beam ({self.runner}): the {label} pipeline failed: {why}") from None
         from apache_beam.io.filesystems import FileSystems
 
         lines: list[str] = []
@@ -164,17 +168,36 @@ class BeamEngine:
             return []
         tasks = encode_tasks(shards, table)
         dofn = _StageDoFn(fn, job.model_dump_json(), os.path.abspath(out_root), self.torch_threads)
-        lines = self._run(stage, tasks, dofn)
+        lines = self._run(stage, tasks, (stage, beam.ParDo(dofn)))
         return in_shard_order(self.name, stage, shards, [json.loads(line) for line in lines])
 
     def parallel_map(self, fn: ItemFn, items: list[Any]) -> list[Any]:
         """Map a picklable function over items, one element per item (in order)."""
         if not items:
             return []
-        lines = self._run("parallel_map", list(enumerate(items)), _CallDoFn(fn))
+        lines = self._run("parallel_map", list(enumerate(items)), ("parallel_map", beam.ParDo(_CallDoFn(fn))))
         pairs = dict(pickle.loads(base64.b64decode(line)) for line in lines)
         check_item_count(self.name, list(pairs), items)
         return [pairs[i] for i in range(len(items))]
+
+    def shuffle(self, name: str, emit: EmitFn, items: list[Any], reduce: ReduceFn,
+                spill_dir: str) -> dict[int, dict[str, Any]]:
+        """`Engine.shuffle` through Beam's GroupByKey: FlatMap(emit -> (key, (item, seq, IPC bytes)))
+        -> GroupByKey -> Map(reduce) -> result lines. `spill_dir` is not used (the runner keeps its
+        shuffle data)."""
+        if not items:
+            return {}
+        lines = self._run(f"shuffle-{name}", list(enumerate(items)),
+                          ("Emit", beam.FlatMap(functools.partial(emit_pairs, name=name, emit=emit,
+                                                                 torch_threads=self.torch_threads))),
+                          ("ByKey", beam.GroupByKey()),
+                          ("Reduce", beam.Map(functools.partial(reduce_group, name=name, reduce=reduce,
+                                                                torch_threads=self.torch_threads))),
+                          ("Lines", beam.Map(json.dumps)))
+        got = [json.loads(line) for line in lines]
+        if len({k for k, _ in got}) != len(got):
+            raise JobError(f"engine beam: shuffle {name} returned a key twice")
+        return {int(k): json.loads(text) for k, text in sorted(got)}
 
     def close(self) -> None:
         self._tmp.cleanup()

@@ -1,5 +1,7 @@
 """The Spark engine: the two map stages as `mapInArrow` over a DataFrame of shard tasks.
 
+(`parallel_map` is one RDD task per item; `shuffle` is flatMap -> groupByKey -> map on RDDs.)
+
 Design (shard-level, the same atomic outputs and resume as the local engine):
 
 - The driver builds a DataFrame with one row per input shard (`shard` index, the shard as
@@ -55,8 +57,8 @@ import pyarrow as pa
 
 from thresher.config import JobSpec, SparkEngineSpec
 from thresher.io.readers import InputShard
-from thresher.pipelines.engine import ItemFn, StageFn, check_item_count, in_shard_order, short_error
-from thresher.pipelines.tasks import decode_task, encode_tasks
+from thresher.pipelines.engine import EmitFn, ItemFn, ReduceFn, StageFn, check_item_count, in_shard_order, short_error
+from thresher.pipelines.tasks import decode_task, emit_pairs, encode_tasks, reduce_group
 from thresher.pipelines.worker import init_worker, set_task_device
 from thresher.specs import JobError
 
@@ -345,6 +347,25 @@ class SparkEngine:
         except Exception as exc:
             raise JobError(f"engine spark: parallel_map failed: {short_error(exc)}") from None
         return check_item_count(self.name, results, items)
+
+    def shuffle(self, name: str, emit: EmitFn, items: list[Any], reduce: ReduceFn,
+                spill_dir: str) -> dict[int, dict[str, Any]]:
+        """`Engine.shuffle` through Spark's own shuffle: one task per item emits (key, (item, seq,
+        IPC bytes)), `groupByKey` routes them (Spark spills what does not fit), one call per key
+        rebuilds the key's table and reduces it; only (key, result JSON) is collected.
+        `spill_dir` is not used (Spark keeps its shuffle files in spark.local.dir)."""
+        if not items:
+            return {}
+        emit_fn = functools.partial(emit_pairs, name=name, emit=emit, torch_threads=self.torch_threads)
+        reduce_fn = functools.partial(reduce_group, name=name, reduce=reduce, torch_threads=self.torch_threads)
+        partitions = max(self.sc.defaultParallelism, len(items))
+        self.sc.setJobDescription(f"thresher shuffle {name}: {len(items)} items")
+        try:
+            got = (self.sc.parallelize(list(enumerate(items)), len(items)).flatMap(emit_fn)
+                   .groupByKey(numPartitions=partitions).map(reduce_fn).collect())
+        except Exception as exc:
+            raise JobError(f"engine spark: shuffle {name} failed: {short_error(exc)}") from None
+        return {int(k): json.loads(text) for k, text in sorted(got)}
 
     def close(self) -> None:
         """Stop the session if this engine started it (and remove the zip shipped to it)."""

@@ -11,11 +11,15 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import pyarrow as pa
 
-from thresher.specs import JobError
+from thresher.common.threads import limit_process_threads
 from thresher.io.readers import InputShard
+from thresher.pipelines.engine import EmitFn, ReduceFn, emitted, reduced
+from thresher.specs import JobError
 
 Task = tuple[int, str, "bytes | None"]
 
@@ -55,3 +59,26 @@ def decode_task(shard_json: str, data: bytes | None) -> tuple[InputShard, pa.Tab
     d["paths"] = tuple(d["paths"])
     table = from_ipc(data) if data is not None else None
     return InputShard(**d), table
+
+
+# -- shuffle elements (Spark RDD records, Beam elements) ------------------------------------------
+
+
+def emit_pairs(pair: tuple[int, Any], name: str, emit: EmitFn, torch_threads: int | None = None
+               ) -> Iterator[tuple[int, tuple[int, int, bytes]]]:
+    """A shuffle's map side: (item index, item) -> (key, (item index, seq, the batch as Arrow IPC))
+    for every non-empty batch `emit(item)` yields."""
+    limit_process_threads(torch_threads)
+    index, item = pair
+    for key, seq, batch in emitted(name, emit, index, item):
+        yield key, (index, seq, to_ipc(batch))
+
+
+def reduce_group(group: tuple[int, Iterable[tuple[int, int, bytes]]], name: str, reduce: ReduceFn,
+                 torch_threads: int | None = None) -> tuple[int, str]:
+    """A shuffle's reduce side: one key's (item, seq, IPC) values, put in (item, seq) order (engines
+    deliver them in any order) -> (key, reduce result as JSON text)."""
+    limit_process_threads(torch_threads)
+    key, values = group
+    parts = sorted(values, key=lambda v: (v[0], v[1]))
+    return key, reduced(name, reduce, key, (from_ipc(data) for _, _, data in parts))
