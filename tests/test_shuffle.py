@@ -191,6 +191,8 @@ def test_local_errors_are_one_line(workers: int, tmp_path: Path) -> None:
             eng.shuffle("mixed", mixed_schema_emit, [0, 1], digest, str(tmp_path))
         assert eng.shuffle("none", toy_emit, [], digest, str(tmp_path)) == {}
         assert eng.shuffle("nothing", toy_emit, [3], digest, str(tmp_path)) == {}
+        with pytest.raises(JobError, match=r"shuffle name 'a/b'"):
+            eng.shuffle("a/b", toy_emit, ITEMS, digest, str(tmp_path))
     finally:
         eng.close()
     assert sorted(os.listdir(tmp_path)) == ["boom", "mixed"]  # a failed shuffle's spill stays (cleared next time)
@@ -205,4 +207,12 @@ def test_serial_errors() -> None:
         serial_shuffle(lambda item: [(0, pa.table({"a": [1]}))], [0], digest)
     with pytest.raises(JobError, match=r"reduce\(key 0\): the result is not JSON-able"):
         serial_shuffle(toy_emit, [0], lambda k, t: {"x": object()})
+    with pytest.raises(JobError, match=r"^shuffle serial: emit\(item 0\) failed: cannot read x.parquet$"):
+        serial_shuffle(raise_job_error, [0], digest)
+    with pytest.raises(JobError, match=r"shuffle name '../x': use letters"):
+        serial_shuffle(toy_emit, ITEMS, digest, name="../x")
     assert serial_shuffle(toy_emit, [], digest) == {}
+
+
+def raise_job_error(item: int) -> Iterator[tuple[int, pa.RecordBatch]]:
+    raise JobError("cannot read x.parquet")

@@ -40,7 +40,8 @@ import pyarrow as pa
 
 from thresher.config import JobSpec
 from thresher.io.readers import InputShard
-from thresher.pipelines.engine import EmitFn, ItemFn, ReduceFn, StageFn, check_item_count, in_shard_order, short_error
+from thresher.pipelines.engine import (EmitFn, ItemFn, ReduceFn, StageFn, check_item_count, in_shard_order,
+                                       short_error, shuffle_name)
 from thresher.pipelines.tasks import decode_task, emit_pairs, encode_tasks, reduce_group
 from thresher.specs import JobError
 
@@ -185,6 +186,7 @@ class BeamEngine:
         """`Engine.shuffle` through Beam's GroupByKey: FlatMap(emit -> (key, (item, seq, IPC bytes)))
         -> GroupByKey -> Map(reduce) -> result lines. `spill_dir` is not used (the runner keeps its
         shuffle data)."""
+        shuffle_name(name)
         if not items:
             return {}
         lines = self._run(f"shuffle-{name}", list(enumerate(items)),

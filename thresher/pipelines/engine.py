@@ -118,8 +118,18 @@ def _named(what: str) -> Iterator[None]:
         yield
     except Exception as exc:
         msg = " ".join(str(exc).split())
-        raise JobError(f"{what} failed: {type(exc).__name__}: {msg}" if msg else
-                       f"{what} failed: {type(exc).__name__}") from exc
+        why = msg if isinstance(exc, JobError) and msg else f"{type(exc).__name__}: {msg}".rstrip(": ")
+        raise JobError(f"{what} failed: {why}") from exc
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def shuffle_name(name: str) -> str:
+    """`name` if it is a shuffle name (letters, digits, `_ . -`: it names a folder), else a JobError."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise JobError(f"shuffle name {name!r}: use letters, digits, '_', '.' and '-' (it names a folder)")
+    return name
 
 
 def emitted(name: str, emit: EmitFn, index: int, item: Any) -> Iterator[tuple[int, int, pa.RecordBatch]]:
@@ -191,6 +201,7 @@ def serial_shuffle(emit: EmitFn, items: list[Any], reduce: ReduceFn, *, name: st
                    ) -> dict[int, dict[str, Any]]:
     """The in-process reference for `Engine.shuffle`: every key's batches concatenated in (item index,
     emit order), reduce called for each key with >= 1 row in ascending key order; {key: result}."""
+    shuffle_name(name)
     by_key: dict[int, list[pa.RecordBatch]] = {}
     for index, item in enumerate(items):
         for key, _seq, batch in emitted(name, emit, index, item):

@@ -32,7 +32,7 @@ from thresher.common.progress import Channel, Progress, call_in_process, call_re
 from thresher.config import JobSpec
 from thresher.io.readers import InputShard
 from thresher.pipelines.engine import (EmitFn, ItemFn, ReduceFn, StageFn, check_item_count, emitted,
-                                       in_shard_order, reduced)
+                                       in_shard_order, reduced, shuffle_name)
 from thresher.pipelines.tasks import from_ipc, to_ipc
 from thresher.pipelines.worker import init_worker
 from thresher.specs import JobError
@@ -114,33 +114,36 @@ class LocalEngine:
         """Map a picklable function over items in the worker pool (in order), with a bar over the
         items done (label and unit from `progress.item_progress`; inner `report_steps` beside it)."""
         label, unit = item_label(fn)
-        return self._map_calls(label, unit, fn, [(x,) for x in items])
+        return self._map_calls(label, unit, fn, [(x,) for x in items], in_process=min(self.workers, len(items)) <= 1)
 
     def shuffle(self, name: str, emit: EmitFn, items: list[Any], reduce: ReduceFn,
                 spill_dir: str) -> dict[int, dict[str, Any]]:
         """`Engine.shuffle` through spill files: emit tasks write each (key, batch) to
         `spill_dir/<name>/k-<key>/i-<item>-<seq>.arrow`, then one reduce task per non-empty key
         reads its own folder. The folder is cleared first (what an interrupted run left) and
-        removed after success."""
-        folder = os.path.join(spill_dir, name)
+        removed after success. Tasks run in the pool unless workers == 1 (then in this process),
+        so with workers > 1 the driver never holds a key's rows."""
+        folder = os.path.join(spill_dir, shuffle_name(name))
         _remove_spill(folder)
         if not items:
             return {}
+        alone = self.workers <= 1
         counts = self._map_calls(f"shuffle {name}: emit", "item", _emit_to_spill,
-                                 [(name, emit, i, x, folder) for i, x in enumerate(items)])
+                                 [(name, emit, i, x, folder) for i, x in enumerate(items)], in_process=alone)
         keys = sorted({k for c in counts for k in c})
         texts = self._map_calls(f"shuffle {name}: reduce", "key", _reduce_spilled,
-                                [(name, reduce, k, _key_folder(folder, k)) for k in keys])
+                                [(name, reduce, k, _key_folder(folder, k)) for k in keys], in_process=alone)
         _remove_spill(folder)
         return {k: json.loads(t) for k, t in zip(keys, texts)}
 
-    def _map_calls(self, label: str, unit: str, fn: Callable[..., Any], calls: list[tuple[Any, ...]]) -> list[Any]:
-        """`fn(*args)` for every args tuple, in the pool (in this process with one worker or one
-        call); results in order; a bar over the calls done."""
+    def _map_calls(self, label: str, unit: str, fn: Callable[..., Any], calls: list[tuple[Any, ...]],
+                   in_process: bool) -> list[Any]:
+        """`fn(*args)` for every args tuple, in the pool (or in this process); results in order; a bar
+        over the calls done."""
         prog = self.progress_cls(label, len(calls), unit=unit, enabled=self.progress and bool(calls))
         ok = False
         try:
-            if min(self.workers, len(calls)) <= 1:
+            if in_process or not calls:
                 out = []
                 for i, args in enumerate(calls):
                     out.append(call_in_process(prog, i, fn, args, False))

@@ -57,7 +57,8 @@ import pyarrow as pa
 
 from thresher.config import JobSpec, SparkEngineSpec
 from thresher.io.readers import InputShard
-from thresher.pipelines.engine import EmitFn, ItemFn, ReduceFn, StageFn, check_item_count, in_shard_order, short_error
+from thresher.pipelines.engine import (EmitFn, ItemFn, ReduceFn, StageFn, check_item_count, in_shard_order,
+                                       short_error, shuffle_name)
 from thresher.pipelines.tasks import decode_task, emit_pairs, encode_tasks, reduce_group
 from thresher.pipelines.worker import init_worker, set_task_device
 from thresher.specs import JobError
@@ -354,6 +355,7 @@ class SparkEngine:
         IPC bytes)), `groupByKey` routes them (Spark spills what does not fit), one call per key
         rebuilds the key's table and reduces it; only (key, result JSON) is collected.
         `spill_dir` is not used (Spark keeps its shuffle files in spark.local.dir)."""
+        shuffle_name(name)
         if not items:
             return {}
         emit_fn = functools.partial(emit_pairs, name=name, emit=emit, torch_threads=self.torch_threads)
