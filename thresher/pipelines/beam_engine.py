@@ -42,7 +42,7 @@ from thresher.config import JobSpec
 from thresher.io.readers import InputShard
 from thresher.pipelines.engine import (EmitFn, ItemFn, ReduceFn, StageFn, check_item_count, in_shard_order,
                                        short_error, shuffle_name)
-from thresher.pipelines.tasks import decode_task, emit_pairs, encode_tasks, reduce_group
+from thresher.pipelines.tasks import decode_task, emit_pairs, encode_tasks, reduce_group, task_root
 from thresher.specs import JobError
 
 try:
@@ -114,10 +114,15 @@ class BeamEngine:
         mode = self.options.get("direct_running_mode")
         self.torch_threads = 1 if (self.direct and workers > 1 and mode != "in_memory") else None
         self._runner_obj = self._make_runner()
-        self._tmp = tempfile.TemporaryDirectory(prefix="thresher-beam-")
-        # result lines must be readable by the driver: a remote runner writes them under
-        # its temp_location (gs://, a shared folder), DirectRunner into a local temp folder
+        # result lines must be readable by the driver: a remote runner writes them under its
+        # temp_location (gs://, s3://: never a local folder the driver cannot see), DirectRunner
+        # (workers on this machine) into a local temp folder
         remote_tmp = None if self.direct else self.options.get("temp_location")
+        if not self.direct and not remote_tmp:
+            raise JobError(f"engine.beam.runner {self.runner!r}: set engine.beam.options.temp_location to a "
+                           f"location every worker and this driver can reach (e.g. s3://BUCKET/tmp or "
+                           f"gs://BUCKET/tmp): the workers' small result files go there")
+        self._tmp = tempfile.TemporaryDirectory(prefix="thresher-beam-")
         self._results_root = (remote_tmp.rstrip("/") + f"/thresher-results-{os.getpid()}-{id(self)}"
                               if remote_tmp else self._tmp.name)
         self._n = 0
@@ -168,7 +173,7 @@ class BeamEngine:
         if not shards:
             return []
         tasks = encode_tasks(shards, table)
-        dofn = _StageDoFn(fn, job.model_dump_json(), os.path.abspath(out_root), self.torch_threads)
+        dofn = _StageDoFn(fn, job.model_dump_json(), task_root(out_root), self.torch_threads)
         lines = self._run(stage, tasks, (stage, beam.ParDo(dofn)))
         return in_shard_order(self.name, stage, shards, [json.loads(line) for line in lines])
 
@@ -202,4 +207,14 @@ class BeamEngine:
         return {int(k): json.loads(text) for k, text in sorted(got)}
 
     def close(self) -> None:
-        self._tmp.cleanup()
+        tmp = getattr(self, "_tmp", None)
+        if tmp is not None:
+            tmp.cleanup()
+        root = getattr(self, "_results_root", None)
+        if root is not None and tmp is not None and root != tmp.name:  # under a remote temp_location
+            from apache_beam.io.filesystems import FileSystems
+
+            try:
+                FileSystems.delete([root + "/"])
+            except Exception:  # best effort: a leftover result file is harmless
+                pass

@@ -11,7 +11,10 @@ waiting for the shards they are on: their temporaries are removed by the next ru
 
 `shuffle` routes rows to keys through spill files (Arrow IPC, one per emitted batch, written
 atomically by the emit tasks under `spill_dir/<name>/k-<key>/`); each reduce task reads only
-its key's folder, so no task holds more than one item's or one key's rows."""
+its key's folder, so no task holds more than one item's or one key's rows. `spill_dir` may be
+a local folder or an object-store URI (`s3://...`): the spill I/O goes through
+`thresher.io.storage`; on a store an object appears whole under its final name (one PUT), so
+no temporary name is needed there."""
 
 from __future__ import annotations
 
@@ -19,15 +22,17 @@ import inspect
 import json
 import multiprocessing as mp
 import os
+import posixpath
 import re
-import shutil
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from thresher.common.atomic import write_bytes_atomic
+from thresher.io import storage
 from thresher.common.progress import Channel, Progress, call_in_process, call_reporting, item_label
 from thresher.config import JobSpec
 from thresher.io.readers import InputShard
@@ -123,7 +128,7 @@ class LocalEngine:
         reads its own folder. The folder is cleared first (what an interrupted run left) and
         removed after success. Tasks run in the pool unless workers == 1 (then in this process),
         so with workers > 1 the driver never holds a key's rows."""
-        folder = os.path.join(spill_dir, shuffle_name(name))
+        folder = storage.join(spill_dir, shuffle_name(name))
         _remove_spill(folder)
         if not items:
             return {}
@@ -218,14 +223,14 @@ class LocalEngine:
 
 
 def _key_folder(folder: str, key: int) -> str:
-    return os.path.join(folder, f"k-{key:06d}")
+    return storage.join(folder, f"k-{key:06d}")
 
 
 def _emit_to_spill(name: str, emit: EmitFn, index: int, item: Any, folder: str) -> dict[int, int]:
     """Emit task: each non-empty batch of `emit(item)` to its key's folder; rows per key."""
     rows: dict[int, int] = {}
     for key, seq, batch in emitted(name, emit, index, item):
-        _write_spill(os.path.join(_key_folder(folder, key), f"i-{index:06d}-{seq:04d}.arrow"), batch)
+        _write_spill(storage.join(_key_folder(folder, key), f"i-{index:06d}-{seq:04d}.arrow"), batch)
         rows[key] = rows.get(key, 0) + batch.num_rows
     return rows
 
@@ -234,7 +239,7 @@ def _reduce_spilled(name: str, reduce: ReduceFn, key: int, key_folder: str) -> s
     """Reduce task: the key's spill files in (item, seq) order, reduced (JSON text)."""
     order = []
     for path in _list_spill(key_folder):
-        m = _SPILL_NAME.fullmatch(os.path.basename(path))
+        m = _SPILL_NAME.fullmatch(posixpath.basename(path))  # storage.join: "/" on POSIX and URIs
         if m is not None:  # temporaries of a killed writer never match
             order.append((int(m.group(1)), int(m.group(2)), path))
     if not order:
@@ -245,22 +250,40 @@ def _reduce_spilled(name: str, reduce: ReduceFn, key: int, key_folder: str) -> s
 _SPILL_NAME = re.compile(r"i-(\d+)-(\d+)\.arrow")
 
 
-# the spill files' I/O, in one place (object storage goes here)
+# the spill files' I/O, in one place: local paths and object-store URIs alike, through
+# thresher.io.storage (`filesystem`, `join`); the small helpers below stand in for storage
+# functions that do not take URIs yet (write_bytes, read_bytes, list_names, remove_tree)
 def _write_spill(path: str, batch: pa.RecordBatch) -> None:
-    write_bytes_atomic(to_ipc(batch), path, fsync=False)  # scratch: removed after the shuffle
+    data = to_ipc(batch)
+    if storage.is_uri(path):  # an object appears whole under its name: no temporary needed
+        fs, inner = storage.filesystem(path)
+        with fs.open_output_stream(inner) as out:
+            out.write(data)
+    else:
+        write_bytes_atomic(data, path, fsync=False)  # scratch: removed after the shuffle
 
 
 def _read_spill(path: str) -> pa.Table:
-    with open(path, "rb") as fh:
+    fs, inner = storage.filesystem(path)
+    with fs.open_input_file(inner) as fh:
         return from_ipc(fh.read())
 
 
 def _list_spill(folder: str) -> list[str]:
-    return sorted(os.path.join(folder, n) for n in os.listdir(folder))
+    """The files directly inside `folder`, sorted (none when it does not exist)."""
+    fs, inner = storage.filesystem(folder)
+    infos = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
+    return sorted(storage.join(folder, i.base_name) for i in infos if i.type == pafs.FileType.File)
 
 
 def _remove_spill(folder: str) -> None:
-    shutil.rmtree(folder, ignore_errors=True)
+    """Remove the shuffle's scratch folder (local or on a store); nothing there is fine."""
+    fs, inner = storage.filesystem(folder)
+    try:
+        if fs.get_file_info(inner).type != pafs.FileType.NotFound:
+            fs.delete_dir(inner)
+    except FileNotFoundError:
+        pass
 
 
 def _slice(table: pa.Table | None, shard: InputShard) -> pa.Table | None:
@@ -306,7 +329,12 @@ class _Total:
 
 
 def _size(shard: InputShard) -> int:
+    """The bytes of a shard's files (local paths or object-store URIs); 0 when unknown."""
+    total = 0
     try:
-        return sum(os.path.getsize(p) for p in shard.paths)
-    except OSError:
+        for p in shard.paths:
+            fs, inner = storage.filesystem(p)
+            total += max(fs.get_file_info(inner).size or 0, 0)
+    except (OSError, ValueError, pa.ArrowException):
         return 0
+    return total

@@ -35,10 +35,22 @@ Engine-specific Spark conf keys (read by thresher, ignored by Spark):
   may not have it; shipping the driver's copy also keeps versions equal).
 - `spark.thresher.executorWaitSeconds` (default 90): on a cluster master, how long to
   wait for a first executor before failing with a clear error instead of hanging.
+- `spark.thresher.executorEnv` (default none): comma-separated environment variable names
+  (`*` globs allowed, e.g. `AWS_*`) copied from the driver's environment into
+  `spark.executorEnv.NAME` when thresher starts the session, so executors on a cluster reach
+  an object store (`s3://` output and input: endpoint, region, credentials) the way the
+  driver does. Only the names live in the job; the values never enter the job or the manifest
+  (Spark's UI redacts keys matching `spark.redaction.regex`, e.g. `*SECRET*`, `*TOKEN*`).
+  Under spark-submit the session exists already: pass `--conf spark.executorEnv.NAME=...`.
+
+Paths: the output root (and the input) may be a URI (`s3://...`): executors write their
+shard outputs straight to the store through `thresher.io.storage` and the driver reads only
+small results, so no folder has to be shared between the nodes.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import json
 import os
@@ -59,7 +71,7 @@ from thresher.config import JobSpec, SparkEngineSpec
 from thresher.io.readers import InputShard
 from thresher.pipelines.engine import (EmitFn, ItemFn, ReduceFn, StageFn, check_item_count, in_shard_order,
                                        short_error, shuffle_name)
-from thresher.pipelines.tasks import decode_task, emit_pairs, encode_tasks, reduce_group
+from thresher.pipelines.tasks import decode_task, emit_pairs, encode_tasks, reduce_group, task_root
 from thresher.pipelines.worker import init_worker, set_task_device
 from thresher.specs import JobError
 
@@ -72,6 +84,7 @@ FAULT_ENV = "THRESHER_SPARK_FAULT"
 FAULT_PROPERTY = "thresher.fault"
 SHIP_KEY = "spark.thresher.shipPackage"
 WAIT_KEY = "spark.thresher.executorWaitSeconds"
+ENV_KEY = "spark.thresher.executorEnv"
 
 
 # -- executor side ----------------------------------------------------------------------
@@ -225,7 +238,16 @@ def default_conf(spec: SparkEngineSpec, progress: bool = True) -> dict[str, str]
         "spark.ui.showConsoleProgress": "true" if progress else "false",
     }
     conf.update({k: str(v) for k, v in spec.conf.items()})
+    conf.update({k: v for k, v in executor_env(conf.get(ENV_KEY, ""), os.environ).items() if k not in conf})
     return conf
+
+
+def executor_env(names: str, env: Any) -> dict[str, str]:
+    """`spark.executorEnv.NAME: value` for every variable of `env` that one of the comma-separated
+    `names` (`*` globs allowed: `AWS_*`) matches (`spark.thresher.executorEnv`)."""
+    patterns = [n.strip() for n in names.split(",") if n.strip()]
+    return {f"spark.executorEnv.{k}": env[k] for k in sorted(env)
+            if any(fnmatch.fnmatchcase(k, p) for p in patterns)}
 
 
 def get_session(spec: SparkEngineSpec, progress: bool = True) -> tuple[Any, bool]:
@@ -331,7 +353,7 @@ class SparkEngine:
         rdd = self.sc.parallelize(rows, len(rows))
         tasks = self.spark.createDataFrame(rdd, schema)
         body = functools.partial(_run_tasks, fn=fn, stage=stage, job_json=job.model_dump_json(),
-                                 out_root=os.path.abspath(out_root), torch_threads=self.torch_threads)
+                                 out_root=task_root(out_root), torch_threads=self.torch_threads)
         self.sc.setJobDescription(f"thresher {stage}: {len(shards)} shards")
         try:
             got = tasks.mapInArrow(body, RESULT_SCHEMA).collect()

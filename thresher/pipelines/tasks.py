@@ -11,12 +11,14 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pyarrow as pa
 
 from thresher.common.threads import limit_process_threads
+from thresher.io import storage
 from thresher.io.readers import InputShard
 from thresher.pipelines.engine import EmitFn, ReduceFn, emitted, reduced
 from thresher.specs import JobError
@@ -38,6 +40,13 @@ def to_ipc(data: pa.Table | pa.RecordBatch) -> bytes:
 def from_ipc(data: bytes) -> pa.Table:
     """The table `to_ipc` encoded."""
     return pa.ipc.open_file(pa.py_buffer(data)).read_all()
+
+
+def task_root(path: str | os.PathLike[str]) -> str:
+    """An output root as the workers see it: a URI (`s3://...`) unchanged (every worker writes to
+    the store itself; no shared local folder), a local path made absolute (the workers' cwd
+    differs from the driver's)."""
+    return str(path) if storage.is_uri(path) else os.path.abspath(path)
 
 
 def encode_tasks(shards: list[InputShard], table: pa.Table | None) -> list[Task]:
