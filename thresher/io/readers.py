@@ -21,7 +21,6 @@ differing columns between files); a bad row is rejected with its reason.
 from __future__ import annotations
 
 import codecs
-import glob
 import gzip
 import hashlib
 import importlib.util
@@ -33,7 +32,6 @@ import re
 import zlib
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -41,7 +39,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from thresher.config import InputSpec, JobError
-from thresher.io.output import require_local_path
+from thresher.io import sources
+from thresher.io.splits import block_size, line_ranges, row_group_runs, scan_lines
 
 PARQUET_EXT = (".parquet", ".pq")
 JSONL_EXT = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".ndjson.gz", ".jsonl.zst", ".json.zst",
@@ -70,21 +69,26 @@ codecs.register_error("thresher.invalid", _mark_invalid)
 
 @dataclass(frozen=True)
 class InputShard:
-    """One unit of map work: a file, a group of text files, or a slice of a table."""
+    """One unit of map work: a file, a part of a file (a run of Parquet row groups, a byte
+    range of a JSONL file), a group of text files, or a slice of a table."""
 
     index: int
     kind: str  # parquet | jsonl | json (one JSON array) | arrow | textfiles | memory
     paths: tuple[str, ...]
     fingerprint: str
     rows: int | None = None
-    start: int = 0  # first row of a memory slice
+    start: int = 0  # first row of a memory slice; of a part of a file, its first row in the file
     root: str = ""  # common folder, for ids and display
+    lo: int = 0  # a part of a file: its first row group (Parquet) or byte (JSONL)
+    hi: int | None = None  # ... and the end of that range (exclusive); None: the whole file
 
     @property
     def name(self) -> str:
         if self.kind == "memory":
             return f"memory[{self.start}:{self.start + (self.rows or 0)}]"
         if len(self.paths) == 1:
+            if self.hi is not None:
+                return f"{self.paths[0]} [rows {self.start}:{self.start + (self.rows or 0)}]"
             return self.paths[0]
         return f"{self.root} ({len(self.paths)} files)"
 
@@ -92,8 +96,7 @@ class InputShard:
     def id_prefix(self) -> str:
         if self.kind == "memory":
             return "mem"
-        rel = os.path.relpath(self.paths[0], self.root) if self.root else os.path.basename(self.paths[0])
-        return rel
+        return sources.relative(self.paths[0], self.root)
 
 
 @dataclass
@@ -119,15 +122,19 @@ def _expand(paths: str | list[str]) -> list[str]:
     items = [paths] if isinstance(paths, str) else list(paths)
     files: list[str] = []
     for raw in items:
-        item = _resolve_pkg(raw) if raw.startswith("pkg:") else os.path.expanduser(raw)
+        if raw.startswith("pkg:"):
+            item = _resolve_pkg(raw)
+        else:
+            item = raw if sources.is_uri(raw) else os.path.expanduser(raw)
         if any(ch in item for ch in "*?["):
-            matches = sorted(glob.glob(item, recursive=True))
+            try:
+                matches = sources.glob(item)
+            except (OSError, pa.ArrowException) as exc:
+                raise JobError(f"input {raw!r}: cannot list ({_one_line(exc)})") from None
             if not matches:
                 raise JobError(f"input {raw!r}: the pattern matches no file")
             files.extend(matches)
-        elif os.path.isdir(item):
-            files.append(item)
-        elif os.path.isfile(item):
+        elif sources.exists(item):
             files.append(item)
         else:
             raise JobError(f"input {raw!r}: no such file or folder")
@@ -145,15 +152,8 @@ def _kind_of(path: str) -> str | None:
     return None
 
 
-def _fingerprint(paths: list[str]) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        try:
-            st = os.stat(p)
-        except OSError as exc:
-            raise JobError(f"{p}: cannot read ({exc.strerror or exc})") from None
-        h.update(f"{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:16]
+def _fingerprint(paths: list[str], extra: str = "") -> str:
+    return sources.fingerprint(paths, extra)
 
 
 def plan_shards(spec: InputSpec, table: pa.Table | None = None) -> list[InputShard]:
@@ -162,21 +162,19 @@ def plan_shards(spec: InputSpec, table: pa.Table | None = None) -> list[InputSha
         return _plan_memory(spec, table)
     if spec.path is None:
         raise JobError("input.path: missing (give a file, folder, glob or list)")
-    for raw in [spec.path] if isinstance(spec.path, str) else spec.path:
-        require_local_path(raw, "input.path")
     entries = _expand(spec.path)
     files: list[tuple[str, str]] = []  # (kind, path)
     dataset_dirs: list[str] = []
     for entry in entries:
-        if os.path.isdir(entry):
-            if os.path.exists(os.path.join(entry, "state.json")):
+        if sources.is_dir(entry):
+            if sources.exists(sources.join(entry, "state.json")):
                 dataset_dirs.append(entry)
                 continue
-            if os.path.exists(os.path.join(entry, "dataset_dict.json")):
+            if sources.exists(sources.join(entry, "dataset_dict.json")):
                 raise JobError(f"input {entry!r}: a DatasetDict folder; point input.path at one split's folder")
             found = _walk(entry)
             if not found:
-                arrow = any(f.endswith(".arrow") for f in os.listdir(entry))
+                arrow = any(f.endswith(".arrow") for f in sources.list_names(entry))
                 raise JobError(f"input {entry!r}: the folder holds no Parquet, JSONL or text files"
                                + ("; it holds .arrow files but no state.json (a datasets folder saved with "
                                   "save_to_disk has one)" if arrow else ""))
@@ -200,20 +198,35 @@ def plan_shards(spec: InputSpec, table: pa.Table | None = None) -> list[InputSha
         shards.extend(_plan_datasets_dir(spec, d, len(shards), schemas))
     text_files = [p for k, p in files if k == "textfiles"]
     if text_files:
-        root = os.path.commonpath([os.path.dirname(p) for p in text_files])
+        root = _text_root(text_files)
         for start in range(0, len(text_files), spec.shard_rows):
             group = text_files[start:start + spec.shard_rows]
             shards.append(InputShard(len(shards), "textfiles", tuple(group), _fingerprint(group), len(group),
                                      root=root))
     other = [(k, p) for k, p in files if k != "textfiles"]
-    root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for _, p in other]) if other else ""
+    root = sources.common_root([p for _, p in other])
     for kind, p in other:
         rows = None
         if kind == "parquet":
-            rows, schema = _check_parquet(spec, p)
+            rows, schema, groups = _check_parquet(spec, p)
             schemas.append((p, schema))
+            runs = row_group_runs(groups, spec.shard_rows)
+            if len(runs) > 1:
+                first = 0
+                for lo, hi in runs:
+                    n = sum(groups[lo:hi])
+                    shards.append(InputShard(len(shards), kind, (p,), _fingerprint([p], f"row_groups={lo}:{hi}"), n,
+                                             start=first, root=root, lo=lo, hi=hi))
+                    first += n
+                continue
         elif kind == "jsonl":
             kind = _probe_json(spec, p)
+            ranges = _jsonl_ranges(spec, p) if kind == "jsonl" else None
+            if ranges is not None and len(ranges) > 1:
+                for lo, hi, first, n in ranges:
+                    shards.append(InputShard(len(shards), kind, (p,), _fingerprint([p], f"bytes={lo}:{hi}"), n,
+                                             start=first, root=root, lo=lo, hi=hi))
+                continue
         shards.append(InputShard(len(shards), kind, (p,), _fingerprint([p]), rows, root=root))
     if not shards:
         raise JobError(f"input {spec.path!r}: no input files")
@@ -221,11 +234,47 @@ def plan_shards(spec: InputSpec, table: pa.Table | None = None) -> list[InputSha
     return shards
 
 
+def _text_root(paths: list[str]) -> str:
+    """The common folder of text files as given (ids are paths relative to it)."""
+    if any(sources.is_uri(p) for p in paths):
+        return sources.common_root(paths)
+    return os.path.commonpath([os.path.dirname(p) for p in paths])
+
+
+_LINE_INDEX: dict[tuple[str, int, int | None, int], Any] = {}  # (path, size, mtime, block) -> LineIndex
+
+
+def _jsonl_ranges(spec: InputSpec, path: str) -> list[tuple[int, int, int, int]] | None:
+    """Byte ranges (start, end, first line, lines) of an uncompressed UTF-8 JSONL file holding
+    more than `shard_rows` lines (see `thresher.io.splits`); None: read it whole."""
+    if path.lower().endswith((".gz", ".zst")):
+        return None
+    size, mtime = sources.stat(path)
+    if size <= spec.shard_rows:  # every line takes a byte at least: it cannot hold more lines
+        return None
+    block = block_size(size)
+    key = (path if sources.is_uri(path) else os.path.abspath(path), size, mtime, block)
+    index = _LINE_INDEX.get(key)
+    if index is None:
+        try:
+            with sources.open_stream(path) as fh:
+                head = fh.read(4)
+                if any(head.startswith(bom) for bom, enc in _BOMS if enc != "utf-8"):
+                    return None  # UTF-16/32: decoded whole, not cut into byte ranges
+                index = scan_lines(itertools.chain([head], iter(lambda: fh.read(_CHUNK), b"")), block)
+        except (OSError, pa.ArrowException) as exc:
+            raise JobError(f"{path}: cannot read ({_one_line(exc)})") from None
+        if len(_LINE_INDEX) > 256:
+            _LINE_INDEX.clear()
+        _LINE_INDEX[key] = index
+    return line_ranges(index, spec.shard_rows)
+
+
 def _walk(folder: str) -> list[str]:
     """The input files under a folder (names starting with `_` or `.` are skipped); a
     datasets folder inside it is an error, not JSONL (its state.json and dataset_info.json)."""
     found: list[str] = []
-    for d, dirs, fs in os.walk(folder):
+    for d, dirs, fs in sources.walk(folder):
         dirs[:] = [x for x in dirs if not x.startswith(("_", "."))]
         if d != folder and "state.json" in fs:
             raise JobError(f"input {folder!r}: {d} is a datasets folder; give datasets folders as input.path "
@@ -233,7 +282,7 @@ def _walk(folder: str) -> list[str]:
         if "dataset_info.json" in fs:
             raise JobError(f"input {folder!r}: {d} looks like a datasets folder (dataset_info.json) but has no "
                            f"state.json; save it again with save_to_disk")
-        found.extend(os.path.join(d, f) for f in fs if _kind_of(f) is not None and not f.startswith(("_", ".")))
+        found.extend(sources.join(d, f) for f in fs if _kind_of(f) is not None and not f.startswith(("_", ".")))
     return sorted(found)
 
 
@@ -243,14 +292,17 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:300]}"
 
 
-def _check_parquet(spec: InputSpec, path: str) -> tuple[int, pa.Schema]:
+def _check_parquet(spec: InputSpec, path: str) -> tuple[int, pa.Schema, list[int]]:
+    """(rows, schema, rows per row group) of a Parquet file, from its footer."""
     try:
-        pf = pq.ParquetFile(path)
-        schema = pf.schema_arrow
+        with sources.parquet_file(path) as pf:
+            schema = pf.schema_arrow
+            meta = pf.metadata
+            groups = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
     except Exception as exc:
         raise JobError(f"{path}: not a readable Parquet file ({_one_line(exc)})") from None
     _check_schema(spec, schema, path)
-    return pf.metadata.num_rows, schema
+    return meta.num_rows, schema, groups
 
 
 def _used(spec: InputSpec) -> set[str]:
@@ -345,8 +397,8 @@ def _plan_datasets_dir(spec: InputSpec, folder: str, first: int,
     """One shard per Arrow file of a `save_to_disk` folder; each file is read through once
     (memory-mapped, cheap) so a damaged one is an error now, not halfway through the job."""
     try:
-        state = json.loads(Path(folder, "state.json").read_text())
-        files = [os.path.join(folder, f["filename"]) for f in state["_data_files"]]
+        state = json.loads(sources.read_bytes(sources.join(folder, "state.json")))
+        files = [sources.join(folder, f["filename"]) for f in state["_data_files"]]
     except Exception as exc:
         raise JobError(f"{folder}: not a datasets folder saved with save_to_disk (state.json: "
                        f"{_one_line(exc)})") from None
@@ -355,7 +407,7 @@ def _plan_datasets_dir(spec: InputSpec, folder: str, first: int,
     shards = []
     for i, p in enumerate(files):
         try:
-            with pa.memory_map(p) as src:
+            with sources.open_arrow(p) as src:
                 reader = pa.ipc.open_stream(src)
                 _check_schema(spec, reader.schema, p)
                 rows = sum(b.num_rows for b in reader)
@@ -410,7 +462,7 @@ def read_shard(shard: InputShard, spec: InputSpec, table: pa.Table | None = None
     if shard.kind == "textfiles":
         yield from _read_textfiles(shard, spec)
         return
-    row = 0
+    row = 0 if shard.kind == "memory" else shard.start  # file rows are numbered through the file
     for raw in _raw_batches(shard, spec, table):
         yield normalise(raw, spec, shard, row)
         row += raw.num_rows
@@ -425,10 +477,11 @@ def _raw_batches(shard: InputShard, spec: InputSpec, table: pa.Table | None) -> 
     path = shard.paths[0]
     try:
         if shard.kind == "parquet":
-            pf = pq.ParquetFile(path)
-            yield from pf.iter_batches(batch_size=spec.batch_rows)
+            with sources.parquet_file(path) as pf:
+                groups = None if shard.hi is None else list(range(shard.lo, shard.hi))
+                yield from pf.iter_batches(batch_size=spec.batch_rows, row_groups=groups)
         elif shard.kind == "arrow":
-            with pa.memory_map(path) as src:
+            with sources.open_arrow(path) as src:
                 for b in pa.ipc.open_stream(src):
                     for start in range(0, b.num_rows, spec.batch_rows):
                         yield b.slice(start, spec.batch_rows)
@@ -522,7 +575,8 @@ def normalise(raw: pa.RecordBatch, spec: InputSpec, shard: InputShard, first_row
             ids = ids.cast(pa.string())
         reasons.append(pc.if_else(pc.is_null(ids), pa.scalar("missing_id"), pa.scalar(None, pa.string())))
     else:
-        ordinal = pc.add(rows, shard.start) if shard.start else rows  # memory ids number the whole table
+        # memory ids number the whole table; a file's rows are numbered through the file already
+        ordinal = pc.add(rows, shard.start) if shard.kind == "memory" and shard.start else rows
         ids = pc.binary_join_element_wise(pa.scalar(shard.id_prefix), pc.cast(ordinal, pa.string()), ":")
     reason = _first_reason(reasons, n)
     used = {spec.text_column, spec.id_column, spec.prompt_column, spec.response_column, spec.input_column}
@@ -594,7 +648,7 @@ class _StreamError(OSError):
 def _stream_message(exc: OSError) -> str:
     if isinstance(exc, _StreamError):
         return str(exc)
-    return f"cannot read ({exc.strerror or _one_line(exc)})"
+    return f"cannot read ({getattr(exc, 'strerror', None) or _one_line(exc)})"
 
 
 def _raw_chunks(path: str, size: int | None = None) -> Iterator[bytes]:
@@ -602,7 +656,7 @@ def _raw_chunks(path: str, size: int | None = None) -> Iterator[bytes]:
     or zstd stream is a `_StreamError`."""
     size = size or _CHUNK
     low = path.lower()
-    with open(path, "rb") as fh:
+    with sources.open_stream(path) as fh:
         if low.endswith(".gz"):
             src = gzip.GzipFile(fileobj=fh)
             try:
@@ -860,7 +914,7 @@ def _read_jsonl(shard: InputShard, spec: InputSpec) -> Iterator[ReadBatch]:
     element that is not a record is rejected here with its row; the records go through
     `normalise`, the same rules as every format."""
     used = _used(spec)
-    items = _array_items(shard.paths[0], used) if shard.kind == "json" else _line_items(shard.paths[0], used)
+    items = _array_items(shard.paths[0], used) if shard.kind == "json" else _line_items(shard.paths[0], used, shard)
     lines: list[tuple[int, bytes, dict[str, Any], str]] = []
     rejects: list[tuple[int, str, bytes]] = []
     checked = False
@@ -881,15 +935,35 @@ def _read_jsonl(shard: InputShard, spec: InputSpec) -> Iterator[ReadBatch]:
         yield _jsonl_batch(lines, rejects, spec, shard)
 
 
-def _line_items(path: str, used: Collection[str]) -> Iterator[_Item]:
-    row = 0
+def _line_items(path: str, used: Collection[str], shard: InputShard | None = None) -> Iterator[_Item]:
+    """The lines of a JSONL file, or of a shard's byte range of it (numbered through the file)."""
+    row = shard.start if shard is not None and shard.hi is not None else 0
     try:
-        for line in _lines(_utf8_chunks(path, _raw_chunks(path))):
+        if shard is not None and shard.hi is not None:
+            chunks = _range_chunks(path, shard.lo, shard.hi)
+            if shard.lo == 0:  # the file's start: its BOM (the planner cuts UTF-8 files only)
+                chunks = _utf8_chunks(path, chunks)
+        else:
+            chunks = _utf8_chunks(path, _raw_chunks(path))
+        for line in _lines(chunks):
             reason, rec, meta = _parse_line(line, used)
             yield row, line, reason, rec, meta
             row += 1
-    except OSError as exc:
+    except (OSError, pa.ArrowException) as exc:
         raise JobError(f"{path}: {_stream_message(exc)} (at line {row + 1})") from None
+
+
+def _range_chunks(path: str, lo: int, hi: int) -> Iterator[bytes]:
+    """Bytes [lo, hi) of a file, in chunks of `_CHUNK`."""
+    with sources.open_file(path) as fh:
+        fh.seek(lo)
+        left = hi - lo
+        while left > 0:
+            chunk = fh.read(min(_CHUNK, left))
+            if not chunk:
+                raise OSError(f"the file ends before byte {hi} (it changed since planning?)")
+            left -= len(chunk)
+            yield chunk
 
 
 def _array_items(path: str, used: Collection[str]) -> Iterator[_Item]:
@@ -1048,10 +1122,10 @@ def _read_textfiles(shard: InputShard, spec: InputSpec) -> Iterator[ReadBatch]:
         blobs = []
         for p in group:
             try:
-                blobs.append(_strip_bom(Path(p).read_bytes()))
-            except OSError as exc:
+                blobs.append(_strip_bom(sources.read_bytes(p)))
+            except (OSError, pa.ArrowException) as exc:
                 raise JobError(f"{p}: cannot read ({exc})") from None
-        rel = [os.path.relpath(p, shard.root) for p in group]
+        rel = [sources.relative(p, shard.root) for p in group]
         raw = pa.RecordBatch.from_pydict({
             spec.text_column: pa.array(blobs, pa.binary()),
             spec.id_column or "path": pa.array(rel, pa.string()),
