@@ -196,6 +196,11 @@ class JobSpec(Strict):
     engine: EngineSpec = Field(default_factory=EngineSpec,
                                description="which engine runs the map stages, and its settings: see Engines")
     output: OutputSpec = Field(default_factory=OutputSpec,
+    storage_options: dict[str, Any] | None = Field(
+        None, exclude=True,
+        description="settings of the filesystem that holds `path` when it is a URI (s3://: endpoint_url, region, "
+                    "key, secret, token, anonymous, ...); credentials otherwise come from the standard "
+                    "environment and config files. Never written to the manifest or the run state")
                                description="the output folder and how its parts are written")
     train: dict[str, Any] | None = Field(
         None, description="settings of `thresher train` on this job's output (see train); null: the defaults")

@@ -16,7 +16,7 @@ from typing import Any
 
 from thresher.common.atomic import atomic_path
 from thresher.config import JobError, JobSpec, job_identity, load_job, safe_load_yaml
-from thresher.io.output import JobLock, OutputLayout, require_local_path
+from thresher.io.output import JobLock, OutputLayout, check_storage_path
 from thresher.selectors.registry import SELECTORS, selector_class
 from thresher.specs import config_diff
 from thresher.version import __version__
@@ -146,7 +146,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     check_plan(at_src, reselect=True)  # before another folder is seeded with the scores
     in_place = not args.output or Path(args.output).resolve() == src.root
     if not in_place:
-        require_local_path(args.output, "--output")
+        check_storage_path(args.output, "--output")
     print(_reselect_line(src.root, None if in_place else Path(args.output).resolve(),
                          config_diff(job_identity(state["job"]), job.identity())), file=sys.stderr)
     try:

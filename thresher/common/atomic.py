@@ -6,6 +6,11 @@ recognisable (`TMP_GLOB`) and a reader listing `part-*` never sees one.
 Every rename that publishes a finished file goes through `commit_point` first: there a pool
 worker whose parent is gone exits without writing (`guard_parent`), and the test hook
 `THRESHER_FAULT` can kill the process at an exact commit.
+
+Object stores (`s3://`, `gs://`, ...) have no rename: there a write of a URI goes through
+`commit_point` and then publishes the whole object at once (one PUT of the bytes, or the upload of
+a finished local spool file), through the functions `thresher.io.storage` registers here
+(`register_object_store`; this module sits below `io` and imports nothing from it).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +35,25 @@ PARENT_GONE_EXIT = 75  # a worker that finds its parent gone exits with this, wr
 
 _parent_pid: int | None = None
 _commits = 0
+# set by thresher.io.storage: (put_bytes(uri, data), put_file(local, uri), is_remote(path))
+_object_store: tuple[Callable[[str, bytes], None], Callable[[str, str], None], Callable[[str], bool]] | None = None
+
+
+def register_object_store(put_bytes: Callable[[str, bytes], None], put_file: Callable[[str, str], None],
+                          is_remote: Callable[[str], bool]) -> None:
+    """How writes of remote URIs are published (called once by `thresher.io.storage`)."""
+    global _object_store
+    _object_store = (put_bytes, put_file, is_remote)
+
+
+def _remote(path: str | os.PathLike[str]) -> bool:
+    if "://" not in str(path):
+        return False
+    if _object_store is None:
+        if str(path).startswith("file://"):
+            return False
+        raise JobError(f"{path}: object-store paths need thresher.io.storage (import it first)")
+    return _object_store[2](str(path))
 
 
 def guard_parent(pid: int | None) -> None:
@@ -39,8 +63,9 @@ def guard_parent(pid: int | None) -> None:
     _parent_pid = pid
 
 
-def commit_point(target: Path) -> None:
-    """Called just before a finished temporary is renamed onto `target`."""
+def commit_point(target: str | os.PathLike[str]) -> None:
+    """Called just before a finished temporary is renamed onto `target` (on an object store:
+    just before the finished object is uploaded under its name)."""
     global _commits
     faults = [item.strip().split(":", 1) for item in os.environ.get(FAULT_ENV, "").split(",") if ":" in item]
     for kind, value in faults:
@@ -89,7 +114,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it over `path`, on error remove it.
 
     Works for files and folders (e.g. `save_pretrained` into the yielded path). An OSError
-    (disk full, ...) comes out as a `WriteError` that names `path`."""
+    (disk full, ...) comes out as a `WriteError` that names `path`. For an object-store URI the
+    yielded path is a local spool folder's entry, uploaded whole after `commit_point`."""
+    if _remote(path):
+        with _remote_atomic_path(str(path)) as tmp:
+            yield tmp
+        return
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -111,8 +141,35 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def _remote_atomic_path(uri: str) -> Iterator[Path]:
+    import tempfile
+
+    assert _object_store is not None
+    spool = Path(tempfile.mkdtemp(prefix="thresher-spool-"))
+    tmp = spool / (uri.rstrip("/").rsplit("/", 1)[-1] or "object")
+    try:
+        yield tmp
+        commit_point(uri)
+        if tmp.exists():
+            _object_store[1](str(tmp), uri)
+    except OSError as exc:
+        raise write_error(uri, exc) from exc
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+
+
 def write_bytes_atomic(data: bytes, path: str | os.PathLike[str], fsync: bool = True) -> None:
-    """Write bytes to `path` atomically (fsync before the rename unless told not to)."""
+    """Write bytes to `path` atomically (fsync before the rename unless told not to); on an
+    object store, `commit_point` and then one PUT of the whole object."""
+    if _remote(path):
+        assert _object_store is not None
+        commit_point(path)
+        try:
+            _object_store[0](str(path), data)
+        except OSError as exc:
+            raise write_error(path, exc) from exc
+        return
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()

@@ -23,11 +23,12 @@ import re
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
 
 from thresher.common.atomic import write_text_atomic
+from thresher.io import storage
 from thresher.io.output import CARD_NAME, HF_YAML_NAME, OutputLayout
+from thresher.specs import JobError
 from thresher.version import __version__
 
 PARTS_GLOB = "part-*.parquet"
@@ -170,7 +171,7 @@ def _columns(manifest: dict[str, Any], layout: OutputLayout, job: dict[str, Any]
     parts = manifest.get("shards") or []
     if not parts:
         return []
-    schema = pq.read_schema(layout.root / parts[0]["file"])
+    schema = storage.read_schema(layout.root / parts[0]["file"])
     score_cols = _names(layout.scores(0), skip=("id", "_shard", "_row"))
     sel_cols = _names(layout.selection(0), skip=("_row", "status", "reason"))
     out = ["## Columns", "", "| column | type | from |", "| --- | --- | --- |"]
@@ -188,8 +189,8 @@ def _columns(manifest: dict[str, Any], layout: OutputLayout, job: dict[str, Any]
 
 def _names(path: Any, skip: tuple[str, ...]) -> set[str]:
     try:
-        return {n for n in pq.read_schema(path).names if n not in skip}
-    except (OSError, pa.ArrowInvalid):
+        return {n for n in storage.read_schema(path).names if n not in skip}
+    except (OSError, pa.ArrowInvalid, JobError):
         return set()
 
 
@@ -243,8 +244,8 @@ def _card_job(job: dict[str, Any], layout: OutputLayout) -> dict[str, Any]:
 
 
 def _rel(path: str, start: Any) -> str:
-    if not isinstance(path, str) or not os.path.isabs(os.path.expanduser(path)):
-        return path
+    if not isinstance(path, str) or not os.path.isabs(os.path.expanduser(path)) or storage.is_remote(start):
+        return path  # a URI, a relative path, or a folder on an object store: as given
     return os.path.relpath(os.path.expanduser(path), start)
 
 

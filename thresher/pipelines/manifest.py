@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from thresher.config import JobSpec
+from thresher.io import storage
 from thresher.io.output import OutputLayout
 from thresher.io.readers import InputShard
 from thresher.specs import JobError
@@ -44,10 +44,10 @@ def score_summary(layout: Any, n_shards: int) -> dict[str, dict[str, Any]]:
     """Per numeric score column: statistics over the valid pool and over the selection."""
     if n_shards == 0:
         return {}
-    schema = pq.read_schema(layout.scores(0))
+    schema = storage.read_schema(layout.scores(0))
     cols = [f.name for f in schema if f.name not in SKIP and _numeric(f)]
-    scores = pa.concat_tables([pq.read_table(layout.scores(i), columns=cols) for i in range(n_shards)])
-    status = pa.concat_tables([pq.read_table(layout.selection(i), columns=["status"]) for i in range(n_shards)])
+    scores = pa.concat_tables([storage.read_table(layout.scores(i), columns=cols) for i in range(n_shards)])
+    status = pa.concat_tables([storage.read_table(layout.selection(i), columns=["status"]) for i in range(n_shards)])
     st = np.asarray(status.column("status").to_pylist(), dtype=object)
     pool = st != "rejected"
     chosen = st == "selected"
@@ -118,14 +118,14 @@ def count_rows(layout: OutputLayout, n_shards: int) -> dict[str, Any]:
     status: Counter[str] = Counter()
     reasons: dict[str, Counter[str]] = {"not_selected": Counter(), "rejected": Counter()}
     for i in range(n_shards):
-        sel = pq.read_table(layout.selection(i), columns=["status", "reason"])
+        sel = storage.read_table(layout.selection(i), columns=["status", "reason"])
         for (st, rs), n in Counter(zip(sel.column("status").to_pylist(), sel.column("reason").to_pylist())).items():
             status[st] += n
             if st in reasons:
                 reasons[st][rs or "unknown"] += n
         rej = layout.rejected(i)
-        if rej.exists():
-            r = pq.read_table(rej, columns=["reason"])
+        if storage.exists(rej):
+            r = storage.read_table(rej, columns=["reason"])
             for rs, n in Counter(r.column("reason").to_pylist()).items():
                 status["rejected"] += n
                 reasons["rejected"][rs] += n
@@ -189,7 +189,7 @@ def build_manifest(job: JobSpec, layout: OutputLayout, shards: list[InputShard],
     tokens = None
     if manifest["shards"]:
         try:
-            tokens = sum(pc.sum(pq.read_table(layout.root / p["file"], columns=["n_words"]).column("n_words")).as_py()
+            tokens = sum(pc.sum(storage.read_table(layout.root / p["file"], columns=["n_words"]).column("n_words")).as_py()
                          or 0 for p in files)
         except (KeyError, pa.ArrowInvalid):
             tokens = None

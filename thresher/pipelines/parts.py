@@ -30,15 +30,14 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-import shutil
 from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from thresher.common.atomic import write_json_atomic
 from thresher.config import ALWAYS_WRITTEN, JobSpec
+from thresher.io import storage
 from thresher.io.output import AtomicParquetWriter, OutputLayout
 from thresher.io.readers import plan_shards, read_shard
 from thresher.specs import JobError
@@ -194,7 +193,7 @@ def rechunk(job: JobSpec, layout: OutputLayout, write_res: list[dict[str, Any]],
     for p in layout.root.glob("part-*.parquet"):  # none unless a folder was tampered with
         if p.name not in names:
             p.unlink()
-    shutil.rmtree(layout.staged_part(0).parent, ignore_errors=True)  # every part is written
+    storage.remove_tree(layout.staged_part(0).parent)  # every part is written
     return results
 
 
@@ -207,7 +206,7 @@ def forget_other_parts(job: JobSpec, layout: OutputLayout, n_shards: int) -> boo
     markers = [layout.read_marker("write", i) for i in range(n_shards)]
     stale = any(m is not None and m.get("write_hash", m.get("select_hash")) != want for m in markers)
     done = layout.marker(PART_MARKER, 0).parent
-    if not stale and done.is_dir():
+    if not stale and storage.is_dir(done):
         for path in sorted(done.glob(f"{PART_MARKER}-*.json")):
             index = path.stem.rsplit("-", 1)[1]
             m = layout.read_marker(PART_MARKER, int(index)) if index.isdigit() else None
@@ -227,9 +226,9 @@ def _unified_schema(layout: OutputLayout, n: int) -> pa.Schema:
     schemas = []
     for i in range(n):
         path = layout.staged_part(i)
-        if not path.exists():
+        if not storage.exists(path):
             raise JobError(f"{path}: missing, but its write marker exists; re-run with --overwrite")
-        schemas.append(pq.read_schema(path).remove_metadata())
+        schemas.append(storage.read_schema(path).remove_metadata())
     try:
         return pa.unify_schemas(schemas, promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
@@ -258,9 +257,9 @@ def write_part(item: dict[str, Any]) -> dict[str, Any]:
     try:
         for shard, start, stop in pieces:
             path = layout.staged_part(shard)
-            if not path.exists():
+            if not storage.exists(path):
                 raise JobError(f"{path}: missing, but its write marker exists; re-run with --overwrite")
-            pf = pq.ParquetFile(path)
+            pf = storage.parquet_file(path)
             offset = 0
             for g in range(pf.metadata.num_row_groups):
                 n = pf.metadata.row_group(g).num_rows

@@ -10,17 +10,18 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 
 from thresher.config import JobSpec, job_identity
 from thresher.specs import JobError, config_diff
 from thresher.common.atomic import write_json_atomic, write_text_atomic
-from thresher.io.output import JobLock, OutputLayout, check_own_or_empty, remove_stale_temporaries, require_local_path
+from thresher.io import storage
+from thresher.io.output import JobLock, OutputLayout, check_own_or_empty, check_storage_path, remove_stale_temporaries
 from thresher.io.readers import InputShard, as_arrow_table, plan_shards
 from thresher.models.fingerprint import changed_models, model_fingerprints
 from thresher.pipelines import stages
+from thresher.pipelines.selection import stage as select_stage
 from thresher.pipelines.engine import make_engine
 from thresher.pipelines.plan import check_plan
 from thresher.pipelines.manifest import build_manifest, summary_text
@@ -41,7 +42,7 @@ class RunResult:
         if parts is None:
             raise JobError(f"{self.output}: a score-only run wrote no selected rows; run the whole job "
                            f"(or `thresher select`) first")
-        return [str(Path(self.output) / p["file"]) for p in parts]
+        return [storage.join(self.output, p["file"]) for p in parts]
 
     def to_dataset(self, **load_kwargs: Any) -> Any:
         """The selected rows as a `datasets.Dataset` (memory-mapped from the datasets cache, in
@@ -59,9 +60,8 @@ class RunResult:
     def to_pandas(self) -> Any:
         """The selected rows as a `pandas.DataFrame`, in part order."""
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
-        tables = [pq.read_table(f) for f in self.part_files()]
+        tables = [storage.read_table(f) for f in self.part_files()]
         if not tables:
             raise JobError(f"{self.output}: the run wrote no parts (no input shards)")
         return pa.concat_tables(tables, promote_options="default").to_pandas()
@@ -131,8 +131,8 @@ def run_job(job: JobSpec, data: Any = None, overwrite: bool | None = None, progr
     check_plan(job, reselect=reselect, in_memory=data is not None)  # before the output folder is touched
     table = as_arrow_table(data) if data is not None else None
     shards = plan_shards(job.input, table)
-    require_local_path(job.output.path, "output.path")
-    layout = OutputLayout(job.output.path)
+    check_storage_path(job.output.path, "output.path")  # a bad URI or unreachable store: one line, nothing written
+    layout = OutputLayout(job.output.path, job.output.storage_options)
     timings: dict[str, float] = {"plan": time.perf_counter() - t0}
     # the lock refuses a folder that is not thresher's own before creating anything in it;
     # only then, holding it, are a killed run's temporaries removed
@@ -149,8 +149,7 @@ def run_job(job: JobSpec, data: Any = None, overwrite: bool | None = None, progr
                 manifest = build_manifest(job, layout, shards, score_res, None, None, timings, engine.name)
                 return RunResult(manifest, summary_text(manifest), str(layout.root))
             t = time.perf_counter()
-            select_res = stages.select(job, layout, len(shards), parallel_map=engine.parallel_map,
-                                       shards=shards, input_table=table)
+            select_res = select_stage.select(job, layout, len(shards), engine, shards=shards, input_table=table)
             timings["select"] = time.perf_counter() - t
             t = time.perf_counter()
             forget_other_parts(job, layout, len(shards))  # output.columns or a part size changed
