@@ -55,7 +55,25 @@ class InputSpec(Strict):
         "reject", description="a row that cannot be used (bad JSON, no text, ...): reject it (to _rejected/) "
                               "or fail the job")
     batch_rows: int = Field(2048, gt=0, description="rows read and scored at a time (bounds the memory per worker)")
-    shard_rows: int = Field(50_000, gt=0, description="rows (or files) per shard for in-memory and text-file inputs")
+    shard_rows: int = Field(
+        50_000, gt=0, description="rows per shard: in-memory tables are sliced, text files grouped, and a big "
+                                  "Parquet file (runs of row groups) or uncompressed JSONL file (byte ranges at "
+                                  "line starts) split, so one file spreads over the workers")
+    score_columns: list[str] = Field(
+        default_factory=list,
+        description="input columns that come with scores (numbers, booleans, or embeddings as lists of floats): "
+                    "copied into the score table under the same name, so filters and selectors use them like "
+                    "a scorer's columns")
+
+    @field_validator("score_columns")
+    @classmethod
+    def _distinct_score_columns(cls, value: list[str]) -> list[str]:
+        if any(not c or not c.strip() for c in value):
+            raise ValueError("an empty column name")
+        repeated = sorted({c for c in value if value.count(c) > 1})
+        if repeated:
+            raise ValueError(f"{repeated} named more than once")
+        return value
 
     @property
     def instruction(self) -> bool:
@@ -247,7 +265,9 @@ class JobSpec(Strict):
 
     def score_hash(self) -> str:
         """Hash of everything that changes the score table (input, columns, scorers)."""
-        return _hash({"input": self.input.model_dump(mode="json"), "scorers": self.scorers, "seed": self.seed})
+        # score_columns only when given, so the hashes of jobs without them stay what they were
+        inp = self.input.model_dump(mode="json", exclude=None if self.input.score_columns else {"score_columns"})
+        return _hash({"input": inp, "scorers": self.scorers, "seed": self.seed})
 
     def select_hash(self) -> str:
         """Hash of everything that changes the selection and the output shards."""

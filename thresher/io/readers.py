@@ -103,6 +103,7 @@ class InputShard:
 class ReadBatch:
     good: pa.RecordBatch  # usable rows, normalised
     rejected: pa.RecordBatch  # REJECT_SCHEMA: rows that cannot be used, with a reason
+    scores: pa.RecordBatch | None = None  # input.score_columns of the good rows (not in `good`)
 
 
 # -- planning -----------------------------------------------------------------------
@@ -197,6 +198,9 @@ def plan_shards(spec: InputSpec, table: pa.Table | None = None) -> list[InputSha
     for d in dataset_dirs:
         shards.extend(_plan_datasets_dir(spec, d, len(shards), schemas))
     text_files = [p for k, p in files if k == "textfiles"]
+    if text_files and spec.score_columns:
+        raise JobError(f"{text_files[0]}: text files have no columns; input.score_columns "
+                       f"{spec.score_columns} needs Parquet, JSONL, a datasets folder or a table")
     if text_files:
         root = _text_root(text_files)
         for start in range(0, len(text_files), spec.shard_rows):
@@ -268,6 +272,46 @@ def _jsonl_ranges(spec: InputSpec, path: str) -> list[tuple[int, int, int, int]]
             _LINE_INDEX.clear()
         _LINE_INDEX[key] = index
     return line_ranges(index, spec.shard_rows)
+
+
+def input_columns(spec: InputSpec) -> tuple[str, dict[str, pa.DataType | None]] | None:
+    """(the job's first input file, its columns with their types) from a cheap look at it (a
+    Parquet footer, an Arrow stream's schema, the first records of a JSONL file: types as the
+    readers will make them, None where no record has the key); None when there is no such
+    look (text files, a JSON array, in-memory data) or the readers will refuse the input."""
+    try:
+        for entry in _expand(spec.path or []):
+            if sources.is_dir(entry):
+                if sources.exists(sources.join(entry, "state.json")):
+                    state = json.loads(sources.read_bytes(sources.join(entry, "state.json")))
+                    path = sources.join(entry, state["_data_files"][0]["filename"])
+                    with sources.open_arrow(path) as src:
+                        return path, {f.name: f.type for f in pa.ipc.open_stream(src).schema}
+                found = _walk(entry)
+                if not found:
+                    continue
+                path = found[0]
+            else:
+                path = entry
+            kind = _kind_of(path)
+            if kind == "parquet":
+                with sources.parquet_file(path) as pf:
+                    return path, {f.name: f.type for f in pf.schema_arrow}
+            if kind == "jsonl":
+                json_kind, records = _head_records(path)
+                if json_kind != "jsonl" or not records:
+                    return None
+                keys = list(dict.fromkeys(k for r in records for k in r))
+                types: dict[str, pa.DataType | None] = {}
+                for k in keys:
+                    values = [r.get(k) for r in records]
+                    types[k] = (_json_scores(values)[0].type
+                                if any(isinstance(v, (int, float, list)) for v in values) else None)
+                return path, types
+            return None
+    except Exception:  # the readers say what is wrong, with their own message
+        return None
+    return None
 
 
 def _walk(folder: str) -> list[str]:
@@ -344,11 +388,40 @@ def _check_schema(spec: InputSpec, schema: pa.Schema, where: str) -> None:
     clash = [c for c in RESERVED if c in names]
     if clash:
         raise JobError(f"{where}: columns {clash} are reserved by thresher; rename them")
+    for col in spec.score_columns:
+        if col not in names:
+            raise JobError(f"{where}: column {col!r} not found (input.score_columns){_did_you_mean(col, names)}; "
+                           f"columns: {names}")
+        if col in _used(spec):
+            raise JobError(f"{where}: column {col!r} is read as the id or a text (input.*_column); it cannot be "
+                           f"one of input.score_columns too")
+        t = schema.field(col).type
+        if not score_type_ok(t):
+            raise JobError(f"{where}: column {col!r} (input.score_columns) has type {t}; a score column holds "
+                           f"numbers, booleans, or lists of numbers (embeddings)")
     used = _used(spec)
     for own in ("id", "text", "prompt", "response") if spec.instruction else ("id", "text"):
         if own in names and own not in used:
             raise JobError(f"{where}: column {own!r} clashes with thresher's own {own!r} column and would be "
                            f"dropped; set input.{own}_column: {own} to use it as the {own}, or rename it")
+
+
+def _did_you_mean(name: str, names: Collection[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def score_type_ok(t: pa.DataType) -> bool:
+    """Whether an input column of type `t` can be a score column: a number or boolean, or a
+    (fixed-size or variable) list of numbers."""
+    if pa.types.is_dictionary(t):
+        return False
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        t = t.value_type
+        return pa.types.is_integer(t) or pa.types.is_floating(t)
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_decimal(t)
 
 
 def _id_type_ok(t: pa.DataType) -> bool:
@@ -468,6 +541,28 @@ def read_shard(shard: InputShard, spec: InputSpec, table: pa.Table | None = None
         row += raw.num_rows
 
 
+def score_fields(shard: InputShard, spec: InputSpec, table: pa.Table | None = None) -> list[pa.Field]:
+    """The fields of `input.score_columns` in a shard's score table when the shard has no row:
+    the source's types (Parquet, Arrow, a table), or the null type where only rows tell (JSONL),
+    which a concatenation with the other shards' score tables promotes."""
+    if not spec.score_columns:
+        return []
+    schema: pa.Schema | None = None
+    try:
+        if shard.kind == "memory" and table is not None:
+            schema = table.schema
+        elif shard.kind == "parquet":
+            with sources.parquet_file(shard.paths[0]) as pf:
+                schema = pf.schema_arrow
+        elif shard.kind == "arrow":
+            with sources.open_arrow(shard.paths[0]) as src:
+                schema = pa.ipc.open_stream(src).schema
+    except (OSError, pa.ArrowException):
+        schema = None
+    return [schema.field(c) if schema is not None and c in schema.names else pa.field(c, pa.null())
+            for c in spec.score_columns]
+
+
 def _raw_batches(shard: InputShard, spec: InputSpec, table: pa.Table | None) -> Iterator[pa.RecordBatch]:
     if shard.kind == "memory":
         if table is None or table.num_rows != shard.rows:
@@ -579,7 +674,8 @@ def normalise(raw: pa.RecordBatch, spec: InputSpec, shard: InputShard, first_row
         ordinal = pc.add(rows, shard.start) if shard.kind == "memory" and shard.start else rows
         ids = pc.binary_join_element_wise(pa.scalar(shard.id_prefix), pc.cast(ordinal, pa.string()), ":")
     reason = _first_reason(reasons, n)
-    used = {spec.text_column, spec.id_column, spec.prompt_column, spec.response_column, spec.input_column}
+    used = {spec.text_column, spec.id_column, spec.prompt_column, spec.response_column, spec.input_column,
+            *spec.score_columns}
     out = {"id": ids, "text": text, **cols, "_row": rows}
     for name in names:
         if name not in used and name not in out:
@@ -587,9 +683,12 @@ def normalise(raw: pa.RecordBatch, spec: InputSpec, shard: InputShard, first_row
     table = pa.RecordBatch.from_pydict({k: _string32(v) for k, v in out.items()})
     ok = pc.is_null(reason)
     good = table.filter(ok)
+    scores = None
+    if spec.score_columns:  # they reach the output through the score table, under the same names
+        scores = pa.RecordBatch.from_pydict({c: raw.column(c) for c in spec.score_columns}).filter(ok)
     bad_mask = pc.invert(ok)
     if not pc.any(bad_mask).as_py():
-        return ReadBatch(good, _empty_rejects())
+        return ReadBatch(good, _empty_rejects(), scores)
     if raw_bytes is None:
         raw_bytes = raw.column(spec.prompt_column if spec.instruction else spec.text_column)
     rejected = pa.RecordBatch.from_pydict({
@@ -600,7 +699,7 @@ def normalise(raw: pa.RecordBatch, spec: InputSpec, shard: InputShard, first_row
     }, schema=REJECT_SCHEMA)
     if spec.on_bad_row == "fail":
         _fail(shard, rejected.column("_row")[0].as_py(), rejected.column("reason")[0].as_py())
-    return ReadBatch(good, rejected)
+    return ReadBatch(good, rejected, scores)
 
 
 def _fail(shard: InputShard, row: int, reason: str) -> None:
@@ -848,6 +947,15 @@ def _probe_json(spec: InputSpec, path: str) -> str:
     `.json` file holding one JSON array, else `jsonl`. Refused with an error naming the file:
     a bad gzip/zstd stream, a compressed file without its suffix, UTF-16/32 without a BOM,
     pretty-printed JSON, and records none of which has one of the job's keys."""
+    kind, records = _head_records(path)
+    if kind == "jsonl":
+        _check_keys(spec, records, path)
+    return kind
+
+
+def _head_records(path: str) -> tuple[str, list[dict[str, Any]]]:
+    """(shard kind, the first records) of a JSONL or JSON file, from its first bytes (a JSON
+    array gives no records here); the file-level refusals of `_probe_json`."""
     raw = _raw_chunks(path, PROBE_BYTES)
     chunks = _utf8_chunks(path, raw)
     head, eof = b"", True
@@ -869,7 +977,7 @@ def _probe_json(spec: InputSpec, path: str) -> str:
                 raise JobError(f"{path}: the file is {codec}-compressed; name it with a {suffix} suffix")
     body = head.lstrip()
     if low.removesuffix(".gz").removesuffix(".zst").endswith(".json") and body.startswith(b"["):
-        return "json"
+        return "json", []
     lines = body.splitlines()
     if not eof:
         lines = lines[:-1]  # it may be cut short
@@ -883,8 +991,7 @@ def _probe_json(spec: InputSpec, path: str) -> str:
             records.append(rec)
             if len(records) >= PROBE_RECORDS:
                 break
-    _check_keys(spec, records, path)
-    return "jsonl"
+    return "jsonl", records
 
 
 def _check_keys(spec: InputSpec, records: list[dict[str, Any]], where: str) -> bool:
@@ -897,11 +1004,12 @@ def _check_keys(spec: InputSpec, records: list[dict[str, Any]], where: str) -> b
             else [("text_column", spec.text_column)])
     if spec.id_column:
         keys.append(("id_column", spec.id_column))
+    keys += [("score_columns", c) for c in spec.score_columns]
     for setting, key in keys:
         if not any(key in r for r in records):
             seen = sorted({k for r in records for k in r})
-            raise JobError(f"{where}: no record has the key {key!r} (input.{setting}); keys in the first "
-                           f"{len(records)} records: {seen[:20]}")
+            raise JobError(f"{where}: no record has the key {key!r} (input.{setting}){_did_you_mean(key, seen)}; "
+                           f"keys in the first {len(records)} records: {seen[:20]}")
     return True
 
 
@@ -1064,6 +1172,33 @@ def _value_end(s: str, start: int, path: str) -> int:
         i = j + 1
 
 
+def _json_scores(values: list[Any]) -> tuple[pa.Array, list[bool]]:
+    """A JSONL score key as one Arrow column of a type that does not drift between batches:
+    numbers as float64, booleans as bool (a key that holds booleans holds nothing else), lists
+    of numbers as list<float32>. A value of another kind is null, and flagged (the row is rejected)."""
+    present = [v for v in values if v is not None]
+    if present and all(isinstance(v, bool) for v in present):
+        return pa.array(values, pa.bool_()), [False] * len(values)
+    if any(isinstance(v, list) for v in present):
+        def vec(v: Any) -> bool:
+            return isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+        bad = [v is not None and not vec(v) for v in values]
+        return pa.array([None if b else v for v, b in zip(values, bad)], pa.list_(pa.float32())), bad
+
+    out: list[float | None] = []
+    bad: list[bool] = []
+    for v in values:
+        f = None
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            try:
+                f = float(v)
+            except OverflowError:  # an integer beyond float range
+                f = None
+        out.append(f)
+        bad.append(v is not None and f is None)
+    return pa.array(out, pa.float64()), bad
+
+
 def _json_id(value: Any) -> tuple[str | None, str | None]:
     """A JSON id as a string (numbers as Python writes them), or the reason it cannot be one."""
     if value is None or isinstance(value, str):
@@ -1099,6 +1234,10 @@ def _jsonl_batch(lines: list[tuple[int, bytes, dict[str, Any], str]], rejects: l
         ids = [_json_id(r.get(spec.id_column)) for r in records]
         reasons.append(pa.array([why for _, why in ids], pa.string()))
         cols[spec.id_column] = pa.array([v for v, _ in ids], pa.string())
+    for c in spec.score_columns:
+        arr, bad = _json_scores([r.get(c) for r in records])
+        reasons.append(pa.array([f"bad_score: {c}" if b else None for b in bad], pa.string()))
+        cols[c] = arr
     cols["meta"] = pa.array([meta for *_, meta in lines], pa.string())
     raw = pa.RecordBatch.from_pydict(cols)
     out = normalise(raw, spec, shard, rows=pa.array([row for row, *_ in lines], pa.int64()), reasons=reasons,
@@ -1112,7 +1251,7 @@ def _jsonl_batch(lines: list[tuple[int, bytes, dict[str, Any], str]], rejects: l
         "raw": pa.array([r[2] for r in rejects], pa.large_binary()),
     }, schema=REJECT_SCHEMA)
     both = pa.Table.from_batches([out.rejected, bad], schema=REJECT_SCHEMA).sort_by("_row").combine_chunks()
-    return ReadBatch(out.good, both.to_batches()[0] if both.num_rows else _empty_rejects())
+    return ReadBatch(out.good, both.to_batches()[0] if both.num_rows else _empty_rejects(), out.scores)
 
 
 def _read_textfiles(shard: InputShard, spec: InputSpec) -> Iterator[ReadBatch]:

@@ -8,7 +8,8 @@ An error is one `JobError` line naming the job file and the key, with a "did you
 suggestion for a misspelt column.
 
 The score table a job will produce: the base columns (`id, _shard, _row, n_chars, n_words`),
-each scorer's declared columns (`Scorer.output_names()`, with types where `output_schema()`
+the input's own score columns (`input.score_columns`: checked against the first input file,
+and against the base and scorers' columns), each scorer's declared columns (`Scorer.output_names()`, with types where `output_schema()`
 is cheap), and the global scorers' columns; selectors may also read the input's `text` (and
 `prompt`, `response` for instruction data). When re-selecting on saved scores, the saved
 score table's own schema is used. `stages.load_select_table` checks columns again after
@@ -29,6 +30,7 @@ import pyarrow.parquet as pq
 
 from thresher.config import JobSpec
 from thresher.io.output import OutputLayout
+from thresher.io.readers import input_columns, score_type_ok
 from thresher.models.fingerprint import MODEL_KEYS
 from thresher.models.loading import DTYPE_NAMES, SPECIAL_REFS, ModelError, resolve_model_ref
 from thresher.pipelines.parts import check_output_columns
@@ -80,7 +82,8 @@ def check_plan(job: JobSpec, reselect: bool = False, in_memory: bool = False) ->
     if not in_memory:
         _check_input_paths(job, fail)
     _check_settings(job, fail)
-    cols = planned_columns(job, fail, saved=_saved_schema(job) if reselect else None)
+    inputs = None if in_memory or reselect or not job.input.score_columns else input_columns(job.input)
+    cols = planned_columns(job, fail, saved=_saved_schema(job) if reselect else None, inputs=inputs)
     _check_filters(job, cols, fail)
     _check_selector(job, cols, fail)
     check_output_columns(job, cols, in_memory, fail)  # output.columns names columns the parts will have
@@ -151,14 +154,18 @@ def _saved_schema(job: JobSpec) -> pa.Schema | None:
         return None
 
 
-def planned_columns(job: JobSpec, fail: Any = None, saved: pa.Schema | None = None) -> PlannedColumns:
-    """The score-table columns `job` will produce (global scorers' columns included)."""
+def planned_columns(job: JobSpec, fail: Any = None, saved: pa.Schema | None = None,
+                    inputs: tuple[str, dict[str, pa.DataType | None]] | None = None) -> PlannedColumns:
+    """The score-table columns `job` will produce (global scorers' columns included).
+    `inputs`: (the first input file, its columns and types), to check `input.score_columns`."""
     if fail is None:
         def fail(key: str, message: str) -> JobError:
             return JobError(f"{job.source}: {key}: {message}")
     cols = PlannedColumns()
     for name, dtype in BASE_TYPES.items():
         cols.add(name, dtype, "the base columns")
+    if saved is None:
+        _add_input_scores(job, cols, inputs, fail)
     built: list[tuple[int, Scorer | GlobalScorer]] = []
     for i, spec in enumerate(job.scorers):
         try:
@@ -186,6 +193,28 @@ def planned_columns(job: JobSpec, fail: Any = None, saved: pa.Schema | None = No
     return cols
 
 
+def _add_input_scores(job: JobSpec, cols: PlannedColumns, inputs: tuple[str, dict[str, pa.DataType | None]] | None,
+                      fail: Any) -> None:
+    """`input.score_columns`: not a base column, present in the input (its first file; the readers
+    check every file), of a score type; they join the score table under their own names."""
+    for i, name in enumerate(job.input.score_columns):
+        key = f"input.score_columns.{i}"
+        if name in cols.types:
+            raise fail(key, f"{name!r} is one of thresher's own columns {list(BASE_TYPES)}; rename the input column")
+        dtype = None
+        if inputs is not None:
+            path, types = inputs
+            if name not in types:
+                close = difflib.get_close_matches(name, list(types), n=1, cutoff=0.6)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise fail(key, f"no column {name!r} in {path}; {hint}columns: {list(types)[:40]}")
+            dtype = types[name]
+            if dtype is not None and not score_type_ok(dtype):
+                raise fail(key, f"column {name!r} of {path} holds {dtype}; a score column holds numbers, "
+                                f"booleans, or lists of numbers (embeddings)")
+        cols.add(name, dtype, "input.score_columns")
+
+
 def _add_scorer(cols: PlannedColumns, i: int, scorer: Scorer, fail: Any) -> None:
     where = f"scorers.{i}"
     try:
@@ -205,6 +234,9 @@ def _add_scorer(cols: PlannedColumns, i: int, scorer: Scorer, fail: Any) -> None
 
 def _add_unique(cols: PlannedColumns, name: str, dtype: pa.DataType | None, where: str, fail: Any) -> None:
     if name in cols.types:
+        if cols.owner[name] == "input.score_columns":
+            raise fail(where, f"its column {name!r} is also an input score column (input.score_columns); "
+                              f"give the scorer another `name:` or drop {name!r} from input.score_columns")
         raise fail(where, f"its column {name!r} is already taken by {cols.owner[name]}; "
                           f"give the scorer another `name:`")
     cols.add(name, dtype, where)

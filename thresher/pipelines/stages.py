@@ -76,6 +76,11 @@ def score_shard(job: JobSpec, shard: InputShard, out_root: str, table: pa.Table 
                 if job.output.write_rejected:
                     rej_w.write(rb.rejected)
             cols = base_columns(rb.good, shard.index)
+            if rb.scores is not None:  # input.score_columns: scores that come with the data, under their names
+                for name in rb.scores.schema.names:
+                    if name in cols:
+                        raise JobError(f"input.score_columns: column {name!r} is one of thresher's base columns")
+                    cols[name] = rb.scores.column(name)
             for scorer in scorers:
                 for name, arr in scorer(rb.good).items():
                     if name in cols:
@@ -85,7 +90,9 @@ def score_shard(job: JobSpec, shard: InputShard, out_root: str, table: pa.Table 
             scores_w.write(pa.RecordBatch.from_pydict(cols))
             report(rb.good.num_rows + rb.rejected.num_rows)
         if scores_w.schema is None:  # an empty shard still gets a score file with a schema
-            scores_w.schema = _empty_score_schema(scorers)
+            from thresher.io.readers import score_fields
+
+            scores_w.schema = _empty_score_schema(scorers, score_fields(shard, job.input, table))
         info = scores_w.close()
         rej_info = rej_w.close()
     except BaseException:
@@ -104,9 +111,11 @@ def score_shard(job: JobSpec, shard: InputShard, out_root: str, table: pa.Table 
     return {**marker, "skipped": False}
 
 
-def _empty_score_schema(scorers: list[Any]) -> pa.Schema:
+def _empty_score_schema(scorers: list[Any], inputs: list[pa.Field] | None = None) -> pa.Schema:
+    """The score table's schema without a row: base columns, `inputs` (input.score_columns), scorers'."""
     fields = [pa.field("id", pa.string()), pa.field("_shard", pa.int32()), pa.field("_row", pa.int64()),
               pa.field("n_chars", pa.int64()), pa.field("n_words", pa.int64())]
+    fields.extend(inputs or [])
     for s in scorers:
         fields.extend(s.output_schema())
     return pa.schema(fields)
