@@ -21,6 +21,7 @@ from thresher.io.output import JobLock, OutputLayout, check_own_or_empty, check_
 from thresher.io.readers import InputShard, as_arrow_table, plan_shards
 from thresher.models.fingerprint import changed_models, model_fingerprints
 from thresher.pipelines import stages
+from thresher.pipelines.selection import stage as select_stage
 from thresher.pipelines.engine import make_engine
 from thresher.pipelines.plan import check_plan
 from thresher.pipelines.manifest import build_manifest, summary_text
@@ -130,7 +131,7 @@ def run_job(job: JobSpec, data: Any = None, overwrite: bool | None = None, progr
     check_plan(job, reselect=reselect, in_memory=data is not None)  # before the output folder is touched
     table = as_arrow_table(data) if data is not None else None
     shards = plan_shards(job.input, table)
-    check_storage_path(job.output.path, "output.path")  # a bad URI or unreachable store: one line, nothing written
+    check_storage_path(job.output.path, "output.path", job.output.storage_options)  # a bad URI or unreachable store: one line, nothing written
     layout = OutputLayout(job.output.path, job.output.storage_options)
     timings: dict[str, float] = {"plan": time.perf_counter() - t0}
     # the lock refuses a folder that is not thresher's own before creating anything in it;
@@ -148,8 +149,7 @@ def run_job(job: JobSpec, data: Any = None, overwrite: bool | None = None, progr
                 manifest = build_manifest(job, layout, shards, score_res, None, None, timings, engine.name)
                 return RunResult(manifest, summary_text(manifest), str(layout.root))
             t = time.perf_counter()
-            select_res = stages.select(job, layout, len(shards), parallel_map=engine.parallel_map,
-                                       shards=shards, input_table=table)
+            select_res = select_stage.select(job, layout, len(shards), engine, shards=shards, input_table=table)
             timings["select"] = time.perf_counter() - t
             t = time.perf_counter()
             forget_other_parts(job, layout, len(shards))  # output.columns or a part size changed

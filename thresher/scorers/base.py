@@ -17,11 +17,14 @@ from __future__ import annotations
 import importlib.util
 import time
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import Any, ClassVar
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict
 
+from thresher.common.hashing import hash_unit, id_hash
 from thresher.specs import JobError
 
 
@@ -129,12 +132,20 @@ class Scorer(_Named):
 
 
 class GlobalScorer(_Named):
-    """A scorer that needs the whole narrow score table (e.g. k-means clusters).
+    """A scorer that needs more than one row at a time (e.g. k-means clusters).
 
     It runs in the global step, after every shard is scored and before filters and the
-    selector, on the score table (id, _shard, _row and the score columns, never text).
+    selector, on the score table (id, _shard, _row and the score columns, never text), in
+    pieces that never hold a per-document column in one process:
+    1. `fit` on a bounded sample (`sample_size`: a share of the rows, capped), on the driver;
+    2. `transform` each shard's rows with the fitted state (a map task);
+    3. optionally `transform_group`: rows that share a value of the `group_column` of step 2
+       (e.g. a cluster), gathered by the engine's shuffle, one task per group.
     Its columns are stored with the selection and can be filtered or selected on.
+    `fit_transform` is the in-memory reference: the same steps on one table.
     """
+
+    group_column: str | None = None  # a column `transform` adds; None: no per-group step
 
     @abstractmethod
     def required_columns(self) -> list[str]:
@@ -144,6 +155,64 @@ class GlobalScorer(_Named):
     def output_schema(self) -> pa.Schema:
         """The columns it adds (names already prefixed)."""
 
+    def sample_size(self) -> tuple[float, int]:
+        """(share of the rows, most rows) `fit` sees."""
+        return 1.0, 0
+
+    def sample_rows(self, table: pa.Table) -> np.ndarray:
+        """Which rows may enter the sample (bool mask); default all."""
+        return np.ones(table.num_rows, dtype=bool)
+
     @abstractmethod
+    def fit(self, sample: pa.Table, seed: int) -> dict[str, Any]:
+        """Learn a small state from the sample (rows in shard and row order)."""
+
+    @abstractmethod
+    def transform(self, table: pa.Table, state: dict[str, Any]) -> dict[str, pa.Array]:
+        """Per-row columns (aligned with `table`) that need only the fitted state."""
+
+    def transform_group(self, group: pa.Table, state: dict[str, Any]) -> dict[str, pa.Array]:
+        """Columns of one group's rows (in shard and row order), aligned with `group`."""
+        return {}
+
     def fit_transform(self, table: pa.Table, seed: int) -> dict[str, pa.Array]:
-        """One array per output column, aligned with the rows of `table`."""
+        """All output columns of `table` at once (in memory): sample, fit, transform, groups."""
+        fraction, cap = self.sample_size()
+        ok = self.sample_rows(table)
+        u = hash_unit(id_hash(table.column("id"), seed, SAMPLE_TAG))
+        take = ok & (u < fraction)
+        if cap and take.sum() > cap:
+            cut = np.sort(u[take])[cap - 1]
+            take &= u <= cut
+        state = self.fit(table.filter(pa.array(take)), seed)
+        cols = self.transform(table, state)
+        if self.group_column is None:
+            return cols
+        full = table
+        for name, arr in cols.items():
+            full = full.append_column(name, arr)
+        out = dict(cols)
+        keys = full.column(self.group_column)
+        valid = np.asarray(pc.is_valid(keys).to_numpy(zero_copy_only=False), dtype=bool)
+        k = np.asarray(pc.fill_null(keys, -1).to_numpy(zero_copy_only=False))
+        extra: dict[str, list] = {}
+        for g in np.unique(k[valid]):
+            rows = np.flatnonzero(valid & (k == g))
+            res = self.transform_group(full.take(pa.array(rows)), state)
+            for name, arr in res.items():
+                extra.setdefault(name, []).append((rows, arr))
+        for f in self.output_schema():
+            if f.name in out:
+                continue
+            pos = np.full(table.num_rows, -1, dtype=np.int64)
+            pieces = extra.get(f.name, [])
+            vals = pa.concat_arrays([a for _, a in pieces]) if pieces else pa.array([], f.type)
+            offset = 0
+            for rows, arr in pieces:
+                pos[rows] = np.arange(offset, offset + len(arr))
+                offset += len(arr)
+            out[f.name] = vals.take(pa.array(pos, mask=pos < 0)).cast(f.type)
+        return out
+
+
+SAMPLE_TAG = 0x5A3E  # the hash stream of global scorers' samples

@@ -1,7 +1,8 @@
 """k-means clusters of document embeddings and SemDeDup-style near-duplicate flags (global step).
 
-Fits faiss k-means on a seeded sample (`fit_fraction`) of the embedding column, assigns every
-document to its nearest centroid, and within each cluster compares documents in `order_by`
+Fits faiss k-means on a seeded sample (`fit_fraction`, at most `max_fit_rows` rows, chosen by a
+hash of the id) of the embedding column on the driver, assigns every document to its nearest
+centroid in the map tasks, and within each cluster (one task per cluster) compares documents in `order_by`
 order (the document id by default, so every engine agrees): a document's `max_sim` is its
 highest cosine similarity to any earlier member of its cluster, and it is a near duplicate at
 `eps` when max_sim > 1 - eps (SemDeDup's rule; several eps are computed at once).
@@ -18,7 +19,7 @@ is visible (`use_gpu: auto`).
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +34,8 @@ class ClusterParams(ScorerParams):
     embedding_column: str = Field("embedding_vector", description="fixed-size list<float> column of the score table")
     k: int = Field(100, gt=0, description="clusters (lowered to the number of documents when fewer)")
     fit_fraction: float = Field(1.0, gt=0, le=1, description="share of documents the k-means is fitted on")
+    max_fit_rows: int = Field(100_000, ge=0, description="most documents the k-means is fitted on (a seeded "
+                                                          "sample by id; the driver holds them); 0: no cap")
     niter: int = Field(20, gt=0, description="k-means iterations")
     spherical: bool = Field(True,
                             description="spherical k-means (cosine); distance = 1 - cosine to the centroid, else L2")
@@ -71,23 +74,28 @@ def _use_gpu(setting: bool | str) -> bool:
     return bool(setting)
 
 
-def kmeans_fit(x: np.ndarray, k: int, *, seed: int, niter: int = 20, spherical: bool = True,
-               fit_fraction: float = 1.0, max_points_per_centroid: int = 256,
-               use_gpu: bool | str = "auto") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fit k-means on a sample of `x` and assign all rows: (centroids, assignment, squared L2 distance)."""
+def kmeans_train(sample: np.ndarray, k: int, *, seed: int, niter: int = 20, spherical: bool = True,
+                 max_points_per_centroid: int = 256, use_gpu: bool | str = "auto") -> np.ndarray:
+    """Centroids of k-means fitted on `sample` (k lowered to the sample's size)."""
     import faiss
 
-    n, d = x.shape
+    n, d = sample.shape
     k = max(1, min(k, n))
-    rng = np.random.default_rng(seed)
-    n_fit = max(k, int(round(n * fit_fraction)))
-    sample = x if n_fit >= n else x[np.sort(rng.choice(n, size=n_fit, replace=False))]
     km = faiss.Kmeans(d, k, niter=niter, seed=int(seed) % (2**31 - 1), spherical=spherical, verbose=False,
                       gpu=_use_gpu(use_gpu), max_points_per_centroid=max_points_per_centroid,
                       min_points_per_centroid=1)
     km.train(np.ascontiguousarray(sample, dtype=np.float32))
-    dist, assign = km.index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
-    return np.asarray(km.centroids, dtype=np.float32), assign[:, 0].astype(np.int64), dist[:, 0]
+    return np.asarray(km.centroids, dtype=np.float32)
+
+
+def kmeans_assign(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid of every row and its squared L2 distance (exact search)."""
+    import faiss
+
+    index = faiss.IndexFlatL2(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    dist, assign = index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
+    return assign[:, 0].astype(np.int64), dist[:, 0]
 
 
 def max_sim_to_earlier(x: np.ndarray, block_rows: int = 2048) -> np.ndarray:
@@ -125,46 +133,71 @@ class ClusterScorer(GlobalScorer):
         fields += [pa.field(self.col(eps_suffix(e)), pa.bool_()) for e in self.params.eps]
         return pa.schema(fields)
 
-    def fit_transform(self, table: pa.Table, seed: int) -> dict[str, pa.Array]:
-        p = self.params
+    group_column = None  # set per instance: the cluster id column
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.group_column = self.col("id")
+
+    def sample_size(self) -> tuple[float, int]:
+        return self.params.fit_fraction, self.params.max_fit_rows
+
+    def sample_rows(self, table: pa.Table) -> np.ndarray:
+        return np.asarray(pc.is_valid(self._column(table)).to_numpy(zero_copy_only=False), dtype=bool)
+
+    def _column(self, table: pa.Table) -> pa.ChunkedArray:
         missing = [c for c in self.required_columns() if c not in table.column_names]
         if missing:
             raise ValueError(f"scorer {self.name!r} needs columns {missing}; the score table has {table.column_names}")
-        n = table.num_rows
-        x, valid = vectors_to_numpy(table.column(p.embedding_column))
+        return table.column(self.params.embedding_column)
+
+    def _data(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows with an embedding, their unit vectors, the vectors k-means sees)."""
+        x, valid = vectors_to_numpy(self._column(table))
         rows = np.flatnonzero(valid)
+        x = x.reshape(len(rows), -1) if len(rows) == 0 else x
+        norms = np.linalg.norm(x, axis=1, keepdims=True) if len(rows) else np.ones((0, 1), np.float32)
+        unit = (x / np.maximum(norms, 1e-12)).astype(np.float32)
+        return rows, unit, unit if self.params.spherical else x.astype(np.float32)
+
+    def fit(self, sample: pa.Table, seed: int) -> dict[str, Any]:
+        p = self.params
+        rows, _unit, data = self._data(sample)
+        if not len(rows):
+            return {"centroids": None}
+        return {"centroids": kmeans_train(data, p.k, seed=seed, niter=p.niter, spherical=p.spherical,
+                                          max_points_per_centroid=p.max_points_per_centroid, use_gpu=p.use_gpu)}
+
+    def transform(self, table: pa.Table, state: dict[str, Any]) -> dict[str, pa.Array]:
+        p = self.params
+        n = table.num_rows
+        rows, unit, data = self._data(table)
         cluster = np.zeros(n, dtype=np.int32)
         distance = np.zeros(n, dtype=np.float32)
-        max_sim = np.full(n, -np.inf, dtype=np.float32)
-        if len(rows):
-            norms = np.linalg.norm(x, axis=1, keepdims=True)
-            unit = (x / np.maximum(norms, 1e-12)).astype(np.float32)
-            data = unit if p.spherical else x.astype(np.float32)
-            centroids, assign, d2 = kmeans_fit(data, p.k, seed=seed, niter=p.niter, spherical=p.spherical,
-                                               fit_fraction=p.fit_fraction,
-                                               max_points_per_centroid=p.max_points_per_centroid, use_gpu=p.use_gpu)
+        mask = np.ones(n, dtype=bool)
+        centroids = state.get("centroids")
+        if len(rows) and centroids is not None:
+            mask[rows] = False
+            assign, d2 = kmeans_assign(data, centroids)
             cluster[rows] = assign
             if p.spherical:
                 cent = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
                 distance[rows] = np.maximum(0.0, 1.0 - np.einsum("ij,ij->i", unit, cent[assign]))
             else:
                 distance[rows] = np.sqrt(np.maximum(d2, 0.0))
-            # members of each cluster in `order_by` order
-            rank = np.empty(n, dtype=np.int64)
-            rank[np.asarray(pc.sort_indices(table, sort_keys=[(p.order_by, "ascending")]))] = np.arange(n)
-            order = np.lexsort((rank[rows], assign))  # positions into `rows`
-            sorted_assign = assign[order]
-            bounds = np.flatnonzero(np.diff(sorted_assign)) + 1
-            for group in np.split(order, bounds):
-                max_sim[rows[group]] = max_sim_to_earlier(unit[group], p.block_rows)
-        mask = ~valid
+        return {self.col("id"): pa.array(cluster, pa.int32(), mask=mask),
+                self.col("distance"): pa.array(distance, pa.float32(), mask=mask)}
+
+    def transform_group(self, group: pa.Table, state: dict[str, Any]) -> dict[str, pa.Array]:
+        """SemDeDup within one cluster: members compared in `order_by` order (ties: shard, row)."""
+        p = self.params
+        _rows, unit, _data = self._data(group)
+        order = np.asarray(pc.sort_indices(group, sort_keys=[(p.order_by, "ascending")]))  # stable: shard, row
+        max_sim = np.empty(group.num_rows, dtype=np.float32)
+        max_sim[order] = max_sim_to_earlier(unit[order], p.block_rows)
         has_prev = np.isfinite(max_sim)
-        out: dict[str, pa.Array] = {
-            self.col("id"): pa.array(cluster, pa.int32(), mask=mask),
-            self.col("distance"): pa.array(distance, pa.float32(), mask=mask),
-            self.col("max_sim"): pa.array(np.where(has_prev, max_sim, 0).astype(np.float32), pa.float32(),
-                                          mask=mask | ~has_prev),
-        }
+        out: dict[str, pa.Array] = {self.col("max_sim"): pa.array(np.where(has_prev, max_sim, 0).astype(np.float32),
+                                                                  pa.float32(), mask=~has_prev)}
         for e in p.eps:
-            out[self.col(eps_suffix(e))] = pa.array(has_prev & (max_sim > 1.0 - e), pa.bool_(), mask=mask)
+            out[self.col(eps_suffix(e))] = pa.array(has_prev & (max_sim > 1.0 - e), pa.bool_())
         return out

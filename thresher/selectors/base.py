@@ -65,6 +65,39 @@ class SelectContext:
 
 
 @dataclass
+class Ranking:
+    """A rank selector's priority over its rows: `keys` most significant first, each
+    (values, descending); NaN sorts last; ties are broken by id (ascending), so the order is
+    total and the same on every engine. Only `candidates` (all rows when None) may be chosen."""
+
+    keys: list[tuple[np.ndarray, bool]]
+    candidates: np.ndarray | None = None
+    columns: dict[str, pa.Array] = field(default_factory=dict)
+
+
+def key_components(keys: list[tuple[np.ndarray, bool]]) -> list[np.ndarray]:
+    """The keys as ascending float64 components (a NaN flag, then the value, per key): sorting
+    rows by these components and then by id gives the priority order."""
+    out = []
+    for values, descending in keys:
+        v = np.asarray(values, dtype=np.float64)
+        nan = np.isnan(v)
+        out.append(nan.astype(np.float64))
+        out.append(np.where(nan, 0.0, -v if descending else v))
+    return out
+
+
+def priority_order(ranking: Ranking, ids: np.ndarray) -> np.ndarray:
+    """Row indices of the candidates in priority order (keys, then id)."""
+    comps = key_components(ranking.keys)
+    order = np.lexsort((np.asarray(ids).astype(str), *reversed(comps))) if comps else np.argsort(
+        np.asarray(ids).astype(str), kind="stable")
+    if ranking.candidates is not None:
+        order = order[np.asarray(ranking.candidates, dtype=bool)[order]]
+    return order
+
+
+@dataclass
 class SelectionResult:
     selected: np.ndarray  # bool, one per row
     columns: dict[str, pa.Array] = field(default_factory=dict)
@@ -72,10 +105,16 @@ class SelectionResult:
 
 
 class Selector(ABC):
-    """Base class of every selector."""
+    """Base class of every selector.
+
+    `kind` says how the select stage runs it without holding a per-document column on the
+    driver: `rows` decides each row on its own (`select` runs per shard), `rank` gives a
+    priority (`rank`; the budget is cut exactly across shards), `blocks` solves random blocks
+    of rows (`BlockSelector`). `select` is the in-memory reference of the same decision."""
 
     name: ClassVar[str]
     Params: ClassVar[type[SelectorParams]] = SelectorParams
+    kind: ClassVar[Literal["rows", "rank", "blocks"]] = "rows"
 
     def __init__(self, params: SelectorParams | None = None) -> None:
         self.params = params if params is not None else self.Params()
@@ -101,6 +140,41 @@ class Selector(ABC):
     @abstractmethod
     def select(self, table: pa.Table, ctx: SelectContext) -> SelectionResult:
         """Choose rows of `table`."""
+
+    # -- rank selectors ------------------------------------------------------------------
+
+    def fit_rows(self, table: pa.Table) -> np.ndarray | None:
+        """Rank selectors that learn from a small labelled set (ICon): which rows it is (a
+        bool mask); None: nothing to fit."""
+        return None
+
+    def fit(self, rows: pa.Table, ctx: SelectContext) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Learn from the `fit_rows` (all of them, in shard and row order): (state, stats); the
+        state is small and goes to every task."""
+        return {}, {}
+
+    def rank(self, table: pa.Table, ctx: SelectContext, state: dict[str, Any]) -> Ranking:
+        """The priority of `table`'s rows (rank selectors)."""
+        raise NotImplementedError(f"selector {self.name!r} is not a rank selector")
+
+    def rank_stats(self, fit_stats: dict[str, Any], cut: list[float] | None, selected: int) -> dict[str, Any]:
+        """The manifest's statistics of a rank selection; `cut` is the last selected row's key
+        values (None when nothing was selected)."""
+        return {**fit_stats, "selected": selected}
+
+    def rank_select(self, table: pa.Table, ctx: SelectContext) -> SelectionResult:
+        """The in-memory reference of a rank selection: fit, rank, take the budget in order."""
+        fit_mask = self.fit_rows(table)
+        state, fit_stats = self.fit(table.filter(pa.array(fit_mask)), ctx) if fit_mask is not None else ({}, {})
+        ranking = self.rank(table, ctx, state)
+        order = priority_order(ranking, table.column("id").to_numpy(zero_copy_only=False))
+        tokens = None
+        if isinstance(self.params, BudgetParams) and self.params.budget_unit == "tokens":
+            tokens = np.asarray(table.column(self.params.token_column).to_numpy(zero_copy_only=False), np.float64)
+        selected = take_in_order(order, table.num_rows, self.params, ctx, tokens)  # type: ignore[arg-type]
+        chosen = order[selected[order]]
+        cut = [float(v[chosen[-1]]) for v, _ in ranking.keys] if len(chosen) else None
+        return SelectionResult(selected, ranking.columns, self.rank_stats(fit_stats, cut, int(selected.sum())))
 
 
 def budget_target(params: BudgetParams, ctx: SelectContext) -> float:

@@ -7,18 +7,10 @@ import pyarrow as pa
 from pydantic import Field
 
 from thresher.common.arrays import column_numpy
-from thresher.selectors.base import (
-    BudgetParams,
-    SelectContext,
-    SelectionResult,
-    Selector,
-    SelectorParams,
-    take_in_order,
-)
+from thresher.common.hashing import hash_unit, id_hash
+from thresher.selectors.base import BudgetParams, Ranking, SelectContext, SelectionResult, Selector, SelectorParams
 
-
-def _tokens(table: pa.Table, params: BudgetParams) -> np.ndarray | None:
-    return column_numpy(table, params.token_column) if params.budget_unit == "tokens" else None
+TAG_RANDOM = 0x5A4D  # the random selector's hash stream
 
 
 class AllSelector(Selector):
@@ -31,19 +23,22 @@ class AllSelector(Selector):
 
 
 class RandomSelector(Selector):
-    """A uniformly random subset within the budget, seeded by the job seed."""
+    """A uniformly random subset within the budget: rows in the order of a seeded hash of their
+    id (so the pick does not depend on how rows are delivered or spread over shards)."""
 
     name = "random"
     Params = BudgetParams
+    kind = "rank"
+
+    def rank(self, table: pa.Table, ctx: SelectContext, state: dict) -> Ranking:
+        h = id_hash(table.column("id"), ctx.seed, TAG_RANDOM)
+        return Ranking([(hash_unit(h), False)])
+
+    def rank_stats(self, fit_stats: dict, cut: list[float] | None, selected: int) -> dict:
+        return {"selected": selected}
 
     def select(self, table: pa.Table, ctx: SelectContext) -> SelectionResult:
-        # order by a seeded hash-free permutation of the rows sorted by id, so the result
-        # does not depend on the order the engine delivered the rows in
-        ids = table.column("id").to_numpy(zero_copy_only=False).astype(str)
-        canonical = np.argsort(ids, kind="stable")
-        perm = np.random.default_rng(ctx.seed).permutation(table.num_rows)
-        order = canonical[perm]
-        return SelectionResult(take_in_order(order, table.num_rows, self.params, ctx, _tokens(table, self.params)))
+        return self.rank_select(table, ctx)
 
 
 class TopKParams(BudgetParams):
@@ -56,20 +51,20 @@ class TopKSelector(Selector):
 
     name = "topk"
     Params = TopKParams
+    kind = "rank"
 
     def required_columns(self) -> list[str]:
         return super().required_columns() + [self.params.column]
 
-    def select(self, table: pa.Table, ctx: SelectContext) -> SelectionResult:
+    def rank(self, table: pa.Table, ctx: SelectContext, state: dict) -> Ranking:
         p: TopKParams = self.params  # type: ignore[assignment]
-        score = column_numpy(table, p.column)
-        ids = table.column("id").to_numpy(zero_copy_only=False).astype(str)
-        key = -score if p.descending else score
-        order = np.lexsort((ids, key))  # primary: score, secondary: id (deterministic ties)
-        sel = take_in_order(order, table.num_rows, p, ctx, _tokens(table, p))
-        stats = {"column": p.column, "threshold_reached": float(score[sel].min() if p.descending else score[sel].max())
-                 if sel.any() else None}
-        return SelectionResult(sel, stats=stats)
+        return Ranking([(column_numpy(table, p.column), p.descending)])
+
+    def rank_stats(self, fit_stats: dict, cut: list[float] | None, selected: int) -> dict:
+        return {"column": self.params.column, "threshold_reached": cut[0] if cut else None}
+
+    def select(self, table: pa.Table, ctx: SelectContext) -> SelectionResult:
+        return self.rank_select(table, ctx)
 
 
 class ThresholdParams(SelectorParams):

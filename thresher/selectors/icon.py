@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -37,7 +37,7 @@ from thresher.common.arrays import embedding_matrix
 from thresher.common.atomic import write_bytes_atomic
 from thresher.common.templates import ALPACA_TEMPLATE
 from thresher.models.icl import top_k_labels
-from thresher.selectors.base import BudgetParams, SelectContext, SelectionResult, Selector, take_in_order
+from thresher.selectors.base import BudgetParams, Ranking, SelectContext, SelectionResult, Selector, serial_map
 
 
 class IConSelectorParams(BudgetParams):
@@ -111,10 +111,14 @@ def split_train_eval(n: int, train_fraction: float) -> tuple[np.ndarray, np.ndar
 
 
 class IConSelector(Selector):
-    """Top budget by a classifier trained on ICL labels (or by the ICL score itself)."""
+    """Top budget by a classifier trained on ICL labels (or by the ICL score itself).
+
+    A rank selector: `fit` learns from the ICL-scored rows (a small sample, in shard and row
+    order), `rank` scores any rows with what it learned, so the pool is scored shard by shard."""
 
     name: ClassVar[str] = "icon"
     Params: ClassVar[type[IConSelectorParams]] = IConSelectorParams
+    kind = "rank"
 
     def col(self, suffix: str) -> str:
         return f"{self.params.prefix}_{suffix}" if self.params.prefix else suffix
@@ -135,60 +139,66 @@ class IConSelector(Selector):
                 return spec
         return None
 
-    def select(self, table: pa.Table, ctx: SelectContext) -> SelectionResult:
-        p = self.params
-        n = table.num_rows
+    def _scores(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         for c in (self.col("score"), self.col("phi")):
             if c not in table.column_names:
                 raise KeyError(f"icon selector needs column {c!r} from the icon scorer; available: {sorted(table.column_names)}")
         s = table.column(self.col("score")).to_numpy(zero_copy_only=False).astype(np.float64)
         ph = table.column(self.col("phi")).to_numpy(zero_copy_only=False).astype(np.float64)
-        scored = np.flatnonzero(~np.isnan(ph))
-        if scored.size < 2:
-            raise ValueError(f"icon selector: only {scored.size} rows have an ICL score; raise sample_fraction")
-        k = p.top_k if p.top_k is not None else p.budget
-        labels, threshold = top_k_labels((s if p.label_by == "score" else ph)[scored], k)
-        tokens = None
-        if p.budget_unit == "tokens":
-            tokens = table.column(p.token_column).to_numpy(zero_copy_only=False).astype(np.float64)
-        stats: dict = {"scored": int(scored.size), "positives": int(labels.sum()), "label_fraction": k,
-                       "label_by": p.label_by, "label_threshold": threshold, "classifier": p.classifier}
-        columns: dict[str, pa.Array] = {}
-        if p.classifier == "none":
-            order = scored[np.lexsort((np.arange(scored.size), -s[scored], -ph[scored]))]
-        else:
-            train, held = split_train_eval(scored.size, p.train_fraction)
-            y_train = labels[train]
-            if y_train.all() or not y_train.any():
-                raise ValueError(f"icon selector: the {train.size} training rows hold a single class; "
-                                 "score more rows (sample_fraction) or change top_k")
-            if p.classifier == "lora":
-                prob, lora_stats = self.lora_probabilities(table, scored[train], y_train, ctx)
-                stats["lora"] = lora_stats
-            else:
-                emb = embedding_matrix(table, p.embedding).astype(np.float64)
-                prob = fit_probe(emb[scored[train]], y_train, emb, p.C, p.max_iter)
-            stats.update(train=int(train.size), eval=int(held.size),
-                         train_auc=auc(y_train, prob[scored[train]]),
-                         eval_auc=auc(labels[held], prob[scored[held]]) if held.size else None)
-            columns[self.col("prob")] = pa.array(prob, pa.float64())
-            order = np.lexsort((np.arange(n), -prob))
-        selected = take_in_order(order, n, p, ctx, tokens)
-        stats["selected"] = int(selected.sum())
-        return SelectionResult(selected=selected, columns=columns, stats=stats)
+        return s, ph
 
-    def lora_probabilities(self, table: pa.Table, train_rows: np.ndarray, y_train: np.ndarray,
-                           ctx: SelectContext) -> tuple[np.ndarray, dict]:
-        """Train the LoRA classifier on `train_rows` and score every row (see icon_lora)."""
+    def fit_rows(self, table: pa.Table) -> np.ndarray:
+        return ~np.isnan(self._scores(table)[1])  # the ICL-scored sample
+
+    def fit(self, rows: pa.Table, ctx: SelectContext) -> tuple[dict, dict]:
+        p = self.params
+        s, ph = self._scores(rows)
+        if rows.num_rows < 2:
+            raise ValueError(f"icon selector: only {rows.num_rows} rows have an ICL score; raise sample_fraction")
+        k = p.top_k if p.top_k is not None else p.budget
+        labels, threshold = top_k_labels(s if p.label_by == "score" else ph, k)
+        stats: dict = {"scored": int(rows.num_rows), "positives": int(labels.sum()), "label_fraction": k,
+                       "label_by": p.label_by, "label_threshold": threshold, "classifier": p.classifier}
+        if p.classifier == "none":
+            return {}, stats
+        train, held = split_train_eval(rows.num_rows, p.train_fraction)
+        y_train = labels[train]
+        if y_train.all() or not y_train.any():
+            raise ValueError(f"icon selector: the {train.size} training rows hold a single class; "
+                             "score more rows (sample_fraction) or change top_k")
+        if p.classifier == "lora":
+            state = self.train_lora(rows.take(pa.array(train)), y_train, ctx)
+            stats["lora"] = state.pop("stats")
+        else:
+            emb = embedding_matrix(rows, p.embedding).astype(np.float64)
+            state = fit_probe_params(emb[train], y_train, p.C, p.max_iter)
+        prob = self.probabilities(rows, state)
+        stats.update(train=int(train.size), eval=int(held.size), train_auc=auc(y_train, prob[train]),
+                     eval_auc=auc(labels[held], prob[held]) if held.size else None)
+        return state, stats
+
+    def probabilities(self, table: pa.Table, state: dict) -> np.ndarray:
+        """P(label 1) of every row from the fitted classifier."""
+        if self.params.classifier == "lora":
+            return self.lora_probabilities(table, state)
+        return apply_probe(state, embedding_matrix(table, self.params.embedding).astype(np.float64))
+
+    def rank(self, table: pa.Table, ctx: SelectContext, state: dict) -> Ranking:
+        if self.params.classifier == "none":
+            s, ph = self._scores(table)
+            return Ranking([(ph, True), (s, True)], candidates=~np.isnan(ph))
+        prob = self.probabilities(table, state)
+        return Ranking([(prob, True)], columns={self.col("prob"): pa.array(prob, pa.float64())})
+
+    def select(self, table: pa.Table, ctx: SelectContext) -> SelectionResult:
+        return self.rank_select(table, ctx)
+
+    def _lora_parts(self, state_or_ctx: dict) -> tuple[Any, Any, str]:
         from thresher.models.loading import ModelConfig
         from thresher.selectors import icon_lora as il
 
         p = self.params
-        missing = [c for c in ("prompt", "response") if c not in table.column_names]
-        if missing:
-            raise KeyError(f"icon selector (classifier: lora) needs the text columns {missing}; the select stage "
-                           "adds them for instruction data (input.prompt_column / input.response_column)")
-        scorer = self.icon_scorer_spec(ctx) or {}
+        scorer = state_or_ctx.get("scorer") or {}
         ref = p.classifier_model or scorer.get("model")
         if not ref:
             raise ValueError("icon selector (classifier: lora): set classifier_model, or run it in a job with the "
@@ -205,25 +215,45 @@ class IConSelector(Selector):
             pad_token=p.pad_token or scorer.get("pad_token"))
         lora = il.LoraSpec(r=p.lora_r, alpha=p.lora_alpha, dropout=p.lora_dropout,
                            target_modules=tuple(p.target_modules))
+        return spec, lora, template
+
+    def _texts(self, table: pa.Table, template: str) -> list[str]:
+        missing = [c for c in ("prompt", "response") if c not in table.column_names]
+        if missing:
+            raise KeyError(f"icon selector (classifier: lora) needs the text columns {missing}; the select stage "
+                           "adds them for instruction data (input.prompt_column / input.response_column)")
+        return [template.format(prompt=q or "") + (a or "")
+                for q, a in zip(table.column("prompt").to_pylist(), table.column("response").to_pylist())]
+
+    def train_lora(self, train: pa.Table, y_train: np.ndarray, ctx: SelectContext) -> dict:
+        """Train the LoRA classifier on the training rows; the state carries the adapter bytes."""
+        from thresher.selectors import icon_lora as il
+
+        p = self.params
+        scorer = self.icon_scorer_spec(ctx) or {}
+        spec, lora, template = self._lora_parts({"scorer": scorer})
         settings = il.TrainSettings(epochs=p.epochs, lr=p.lr, batch_size=p.batch_size, grad_accum=p.grad_accum,
                                     warmup_ratio=p.warmup_ratio, weight_decay=p.weight_decay,
                                     max_grad_norm=p.max_grad_norm, max_length=p.max_length,
                                     gradient_checkpointing=p.gradient_checkpointing, seed=ctx.seed)
-        prompts = table.column("prompt").to_pylist()
-        responses = table.column("response").to_pylist()
-        texts = [template.format(prompt=q or "") + (a or "") for q, a in zip(prompts, responses)]
-        trained = il.train_lora_classifier(spec, lora, settings, [texts[i] for i in train_rows], y_train)
-        stats = dict(trained.stats, model=ref)
+        trained = il.train_lora_classifier(spec, lora, settings, self._texts(train, template), y_train)
+        stats = dict(trained.stats, model=spec.ref)
         if ctx.artifacts_dir:
             stats["adapter_file"] = save_adapter(trained.adapter, ctx.artifacts_dir)
+        return {"scorer": scorer, "trained": trained, "stats": stats}
+
+    def lora_probabilities(self, table: pa.Table, state: dict) -> np.ndarray:
+        """Score rows with the trained LoRA classifier (in this process: one shard at a time)."""
+        from thresher.selectors import icon_lora as il
+
+        p = self.params
+        spec, lora, template = self._lora_parts(state)
         t = time.perf_counter()
-        try:
-            prob = il.score_pool(spec, lora, trained, texts, p.max_length, ctx.parallel_map, p.score_chunk_rows,
-                                 p.max_tokens_per_batch)
-        finally:
-            il.forget(spec, lora)  # the trained model held by this process (workers keep theirs)
-        stats["score_seconds"] = round(time.perf_counter() - t, 3)
-        return prob, stats
+        prob = il.score_pool(spec, lora, state["trained"], self._texts(table, template), p.max_length, serial_map,
+                             p.score_chunk_rows, p.max_tokens_per_batch)
+        state.setdefault("score_seconds", 0.0)
+        state["score_seconds"] += time.perf_counter() - t
+        return prob
 
 
 ADAPTER_FILE = "icon_lora_adapter.safetensors"
@@ -237,8 +267,18 @@ def save_adapter(adapter: bytes, folder: str) -> str:
 
 
 def fit_probe(x: np.ndarray, y: np.ndarray, pool: np.ndarray, C: float, max_iter: int) -> np.ndarray:
-    """P(label = 1) for every pool row from a standardised, class-balanced, L2-regularised
-    logistic regression (float64 L-BFGS in torch: deterministic, no extra dependency).
+    """P(label = 1) for every pool row from a probe fitted on (x, y) (`fit_probe_params`)."""
+    return apply_probe(fit_probe_params(x, y, C, max_iter), pool)
+
+
+def apply_probe(state: dict, x: np.ndarray) -> np.ndarray:
+    """P(label = 1) of each row of `x` under a fitted probe."""
+    z = ((x - state["mu"]) / state["sd"]) @ state["w"] + state["b"]
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def fit_probe_params(x: np.ndarray, y: np.ndarray, C: float, max_iter: int) -> dict:
+    """A standardised, class-balanced, L2-regularised logistic regression (float64 L-BFGS in torch: deterministic, no extra dependency).
 
     Objective as scikit-learn's: sum_i w_i * logloss_i + ||w||^2 / (2C), bias unpenalised,
     w_i = n / (2 n_class(i)).
@@ -267,6 +307,4 @@ def fit_probe(x: np.ndarray, y: np.ndarray, pool: np.ndarray, C: float, max_iter
         return loss
 
     opt.step(closure)
-    with torch.no_grad():
-        z = torch.from_numpy((pool - mu) / sd) @ w + b
-        return torch.sigmoid(z).numpy().astype(np.float64)
+    return {"mu": mu, "sd": sd, "w": w.detach().numpy().copy(), "b": float(b.detach().numpy()[0])}

@@ -24,13 +24,13 @@ import torch
 
 from thresher.common.arrays import column_numpy, embedding_matrix
 from thresher.common.device import resolve_device
+from thresher.common.hashing import hash_group, id_hash
 from thresher.common.progress import item_progress
 from thresher.common.seeds import derive_seed, torch_generator
 from thresher.common.threads import torch_threads
-from thresher.selectors.base import SelectContext, SelectionResult, Selector, budget_target
+from thresher.selectors.base import Ranking, SelectContext, SelectionResult, Selector, budget_target, priority_order
 from thresher.selectors.datamask.objective import Calibration, calibrate, objective
 from thresher.selectors.datamask.params import BlockObjectiveParams
-from thresher.selectors.diversity import pool_pairwise_similarity
 
 # seed purposes, so streams never overlap
 TAG_STEP, TAG_CALIB, TAG_REF, TAG_EPOCH = 1, 2, 3, 4
@@ -50,6 +50,19 @@ def split_blocks(n: int, block_size: int, seed: int) -> list[np.ndarray]:
         return [np.arange(n)]
     perm = np.random.default_rng(derive_seed(seed, _TAG_SPLIT)).permutation(n)
     return [np.sort(b) for b in np.array_split(perm, k)]
+
+
+def block_count(n: int, block_size: int) -> int:
+    """Blocks for n eligible documents: ceil(n / block_size), at least one."""
+    return max(1, math.ceil(n / block_size))
+
+
+def block_of(ids: pa.Array | pa.ChunkedArray, blocks: int, seed: int) -> np.ndarray:
+    """The block of each document: a pure function of (seed, id), so any worker computes it
+    (near-equal blocks; with one block every document is in block 0)."""
+    if blocks <= 1:
+        return np.zeros(len(ids), dtype=np.int64)
+    return hash_group(id_hash(ids, seed, _TAG_SPLIT), blocks)
 
 
 def allocate(total: float, weights: np.ndarray, integer: bool = True) -> np.ndarray:
@@ -220,6 +233,7 @@ class BlockSelector(Selector):
     Extra column ``result_column``: each block's ``BlockResult.logits`` (null where undefined)."""
 
     Params: ClassVar[type[BlockObjectiveParams]] = BlockObjectiveParams
+    kind = "blocks"
     result_column: ClassVar[str]
 
     def required_columns(self) -> list[str]:
@@ -244,7 +258,9 @@ class BlockSelector(Selector):
         tokens = column_numpy(table, p.token_column) if p.budget_unit == "tokens" else None
         ids = table.column("id").to_numpy(zero_copy_only=False).astype(str)
         canonical = np.argsort(ids, kind="stable")  # blocks do not depend on row delivery order
-        blocks = [canonical[b] for b in split_blocks(n, p.block_size, ctx.seed)]
+        k = block_count(n, p.block_size)
+        of = block_of(table.column("id"), k, ctx.seed)[canonical]
+        blocks = [canonical[of == b] for b in range(k)]
         target = budget_target(p, ctx)
         sizes = np.array([len(b) for b in blocks])
         if p.budget_unit == "docs":
@@ -269,7 +285,9 @@ class BlockSelector(Selector):
                 curves.append(res.reward_curve)
             secs.append(res.stats.get("seconds", 0.0))
 
-        stats = _selection_stats(q, emb, selected, sizes, objs, objs_topk, curves)
+        top = priority_order(Ranking([(q, True)]), ids)[: int(selected.sum())]
+        stats = stats_from_sums(sums(q, emb), sums(q[selected], emb[selected]), sums(q[top], emb[top]), sizes,
+                                objs, objs_topk, curves)
         stats.update(blocks=len(blocks), seconds=time.perf_counter() - t0, block_seconds=secs,
                      device=str(resolve_device(p.device)), lam=p.lam, diversity=p.diversity)
         if tokens is not None:
@@ -279,29 +297,45 @@ class BlockSelector(Selector):
         return SelectionResult(selected, {self.result_column: col}, stats)
 
 
-def _selection_stats(q: np.ndarray, emb: np.ndarray, selected: np.ndarray, sizes: np.ndarray, objs: list[float],
-                     objs_topk: list[float], curves: list[list[float]]) -> dict[str, Any]:
-    """The manifest's selector stats: size-weighted block objectives, quality and similarity."""
-    k = int(selected.sum())
-    topk = np.argsort(-q, kind="stable")[:k]
+def sums(q: np.ndarray, emb: np.ndarray) -> dict[str, Any]:
+    """Partial sums for the statistics: count, sum of quality, sum of embeddings, sum of squared norms."""
+    return {"n": int(len(q)), "q": float(np.sum(q)), "e": emb.sum(axis=0, dtype=np.float64) if len(q) else None,
+            "sq": float(np.einsum("ij,ij->", emb, emb, dtype=np.float64)) if len(q) else 0.0}
+
+
+def _mean_similarity(s: dict[str, Any]) -> float | None:
+    """Mean off-diagonal cosine of a set from its sums: (|sum e|^2 - sum |e|^2) / (n (n - 1))."""
+    n = s["n"]
+    if n < 2 or s["e"] is None:
+        return None
+    e = np.asarray(s["e"], dtype=np.float64)
+    return _finite(float((e @ e - s["sq"]) / (n * (n - 1))))
+
+
+def stats_from_sums(pool: dict[str, Any], subset: dict[str, Any], topk: dict[str, Any], sizes: np.ndarray,
+                    objs: list[float | None], objs_topk: list[float | None], curves: list[list[float]]
+                    ) -> dict[str, Any]:
+    """The manifest's selector stats from partial sums (`sums`) of the pool, the selection and
+    quality top-k of the same size: size-weighted block objectives, mean quality and similarity."""
     w = sizes / max(sizes.sum(), 1)
 
-    def wmean(vals: list[float]) -> float | None:
-        v = np.asarray(vals, dtype=np.float64)
+    def wmean(vals: list[float | None]) -> float | None:
+        v = np.array([np.nan if x is None else x for x in vals], dtype=np.float64)
         ok = np.isfinite(v)
         return float((v[ok] * w[ok]).sum() / w[ok].sum()) if ok.any() else None
 
+    def mean_q(s: dict[str, Any]) -> float | None:
+        return s["q"] / s["n"] if s["n"] else None
+
     stats: dict[str, Any] = {
-        "selected_docs": k,
+        "selected_docs": subset["n"],
         "objective": wmean(objs),
         "objective_quality_topk": wmean(objs_topk),
         "objective_note": "per-block standardised objective (0 = random subset of the block), "
                           "size-weighted mean over blocks",
-        "mean_quality": {"subset": float(q[selected].mean()) if k else None, "pool": float(q.mean()) if len(q) else None,
-                         "quality_topk": float(q[topk].mean()) if k else None},
-        "mean_pairwise_similarity": {"subset": _finite(pool_pairwise_similarity(emb[selected])),
-                                     "pool": _finite(pool_pairwise_similarity(emb)),
-                                     "quality_topk": _finite(pool_pairwise_similarity(emb[topk]))},
+        "mean_quality": {"subset": mean_q(subset), "pool": mean_q(pool), "quality_topk": mean_q(topk)},
+        "mean_pairwise_similarity": {"subset": _mean_similarity(subset), "pool": _mean_similarity(pool),
+                                     "quality_topk": _mean_similarity(topk)},
     }
     if curves:
         m = min(len(c) for c in curves)

@@ -1,0 +1,204 @@
+"""One shard as the select stage sees it, rebuilt the same way by every task that needs it.
+
+`SelectPlan` is everything a select task needs (small, picklable: the job, the folders, the
+fitted global-scorer states, which shards have routed files). `shard_view` reads one shard's
+narrow score columns and applies, in order: duplicate ids (from the routed `dupids` files),
+global scorers (their fitted state, and their per-group columns from routed files), filters.
+Every pass of the select stage calls it, so a row's status is computed by one piece of code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from thresher.config import FilterSpec, JobSpec
+from thresher.io import storage
+from thresher.io.output import AtomicParquetWriter, OutputLayout
+from thresher.io.readers import InputShard
+from thresher.pipelines.stages import BASE_COLUMNS
+from thresher.pipelines.worker import global_scorers
+from thresher.selectors.base import SelectContext, Selector
+from thresher.selectors.registry import build_selector
+from thresher.specs import JobError
+
+@dataclass
+class SelectPlan:
+    """What every select task gets."""
+
+    job: JobSpec
+    out_root: str
+    n_shards: int
+    columns: list[str]  # score columns the stage reads (base, selector, filters, global scorers)
+    ctx: SelectContext  # pool sizes are filled in once the summary pass ran
+    dup_shards: frozenset[int] = frozenset()  # shards with a routed `dupids` file
+    states: dict[str, dict[str, Any]] = field(default_factory=dict)  # global scorer prefix -> fitted state
+    grouped: dict[str, frozenset[int]] = field(default_factory=dict)  # global scorer prefix -> shards with groups
+    selector_state: dict[str, Any] = field(default_factory=dict)  # a rank selector's fitted state
+    shards: list[InputShard] | None = None  # for selectors that read input text columns
+    input_table: pa.Table | None = None  # in-memory input only (held by the caller anyway)
+
+    @property
+    def layout(self) -> OutputLayout:
+        return OutputLayout(self.out_root)
+
+    @property
+    def scratch(self) -> str:
+        """The stage's scratch folder (removed when the stage is done)."""
+        return storage.join(self.out_root, "_thresher", "select")
+
+    def scratch_path(self, *parts: str) -> str:
+        return storage.join(self.scratch, *parts)
+
+    def selector(self) -> Selector:
+        return build_selector(self.job.selector)
+
+
+def writer(path: str, schema: pa.Schema | None = None, compression: str = "zstd") -> AtomicParquetWriter:
+    """An atomic Parquet writer for a select-stage file (local path or URI)."""
+    return AtomicParquetWriter(path if storage.is_uri(path) else Path(path), schema=schema,  # type: ignore[arg-type]
+                               compression=compression)
+
+
+def write_table(path: str, table: pa.Table) -> None:
+    w = writer(path, table.schema)
+    w.write(table)
+    w.close()
+
+
+@dataclass
+class ShardView:
+    """One shard's rows: all of them (`table`), the live ones (not a duplicate id) with the
+    global scorers' columns, and which of those pass the filters."""
+
+    table: pa.Table
+    status: np.ndarray  # per row: "rejected" | "not_selected" (the selector decides later)
+    reason: np.ndarray  # None, "duplicate_id" or a filter label
+    live_idx: np.ndarray  # rows (into table) that are not duplicate ids
+    live: pa.Table  # those rows, with the global scorers' columns appended
+    global_columns: dict[str, pa.Array]  # full-length (null for duplicate ids)
+    eligible: np.ndarray  # bool over live rows: passes every filter
+    filter_counts: dict[str, int]
+
+    @property
+    def eligible_table(self) -> pa.Table:
+        return self.live.filter(pa.array(self.eligible))
+
+    @property
+    def eligible_rows(self) -> np.ndarray:
+        """Indices into `table` of the eligible rows."""
+        return self.live_idx[self.eligible]
+
+
+def filter_label(f: FilterSpec) -> str:
+    return f"filter:{f.column} {f.op}" + ("" if f.op in ("is_null", "not_null") else f" {f.value}")
+
+
+def filter_mask(table: pa.Table, f: FilterSpec) -> np.ndarray:
+    """Rows of `table` that pass one filter."""
+    if f.column not in table.column_names:
+        raise JobError(f"filters: column {f.column!r} not in the score table; available: "
+                       f"{sorted(table.column_names)}")
+    col = table.column(f.column)
+    if f.op == "is_null":
+        m = pc.is_null(col)
+    elif f.op == "not_null":
+        m = pc.is_valid(col)
+    else:
+        fn = {"==": pc.equal, "!=": pc.not_equal, ">": pc.greater, ">=": pc.greater_equal, "<": pc.less,
+              "<=": pc.less_equal}[f.op]
+        m = pc.fill_null(fn(col, pa.scalar(f.value)), False)
+    return np.asarray(m.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def read_scores(plan: SelectPlan, i: int, columns: list[str] | None = None) -> pa.Table:
+    path = str(plan.layout.scores(i))
+    if not storage.exists(path):
+        raise JobError(f"{path}: missing; run the score stage first")
+    return storage.read_table(path, columns=columns if columns is not None else plan.columns)
+
+
+def routed_rows(path: str, rows: np.ndarray) -> tuple[np.ndarray, pa.Table]:
+    """A routed file (`_row` + columns, sorted by `_row`) aligned to `rows`: (positions into
+    `rows` of the routed rows, the routed table)."""
+    t = storage.read_table(path)
+    r = t.column("_row").to_numpy()
+    pos = np.searchsorted(rows, r)
+    if len(r) and (pos.max() >= len(rows) or not np.array_equal(rows[pos], r)):
+        raise JobError(f"{path}: rows do not match the shard's scores; re-run with --overwrite")
+    return pos, t
+
+
+def shard_view(plan: SelectPlan, i: int, with_globals: bool = True) -> ShardView:
+    """Shard `i` with duplicate ids marked, global scorer columns added and filters applied
+    (`with_globals=False`: before the global scorers are fitted; filters are then not applied)."""
+    job = plan.job
+    table = read_scores(plan, i)
+    n = table.num_rows
+    rows = table.column("_row").to_numpy()
+    status = np.full(n, "not_selected", dtype=object)
+    reason = np.full(n, None, dtype=object)
+    dup = np.zeros(n, dtype=bool)
+    if i in plan.dup_shards:
+        pos, _ = routed_rows(plan.scratch_path("dupids", f"s-{i:05d}.parquet"), rows)
+        dup[pos] = True
+        status[dup] = "rejected"
+        reason[dup] = "duplicate_id"
+    live_idx = np.flatnonzero(~dup)
+    live = table.take(pa.array(live_idx)) if dup.any() else table
+    gcols: dict[str, pa.Array] = {}
+    if not with_globals:
+        return ShardView(table, status, reason, live_idx, live, gcols, np.ones(len(live_idx), bool), {})
+    for g in global_scorers(job.scorers):
+        cols = g.transform(live, plan.states[g.prefix])
+        for name, arr in group_columns(plan, g, i, live, cols).items():
+            cols[name] = arr
+        for f in g.output_schema():
+            live = live.append_column(f.name, cols[f.name].cast(f.type))
+            gcols[f.name] = _scatter(cols[f.name].cast(f.type), live_idx, n)
+    eligible = np.ones(len(live_idx), dtype=bool)
+    counts: dict[str, int] = {}
+    for f in job.filters:
+        keep = filter_mask(live, f)
+        newly = eligible & ~keep
+        label = filter_label(f)
+        counts[label] = int(newly.sum())
+        reason[live_idx[newly]] = label
+        eligible &= keep
+    return ShardView(table, status, reason, live_idx, live, gcols, eligible, counts)
+
+
+def group_columns(plan: SelectPlan, g: Any, i: int, live: pa.Table, cols: dict[str, pa.Array]
+                  ) -> dict[str, pa.Array]:
+    """A global scorer's per-group columns for shard i's live rows (null where a row is in no group)."""
+    if g.group_column is None:
+        return {}
+    names = [f for f in g.output_schema() if f.name not in cols]
+    out = {f.name: pa.nulls(live.num_rows, f.type) for f in names}
+    if i not in plan.grouped.get(g.prefix, frozenset()):
+        return out
+    rows = live.column("_row").to_numpy()
+    pos, t = routed_rows(plan.scratch_path(f"groups-{g.prefix}", f"s-{i:05d}.parquet"), rows)
+    take = np.full(live.num_rows, -1, dtype=np.int64)
+    take[pos] = np.arange(len(pos))
+    idx = pa.array(take, mask=take < 0)
+    return {f.name: t.column(f.name).take(idx).cast(f.type) for f in names}
+
+
+def _scatter(arr: pa.Array | pa.ChunkedArray, idx: np.ndarray, n: int) -> pa.Array:
+    """Place `arr` at rows `idx` of an n-row column, null elsewhere."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if len(idx) == n:
+        return arr
+    positions = np.full(n, -1, dtype=np.int64)
+    positions[idx] = np.arange(len(idx))
+    return arr.take(pa.array(positions, mask=positions < 0))
+
+
+scatter = _scatter
