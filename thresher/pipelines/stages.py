@@ -1,16 +1,15 @@
-"""The stage code every engine runs: score a shard, select globally, write a shard.
+"""The map stages every engine runs: score a shard, write a shard.
 
 Engines (local, Spark, Beam) differ only in how they call `score_shard` and
 `write_shard` over the shards; both are idempotent (a finished shard is skipped by its
 completion marker) and deterministic, so a retried or resumed task writes the same bytes.
-`select` runs once, on the narrow score table only.
+The select stage between them is `thresher.pipelines.selection.stage`.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,17 +17,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from thresher.config import FilterSpec, JobSpec
+from thresher.config import JobSpec
 from thresher.specs import JobError
 from thresher.common.atomic import write_json_atomic
 from thresher.common.progress import Report, no_report
 from thresher.io.output import AtomicParquetWriter, OutputLayout
 from thresher.io.readers import REJECT_SCHEMA, InputShard, read_shard
 from thresher.pipelines.parts import output_columns, shard_part_path
-from thresher.pipelines.worker import global_scorers, scorers_for
-from thresher.scorers.base import GlobalScorer
-from thresher.selectors.base import ParallelMap, SelectContext, SelectionResult, Selector, serial_map
-from thresher.selectors.registry import build_selector
+from thresher.pipelines.worker import scorers_for
 
 BASE_COLUMNS = ("id", "_shard", "_row", "n_chars", "n_words")
 STATUS_SCHEMA = pa.schema([("_row", pa.int64()), ("status", pa.string()), ("reason", pa.string())])
@@ -119,223 +115,6 @@ def _empty_score_schema(scorers: list[Any], inputs: list[pa.Field] | None = None
     for s in scorers:
         fields.extend(s.output_schema())
     return pa.schema(fields)
-
-
-# -- global stage: select ------------------------------------------------------------
-
-
-def _filter_mask(table: pa.Table, f: FilterSpec) -> np.ndarray:
-    if f.column not in table.column_names:
-        raise JobError(f"filters: column {f.column!r} not in the score table; available: "
-                       f"{sorted(table.column_names)}")
-    col = table.column(f.column)
-    if f.op == "is_null":
-        m = pc.is_null(col)
-    elif f.op == "not_null":
-        m = pc.is_valid(col)
-    else:
-        fn = {"==": pc.equal, "!=": pc.not_equal, ">": pc.greater, ">=": pc.greater_equal, "<": pc.less,
-              "<=": pc.less_equal}[f.op]
-        m = pc.fill_null(fn(col, pa.scalar(f.value)), False)
-    return np.asarray(m.to_numpy(zero_copy_only=False), dtype=bool)
-
-
-def read_score_table(layout: OutputLayout, n_shards: int, columns: list[str] | None = None) -> pa.Table:
-    """The narrow score table of all shards, in shard and row order."""
-    tables = []
-    for i in range(n_shards):
-        path = layout.scores(i)
-        if not path.exists():
-            raise JobError(f"{path}: missing; run the score stage first")
-        tables.append(pq.read_table(path, columns=columns))
-    return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
-
-
-def read_text_columns(job: JobSpec, shards: list[InputShard] | None, table: pa.Table | None, columns: list[str],
-                      score_rows: pa.ChunkedArray) -> dict[str, pa.ChunkedArray]:
-    """Normalised input columns (e.g. `prompt`, `response`) for a selector, read again from
-    the input: the good rows of every shard in order, i.e. aligned with the score table.
-
-    `score_rows` is the score table's `_row` column; a mismatch means the input changed."""
-    if shards is None:
-        raise JobError(f"the selector reads input columns {columns}; this select call got no input shards")
-    pieces: dict[str, list[pa.Array]] = {c: [] for c in columns}
-    rows: list[pa.Array] = []
-    for shard in shards:
-        piece = table.slice(shard.start, shard.rows) if table is not None and shard.kind == "memory" else None
-        for rb in read_shard(shard, job.input, piece):
-            good = rb.good
-            missing = [c for c in columns if c not in good.schema.names]
-            if missing:
-                hint = (" (instruction data: set input.prompt_column and input.response_column)"
-                        if {"prompt", "response"} & set(missing) else "")
-                raise JobError(f"the selector reads input columns {missing}, which {shard.name} does not give"
-                               f"{hint}; columns: {good.schema.names}")
-            rows.append(good.column("_row"))
-            for c in columns:
-                pieces[c].append(good.column(c).cast(pa.string()))
-    got = pa.chunked_array(rows, pa.int64()) if rows else pa.chunked_array([], pa.int64())
-    if len(got) != len(score_rows) or not got.equals(score_rows.cast(pa.int64())):
-        raise JobError("input rows no longer line up with the saved scores (input changed since scoring?); "
-                       "re-run with --overwrite")
-    return {c: pa.chunked_array(v, pa.string()) for c, v in pieces.items()}
-
-
-@dataclass
-class RowStatus:
-    """Per-row outcome of the select stage over the score table (status, reason, extra columns)."""
-
-    status: np.ndarray  # "selected" | "not_selected" | "rejected"
-    reason: np.ndarray  # None, "duplicate_id", a filter label or "not_chosen"
-    columns: dict[str, pa.Array] = field(default_factory=dict)  # full-length, null where not computed
-
-    @classmethod
-    def start(cls, n: int) -> "RowStatus":
-        return cls(np.full(n, "not_selected", dtype=object), np.full(n, None, dtype=object))
-
-
-def select(job: JobSpec, layout: OutputLayout, n_shards: int, parallel_map: ParallelMap = serial_map,
-           shards: list[InputShard] | None = None, input_table: pa.Table | None = None) -> dict[str, Any]:
-    """Run global scorers, filters and the selector; write `_selection/part-i` per shard.
-
-    The steps, in order: load the narrow score table (plus any input columns the selector
-    reads), reject duplicate ids, run global scorers, apply filters, size the pool for the
-    budget, run the selector, write the per-shard selection files and the marker.
-    `parallel_map` is the engine's way to spread a selector's independent pieces of work;
-    `shards` (and `input_table` for in-memory input) are needed only by selectors that read
-    input columns (`Selector.text_columns()`)."""
-    done = layout.read_marker("select")
-    if done is not None and done.get("select_hash") == job.select_hash():
-        return {**done, "skipped": True}
-    start = time.perf_counter()
-    selector = build_selector(job.selector)
-    gscorers = global_scorers(job.scorers)
-    table = load_select_table(job, layout, n_shards, selector, gscorers, shards, input_table)
-    rows = RowStatus.start(table.num_rows)
-    live_idx = reject_duplicate_ids(table, rows)
-    live_table = run_global_scorers(gscorers, table.take(pa.array(live_idx)), job.seed, rows, live_idx)
-    elig_idx, filter_counts = apply_filters(job.filters, live_table, rows, live_idx)
-    ctx = select_context(job, layout, selector, live_table, parallel_map)
-    result = run_selector(selector, live_table.take(pa.array(elig_idx)), ctx)
-    picked = np.asarray(result.selected, dtype=bool)
-    chosen, not_chosen = live_idx[elig_idx[picked]], live_idx[elig_idx[~picked]]
-    rows.status[chosen] = "selected"
-    rows.reason[not_chosen] = "not_chosen"
-    for name, arr in result.columns.items():
-        rows.columns[name] = _scatter(arr, live_idx[elig_idx], table.num_rows)
-    write_selection(job, layout, n_shards, table, rows)
-    marker = {
-        "select_hash": job.select_hash(), "selector": selector.name,
-        "rows": table.num_rows, "selected": int((rows.status == "selected").sum()),
-        "duplicate_id": int((rows.reason == "duplicate_id").sum()),
-        "filtered": filter_counts, "not_chosen": int(len(not_chosen)),
-        "selector_stats": result.stats, "seconds": round(time.perf_counter() - start, 4),
-    }
-    write_json_atomic(marker, layout.marker("select"))
-    return {**marker, "skipped": False}
-
-
-def load_select_table(job: JobSpec, layout: OutputLayout, n_shards: int, selector: Selector,
-                      gscorers: list[GlobalScorer], shards: list[InputShard] | None,
-                      input_table: pa.Table | None) -> pa.Table:
-    """The columns of the score table that the selector, filters and global scorers need
-    (a clear error names any that no scorer produced), plus the input columns the selector reads."""
-    needed = set(BASE_COLUMNS) | set(selector.required_columns()) | {f.column for f in job.filters}
-    for g in gscorers:
-        needed |= set(g.required_columns())
-    produced = {f.name for g in gscorers for f in g.output_schema()}
-    schema = pq.read_schema(layout.scores(0)) if n_shards else pa.schema([])
-    missing = sorted(c for c in needed - produced if c not in schema.names)
-    if missing:
-        raise JobError(f"selector/filters need columns {missing} that no scorer produced; "
-                       f"score columns: {sorted(schema.names)}")
-    table = read_score_table(layout, n_shards, [c for c in schema.names if c in needed])
-    text_cols = [c for c in selector.text_columns() if c not in table.column_names]
-    if text_cols:
-        for name, arr in read_text_columns(job, shards, input_table, text_cols, table.column("_row")).items():
-            table = table.append_column(name, arr)
-    return table
-
-
-def reject_duplicate_ids(table: pa.Table, rows: RowStatus) -> np.ndarray:
-    """Reject every later occurrence of an id (the first, in shard and row order, stays);
-    returns the indices of the rows that stay."""
-    ids = table.column("id").to_numpy(zero_copy_only=False).astype(str)
-    _, first = np.unique(ids, return_index=True)
-    dup = np.ones(table.num_rows, dtype=bool)
-    dup[first] = False
-    rows.status[dup] = "rejected"
-    rows.reason[dup] = "duplicate_id"
-    return np.flatnonzero(~dup)
-
-
-def run_global_scorers(gscorers: list[GlobalScorer], live_table: pa.Table, seed: int, rows: RowStatus,
-                       live_idx: np.ndarray) -> pa.Table:
-    """Add each global scorer's columns to the live rows (and to the written selection)."""
-    for g in gscorers:
-        for name, arr in g.fit_transform(live_table, seed).items():
-            live_table = live_table.append_column(name, arr)
-            rows.columns[name] = _scatter(arr, live_idx, len(rows.status))
-    return live_table
-
-
-def apply_filters(filters: list[FilterSpec], live_table: pa.Table, rows: RowStatus, live_idx: np.ndarray
-                  ) -> tuple[np.ndarray, dict[str, int]]:
-    """Apply the job's filters in order; a row is labelled by the first filter that drops it.
-    Returns the indices (into the live rows) of the eligible rows and the count per filter."""
-    eligible = np.ones(len(live_idx), dtype=bool)
-    counts: dict[str, int] = {}
-    for f in filters:
-        keep = _filter_mask(live_table, f)
-        label = f"filter:{f.column} {f.op}" + ("" if f.op in ("is_null", "not_null") else f" {f.value}")
-        newly = eligible & ~keep
-        counts[label] = int(newly.sum())
-        rows.reason[live_idx[newly]] = label
-        eligible &= keep
-    return np.flatnonzero(eligible), counts
-
-
-def select_context(job: JobSpec, layout: OutputLayout, selector: Selector, live_table: pa.Table,
-                   parallel_map: ParallelMap) -> SelectContext:
-    """What the selector knows besides its rows: the pool the budget is a fraction of (valid
-    documents, and their tokens by the selector's token column), the seed and the engine."""
-    pool_tokens = 0.0
-    token_col = selector.token_column()
-    if token_col is not None and token_col in live_table.column_names:
-        pool_tokens = float(pc.sum(live_table.column(token_col)).as_py() or 0)
-    return SelectContext(seed=job.seed, pool_docs=live_table.num_rows, pool_tokens=pool_tokens,
-                         parallel_map=parallel_map, scorers=list(job.scorers),
-                         artifacts_dir=str(layout.selection(0).parent))
-
-
-def run_selector(selector: Selector, table: pa.Table, ctx: SelectContext) -> SelectionResult:
-    """Call the selector on the eligible rows; it must return one flag per row."""
-    result = selector.select(table, ctx)
-    if len(result.selected) != table.num_rows:
-        raise JobError(f"selector {selector.name!r} returned {len(result.selected)} flags for {table.num_rows} rows")
-    return result
-
-
-def write_selection(job: JobSpec, layout: OutputLayout, n_shards: int, table: pa.Table, rows: RowStatus) -> None:
-    """Write `_selection/part-i` (row, status, reason, selector columns) for every shard."""
-    sel_table = pa.table({"_row": table.column("_row"), "status": pa.array(rows.status.tolist(), pa.string()),
-                          "reason": pa.array(rows.reason.tolist(), pa.string()), **rows.columns})
-    bounds = np.searchsorted(table.column("_shard").to_numpy(), np.arange(n_shards + 1))
-    for i in range(n_shards):
-        piece = sel_table.slice(int(bounds[i]), int(bounds[i + 1] - bounds[i]))
-        w = AtomicParquetWriter(layout.selection(i), schema=sel_table.schema, compression=job.output.compression)
-        w.write(piece)
-        w.close()
-
-
-def _scatter(arr: pa.Array, idx: np.ndarray, n: int) -> pa.Array:
-    """Place `arr` at rows `idx` of an n-row column, null elsewhere."""
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    positions = np.full(n, -1, dtype=np.int64)
-    positions[idx] = np.arange(len(idx))
-    take_idx = pa.array(positions, mask=positions < 0)
-    return arr.take(take_idx)
 
 
 # -- map stage 2: write ------------------------------------------------------------
