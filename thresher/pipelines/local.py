@@ -13,8 +13,8 @@ waiting for the shards they are on: their temporaries are removed by the next ru
 atomically by the emit tasks under `spill_dir/<name>/k-<key>/`); each reduce task reads only
 its key's folder, so no task holds more than one item's or one key's rows. `spill_dir` may be
 a local folder or an object-store URI (`s3://...`): the spill I/O goes through
-`thresher.io.storage`; on a store an object appears whole under its final name (one PUT), so
-no temporary name is needed there."""
+`thresher.io.storage` (locally a temporary renamed; on a store one PUT, so an object appears
+whole under its final name or not at all)."""
 
 from __future__ import annotations
 
@@ -22,14 +22,12 @@ import inspect
 import json
 import multiprocessing as mp
 import os
-import posixpath
 import re
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 
 from thresher.common.atomic import write_bytes_atomic
 from thresher.io import storage
@@ -239,7 +237,7 @@ def _reduce_spilled(name: str, reduce: ReduceFn, key: int, key_folder: str) -> s
     """Reduce task: the key's spill files in (item, seq) order, reduced (JSON text)."""
     order = []
     for path in _list_spill(key_folder):
-        m = _SPILL_NAME.fullmatch(posixpath.basename(path))  # storage.join: "/" on POSIX and URIs
+        m = _SPILL_NAME.fullmatch(storage.basename(path))
         if m is not None:  # temporaries of a killed writer never match
             order.append((int(m.group(1)), int(m.group(2)), path))
     if not order:
@@ -250,40 +248,22 @@ def _reduce_spilled(name: str, reduce: ReduceFn, key: int, key_folder: str) -> s
 _SPILL_NAME = re.compile(r"i-(\d+)-(\d+)\.arrow")
 
 
-# the spill files' I/O, in one place: local paths and object-store URIs alike, through
-# thresher.io.storage (`filesystem`, `join`); the small helpers below stand in for storage
-# functions that do not take URIs yet (write_bytes, read_bytes, list_names, remove_tree)
+# the spill files' I/O, in one place: local paths and object-store URIs alike, through thresher.io.storage
 def _write_spill(path: str, batch: pa.RecordBatch) -> None:
-    data = to_ipc(batch)
-    if storage.is_uri(path):  # an object appears whole under its name: no temporary needed
-        fs, inner = storage.filesystem(path)
-        with fs.open_output_stream(inner) as out:
-            out.write(data)
-    else:
-        write_bytes_atomic(data, path, fsync=False)  # scratch: removed after the shuffle
+    # locally a temporary renamed (no fsync: scratch, removed after the shuffle); on a store one PUT
+    write_bytes_atomic(to_ipc(batch), path, fsync=False)
 
 
 def _read_spill(path: str) -> pa.Table:
-    fs, inner = storage.filesystem(path)
-    with fs.open_input_file(inner) as fh:
-        return from_ipc(fh.read())
+    return from_ipc(storage.read_bytes(path))
 
 
 def _list_spill(folder: str) -> list[str]:
-    """The files directly inside `folder`, sorted (none when it does not exist)."""
-    fs, inner = storage.filesystem(folder)
-    infos = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
-    return sorted(storage.join(folder, i.base_name) for i in infos if i.type == pafs.FileType.File)
+    return [storage.join(folder, n) for n in storage.list_names(folder)]
 
 
 def _remove_spill(folder: str) -> None:
-    """Remove the shuffle's scratch folder (local or on a store); nothing there is fine."""
-    fs, inner = storage.filesystem(folder)
-    try:
-        if fs.get_file_info(inner).type != pafs.FileType.NotFound:
-            fs.delete_dir(inner)
-    except FileNotFoundError:
-        pass
+    storage.remove_tree(folder)
 
 
 def _slice(table: pa.Table | None, shard: InputShard) -> pa.Table | None:
@@ -330,11 +310,7 @@ class _Total:
 
 def _size(shard: InputShard) -> int:
     """The bytes of a shard's files (local paths or object-store URIs); 0 when unknown."""
-    total = 0
     try:
-        for p in shard.paths:
-            fs, inner = storage.filesystem(p)
-            total += max(fs.get_file_info(inner).size or 0, 0)
-    except (OSError, ValueError, pa.ArrowException):
+        return sum(storage.size(p) for p in shard.paths)
+    except (OSError, JobError):
         return 0
-    return total
