@@ -168,7 +168,7 @@ def bench_perplexity(model: str, device: str, docs: int, max_length: int, budget
 def bench_faiss(n: int, d: int, k: int, niter: int, seed: int = 0) -> dict[str, Any]:
     import faiss
 
-    from thresher.scorers.clusters import kmeans_fit
+    from thresher.scorers.clusters import kmeans_assign, kmeans_train
 
     rng = np.random.default_rng(seed)
     centers = rng.normal(size=(2000, d)).astype(np.float32)
@@ -181,7 +181,7 @@ def bench_faiss(n: int, d: int, k: int, niter: int, seed: int = 0) -> dict[str, 
     t_assign = time.perf_counter()
     km.index.search(x, 1)
     t_assign = time.perf_counter() - t_assign
-    t_helper, _, _ = timed(lambda: kmeans_fit(x, k, seed=seed, niter=niter))
+    t_helper, _, _ = timed(lambda: kmeans_assign(x, kmeans_train(x, k, seed=seed, niter=niter)))
     vec = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), d)
     table = pa.table({"id": [f"{i:07d}" for i in range(n)], "embedding_vector": vec})
     scorer = build_scorer({"type": "clusters", "k": k, "niter": niter, "eps": [0.01, 0.05, 0.1]})

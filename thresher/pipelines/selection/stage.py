@@ -35,7 +35,8 @@ from thresher.io.readers import InputShard
 from thresher.pipelines.engine import Engine
 from thresher.pipelines.selection import cut as cuts
 from thresher.pipelines.selection import tasks as T
-from thresher.pipelines.selection.view import BASE_COLUMNS, SelectPlan
+from thresher.pipelines.selection.view import SelectPlan
+from thresher.pipelines.stages import BASE_COLUMNS
 from thresher.pipelines.worker import global_scorers
 from thresher.selectors.base import BudgetParams, SelectContext, Selector, budget_target, serial_map
 from thresher.selectors.datamask.blocks import allocate, block_count, stats_from_sums

@@ -206,8 +206,8 @@ def _ranking(plan: SelectPlan, i: int, v: ShardView) -> tuple[list[np.ndarray], 
     ids = el.column("id").to_numpy(zero_copy_only=False).astype(str)
     if plan.selector_state.get("materialised"):
         t = storage.read_table(plan.scratch_path("rank", f"part-{i:05d}.parquet"))
-        ncomp = sum(1 for c in t.column_names if c.startswith("_c"))
-        comps = [t.column(f"_c{j}").to_numpy() for j in range(ncomp)]
+        ncomp = sum(1 for c in t.column_names if c.startswith("_k"))
+        comps = [t.column(f"_k{j}").to_numpy() for j in range(ncomp)]
         cand = t.column("_cand").to_numpy(zero_copy_only=False).astype(bool)
         extra = {c: t.column(c) for c in t.column_names if not c.startswith("_")}
         desc = [d == "1" for d in (t.schema.metadata or {}).get(b"desc", b"").decode()]
@@ -223,7 +223,7 @@ def rank_task(plan: SelectPlan, i: int) -> int:
     v = shard_view(plan, i)
     el = with_text(plan, i, v.eligible_table)
     r = sel.rank(el, plan.ctx, plan.selector_state)
-    cols = {f"_c{j}": c for j, c in enumerate(key_components(r.keys))}
+    cols = {f"_k{j}": c for j, c in enumerate(key_components(r.keys))}
     cand = np.ones(el.num_rows, bool) if r.candidates is None else np.asarray(r.candidates, bool)
     desc = "".join("1" if d else "0" for _, d in r.keys)
     write_table(plan.scratch_path("rank", f"part-{i:05d}.parquet"),
@@ -286,7 +286,8 @@ def block_reduce(plan: SelectPlan, budgets: list[float], key: int, table: pa.Tab
     p = sel.params
     t = table.sort_by([("id", "ascending")])
     q = quality_vector(t, p)
-    emb = embedding_matrix(t, p.embedding)
+    emb = np.require(embedding_matrix(t, p.embedding), requirements=["C", "W"])  # torch wants it writable
+    del table
     tokens = column_numpy(t, p.token_column) if p.budget_unit == "tokens" else None
     local, res = solve_block_task((sel, q, emb, tokens, float(budgets[key]), plan.job.seed, key))
     logit = np.asarray(res.logits, dtype=np.float64)

@@ -21,7 +21,6 @@ from thresher.config import FilterSpec, JobSpec
 from thresher.io import storage
 from thresher.io.output import AtomicParquetWriter, OutputLayout
 from thresher.io.readers import InputShard
-from thresher.pipelines.stages import BASE_COLUMNS
 from thresher.pipelines.worker import global_scorers
 from thresher.selectors.base import SelectContext, Selector
 from thresher.selectors.registry import build_selector

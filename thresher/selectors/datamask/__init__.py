@@ -6,7 +6,7 @@ Gumbel-top-k, scores them with a set objective lam*f_qua + (1-lam)*f_div, turns 
 group-normalised advantages and moves the logits along the exact Plackett-Luce score function.
 The readout is the top-S documents by logit.
 
-The corpus is split into random blocks (``split_blocks``) and each block is solved on its own
+The corpus is split into random blocks (``block_of``: a hash of (seed, id)) and each block is solved on its own
 (``solve_block``): a block is the unit of parallelism (one Spark task / Beam element per block),
 and every random number of a block is seeded from (job seed, block id, step), so a block's
 result does not depend on which worker solves it or on the other blocks.
@@ -60,7 +60,8 @@ from thresher.selectors.datamask.blocks import (
     prune_by_quality,
     quality_vector,
     solve_block_task,
-    split_blocks,
+    block_count,
+    block_of,
 )
 from thresher.selectors.datamask.objective import Calibration, calibrate, objective
 from thresher.selectors.datamask.optimiser import batch_docs, batch_schedule, group_advantages, solve_block, zscore
@@ -74,5 +75,5 @@ __all__ = [
     "DataMaskSelector", "PreparedBlock", "allocate", "batch_docs", "batch_metrics", "batch_schedule",
     "block_calibration", "calibrate", "check_normalized", "draw_masks", "finish_block", "group_advantages",
     "gumbel_topk", "objective", "pl_grad", "pl_grad_log", "prepare_block", "prune_by_quality", "quality_vector",
-    "reward_mode", "sequential_draws", "solve_block", "solve_block_task", "split_blocks", "zscore",
+    "reward_mode", "sequential_draws", "solve_block", "solve_block_task", "block_count", "block_of", "zscore",
 ]

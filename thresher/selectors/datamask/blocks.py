@@ -1,6 +1,6 @@
 """Blocks: what every block selector shares (DATAMASK, greedy).
 
-The corpus is split into random blocks (``split_blocks``) and each block is solved on its own
+The corpus is split into random blocks (``block_of``: a hash of (seed, id)) and each block is solved on its own
 (``BlockSelector.solve``): a block is the unit of parallelism (one Spark task / Beam element per
 block), and every random number of a block is seeded from (job seed, block id, purpose tag,
 step), so a block's result does not depend on which worker solves it or on the other blocks.
@@ -26,7 +26,7 @@ from thresher.common.arrays import column_numpy, embedding_matrix
 from thresher.common.device import resolve_device
 from thresher.common.hashing import hash_group, id_hash
 from thresher.common.progress import item_progress
-from thresher.common.seeds import derive_seed, torch_generator
+from thresher.common.seeds import torch_generator
 from thresher.common.threads import torch_threads
 from thresher.selectors.base import Ranking, SelectContext, SelectionResult, Selector, budget_target, priority_order
 from thresher.selectors.datamask.objective import Calibration, calibrate, objective
@@ -36,20 +36,6 @@ from thresher.selectors.datamask.params import BlockObjectiveParams
 TAG_STEP, TAG_CALIB, TAG_REF, TAG_EPOCH = 1, 2, 3, 4
 _TAG_SPLIT = 0xB10C
 _CURVE_POINTS = 100
-
-
-def split_blocks(n: int, block_size: int, seed: int) -> list[np.ndarray]:
-    """Random, deterministic partition of range(n) into ceil(n / block_size) near-equal blocks.
-
-    Each block is sorted ascending. With one block the result is exactly ``[arange(n)]``.
-    """
-    if n <= 0:
-        return []
-    k = max(1, math.ceil(n / block_size))
-    if k == 1:
-        return [np.arange(n)]
-    perm = np.random.default_rng(derive_seed(seed, _TAG_SPLIT)).permutation(n)
-    return [np.sort(b) for b in np.array_split(perm, k)]
 
 
 def block_count(n: int, block_size: int) -> int:
