@@ -98,3 +98,27 @@ def built_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (whl,) = out.glob("thresher-*.whl")
     return whl
 
+
+
+# -- a local S3 server (tests/s3_server.py: moto's server mode, HTTP on 127.0.0.1) ----------------
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    """The session's local S3 server (`s3_server.S3Server`: .endpoint, .env(), .make_bucket()); skips
+    the test when moto[server] is not installed."""
+    pytest.importorskip("moto")
+    pytest.importorskip("boto3")
+    from s3_server import S3Server, s3_server_process
+
+    with s3_server_process(tmp_path_factory.mktemp("moto")) as endpoint:
+        yield S3Server(endpoint)
+
+
+@pytest.fixture
+def s3_bucket(s3_server, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket, `s3://NAME`, with this process's AWS_* variables pointing at the server for
+    the test (every other AWS_* variable removed; restored afterwards)."""
+    for key in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(key)
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    return s3_server.make_bucket("thresher")

@@ -322,13 +322,14 @@ def require_local_path(path: str | os.PathLike[str], what: str) -> None:
                        f"the bucket, and give that path")
 
 
-def check_storage_path(path: str | os.PathLike[str], what: str) -> None:
+def check_storage_path(path: str | os.PathLike[str], what: str, storage_options: dict[str, Any] | None = None) -> None:
     """Check that `path` (a local path or a URI) can be used, before anything is written: a bad
     URI, unknown scheme, missing credentials or unreachable endpoint is a one-line JobError that
     names `what` and the path (within seconds: short timeouts, few retries)."""
     if not storage.is_remote(path):
         return
     try:
+        storage.configure(storage.normalize(path), storage_options, replace=True)
         storage.exists(storage.normalize(path))
     except JobError as exc:
         msg = str(exc)

@@ -164,15 +164,22 @@ _registry_loaded = False
 _lock = threading.Lock()
 
 
-def configure(prefix: str | os.PathLike[str], options: dict[str, Any] | None) -> None:
+def configure(prefix: str | os.PathLike[str], options: dict[str, Any] | None, replace: bool = False) -> None:
     """Open every path under `prefix` with `options` from now on (this process and the worker
-    processes it spawns afterwards). Nothing is written to disk."""
-    if not options or not is_remote(prefix):
+    processes it spawns afterwards). Nothing is written to disk. Without options nothing changes,
+    unless `replace` (a job's own settings for its folder): then earlier ones for `prefix` go."""
+    if not is_remote(prefix) or not (options or replace):
         return
     _load_registry()
     with _lock:
-        _registry[normalize(prefix)] = dict(options)
-        os.environ[OPTIONS_ENV] = json.dumps(_registry, sort_keys=True, default=str)
+        if options:
+            _registry[normalize(prefix)] = dict(options)
+        elif _registry.pop(normalize(prefix), None) is None:
+            return
+        if _registry:
+            os.environ[OPTIONS_ENV] = json.dumps(_registry, sort_keys=True, default=str)
+        else:
+            os.environ.pop(OPTIONS_ENV, None)
 
 
 def _load_registry() -> None:
