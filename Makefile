@@ -52,3 +52,9 @@ scorers-demo: venv
 
 clean:
 	rm -rf out/ .pytest_cache
+
+# select stage at 1M and 10M docs (local + Spark local[2]): time, driver and block-task peak RSS
+# -> benchmarks/results/scale.{json,md}; one size at a time: BENCH_SCALE_ARGS="--sizes 1000000"
+.PHONY: bench-scale
+bench-scale: venv
+	$(BIN)/python benchmarks/bench_scale.py $(BENCH_SCALE_ARGS)
