@@ -59,8 +59,8 @@ def select(job: JobSpec, layout: OutputLayout, n_shards: int, engine: Engine,
     selector = build_selector(job.selector)
     ctx = SelectContext(seed=job.seed, pool_docs=0, pool_tokens=0.0, parallel_map=serial_map,
                         scorers=list(job.scorers), artifacts_dir=str(layout.selection(0).parent))
-    plan = SelectPlan(job, str(layout.root), n_shards, needed_columns(job, layout, n_shards, selector), ctx,
-                      shards=shards, input_table=input_table)
+    columns, heavy = needed_columns(job, layout, n_shards, selector)
+    plan = SelectPlan(job, str(layout.root), n_shards, columns, heavy, ctx, shards=shards, input_table=input_table)
     storage.remove_tree(plan.scratch)
     items = list(range(n_shards))
     spill = plan.scratch_path("spill")
@@ -116,8 +116,10 @@ def select(job: JobSpec, layout: OutputLayout, n_shards: int, engine: Engine,
     return {**marker, "skipped": False}
 
 
-def needed_columns(job: JobSpec, layout: OutputLayout, n_shards: int, selector: Selector) -> list[str]:
-    """The score columns the stage reads (a clear error names any that no scorer produced)."""
+def needed_columns(job: JobSpec, layout: OutputLayout, n_shards: int, selector: Selector
+                   ) -> tuple[list[str], frozenset[str]]:
+    """The score columns the stage reads (a clear error names any that no scorer produced), and
+    the vector columns among them that only the selector reads."""
     gscorers = global_scorers(job.scorers)
     needed = set(BASE_COLUMNS) | set(selector.required_columns()) | {f.column for f in job.filters}
     for g in gscorers:
@@ -128,7 +130,12 @@ def needed_columns(job: JobSpec, layout: OutputLayout, n_shards: int, selector: 
     if missing:
         raise JobError(f"selector/filters need columns {missing} that no scorer produced; "
                        f"score columns: {sorted(schema.names)}")
-    return [c for c in schema.names if c in needed]
+    others = set(BASE_COLUMNS) | {f.column for f in job.filters} | {c for g in gscorers for c in g.required_columns()}
+    token = selector.token_column()
+    heavy = {c for c in set(selector.required_columns()) - others - {token}
+             if c in schema.names and pa.types.is_list(schema.field(c).type)
+             or c in schema.names and pa.types.is_fixed_size_list(schema.field(c).type)}
+    return [c for c in schema.names if c in needed], frozenset(heavy)
 
 
 def route(engine: Engine, plan: SelectPlan, folder: str, keys: list[int], prefix: str = "b") -> frozenset[int]:

@@ -88,7 +88,7 @@ def route_reduce(folder: str, key: int, table: pa.Table) -> dict[str, Any]:
 def sample_task(plan: SelectPlan, g_index: int, threshold: float, i: int) -> int:
     """Rows of shard i for global scorer g's fit: hash of the id below `threshold`."""
     g = global_scorers(plan.job.scorers)[g_index]
-    v = shard_view(plan, i, with_globals=False)
+    v = shard_view(plan, i, with_globals=False, light=True)
     u = hash_unit(id_hash(v.live.column("id"), plan.job.seed, SAMPLE_TAG))
     take = g.sample_rows(v.live) & (u < threshold)
     cols = [c for c in dict.fromkeys(["id", "_shard", "_row", *g.required_columns()])]
@@ -99,7 +99,7 @@ def sample_task(plan: SelectPlan, g_index: int, threshold: float, i: int) -> int
 
 def group_emit(plan: SelectPlan, g_index: int, i: int) -> Iterator[tuple[int, pa.RecordBatch]]:
     g = global_scorers(plan.job.scorers)[g_index]
-    v = shard_view(plan, i, with_globals=False)
+    v = shard_view(plan, i, with_globals=False, light=True)
     cols = g.transform(v.live, plan.states[g.prefix])
     keys = cols[g.group_column]
     valid = np.asarray(pc.is_valid(keys).to_numpy(zero_copy_only=False), dtype=bool)
@@ -233,7 +233,7 @@ def rank_task(plan: SelectPlan, i: int) -> int:
 
 def cut_task(plan: SelectPlan, lo: Any, hi: Any, points: int, collect: bool, ranker: str, i: int) -> dict[str, Any]:
     """Shard i's part of one round of an exact budget cut (`cut.shard_sketch`)."""
-    v = shard_view(plan, i)
+    v = shard_view(plan, i, light=ranker == "quality" or "materialised" in plan.selector_state)
     if ranker == "quality":
         comps, ids, weights, cand = quality_ranking(plan, v)
         desc = [True]
@@ -261,7 +261,7 @@ def _key(k: Any) -> tuple | None:
 
 def block_sizes_task(plan: SelectPlan, blocks: int, i: int) -> dict[str, Any]:
     """Eligible rows (and their tokens) per block in shard i."""
-    el = shard_view(plan, i).eligible_table
+    el = shard_view(plan, i, light=True).eligible_table
     b = block_of(el.column("id"), blocks, plan.job.seed)
     p = plan.selector().params
     out = {"docs": np.bincount(b, minlength=blocks).tolist()}

@@ -34,6 +34,7 @@ class SelectPlan:
     out_root: str
     n_shards: int
     columns: list[str]  # score columns the stage reads (base, selector, filters, global scorers)
+    heavy: frozenset[str]  # vector columns only the selector reads: passes that do not need them skip them
     ctx: SelectContext  # pool sizes are filled in once the summary pass ran
     dup_shards: frozenset[int] = frozenset()  # shards with a routed `dupids` file
     states: dict[str, dict[str, Any]] = field(default_factory=dict)  # global scorer prefix -> fitted state
@@ -133,11 +134,12 @@ def routed_rows(path: str, rows: np.ndarray) -> tuple[np.ndarray, pa.Table]:
     return pos, t
 
 
-def shard_view(plan: SelectPlan, i: int, with_globals: bool = True) -> ShardView:
+def shard_view(plan: SelectPlan, i: int, with_globals: bool = True, light: bool = False) -> ShardView:
     """Shard `i` with duplicate ids marked, global scorer columns added and filters applied
-    (`with_globals=False`: before the global scorers are fitted; filters are then not applied)."""
+    (`with_globals=False`: before the global scorers are fitted; filters are then not applied;
+    `light`: without the selector's vector columns)."""
     job = plan.job
-    table = read_scores(plan, i)
+    table = read_scores(plan, i, [c for c in plan.columns if c not in plan.heavy] if light else None)
     n = table.num_rows
     rows = table.column("_row").to_numpy()
     status = np.full(n, "not_selected", dtype=object)
