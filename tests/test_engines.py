@@ -138,6 +138,33 @@ def test_parallel_map_keeps_order(spark: Any) -> None:
         beng.close()
 
 
+def test_storage_options_travel_with_tasks(spark: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Object-store settings registered on the driver after the workers started (a job's
+    output.storage_options) reach Spark's Python workers and Beam's DoFns with the tasks."""
+    from thresher.config import load_job
+    from thresher.io import storage
+    from thresher.pipelines.beam_engine import BeamEngine
+    from thresher.pipelines.spark_engine import SparkEngine
+
+    monkeypatch.delenv(storage.OPTIONS_ENV, raising=False)
+    monkeypatch.setattr(storage, "_registry", {})
+    spark.sparkContext.parallelize([0, 1], 2).count()  # the workers exist before the settings do
+    storage.configure("s3://engines-bucket/out", {"region": "eu-north-1", "endpoint_url": "http://127.0.0.1:9"})
+    want = [{"region": "eu-north-1", "endpoint_url": "http://127.0.0.1:9"}] * 2
+    probe = lambda path: __import__("thresher.io.storage").io.storage.options_for(path)  # noqa: E731
+    items = ["s3://engines-bucket/out/_scores/part-0", "s3://engines-bucket/out/part-1.parquet"]
+    eng = SparkEngine(load_job(data=job_dict("unused", "unused", engine=SPARK)), progress=False)
+    try:
+        assert eng.parallel_map(probe, items) == want
+    finally:
+        eng.close()
+    beng = BeamEngine(load_job(data=job_dict("unused", "unused", engine=BEAM)), progress=False)
+    try:
+        assert beng.parallel_map(probe, items) == want
+    finally:
+        beng.close()
+
+
 # -- Spark faults and resume -----------------------------------------------------------------------
 
 

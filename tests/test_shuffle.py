@@ -137,6 +137,22 @@ def test_local_matches_serial(workers: int, tmp_path: Path) -> None:
     assert not (tmp_path / "spill" / "toy").exists()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_local_spills_to_object_store(workers: int, s3_bucket: str) -> None:
+    """spill_dir on s3:// (inside an output folder on a store): emit tasks PUT their spill objects,
+    reduce tasks list and read their key's prefix; the prefix is gone afterwards."""
+    from thresher.io import storage
+
+    spill = f"{s3_bucket}/out/_thresher/spill"
+    storage.write_bytes(f"{spill}/toy/k-000009/i-000099-0000.arrow", b"junk")  # left by an interrupted run
+    eng = make(local(workers))
+    try:
+        assert eng.shuffle("toy", toy_emit, ITEMS, digest, spill) == EXPECTED
+    finally:
+        eng.close()
+    assert storage.list_names(f"{spill}/toy") == []
+
+
 def test_local_progress_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     eng = make(local(1), progress=True)
     try:

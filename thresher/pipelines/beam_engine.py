@@ -13,6 +13,10 @@
   `temp_location` option on other runners), which the driver reads back with Beam's
   FileSystems (results are small: counts and file infos, never rows).
 - In-memory inputs: a shard's slice travels inside its task element as Arrow IPC bytes.
+- Paths: input and output may be object-store URIs (`s3://`, `gs://`): workers read and write
+  them through `thresher.io.storage` themselves (no shared local folder), with the driver's
+  storage options shipped in the DoFns (`tasks.storage_registry`); credentials and endpoint
+  otherwise come from the workers' standard environment.
 - `engine.beam.options` go to `PipelineOptions` unchanged (unknown keys are an error).
   DirectRunner defaults here: `direct_running_mode=multi_processing`,
   `direct_num_workers=<cores>`. Other runners (DataflowRunner, FlinkRunner, SparkRunner,
@@ -42,7 +46,8 @@ from thresher.config import JobSpec
 from thresher.io.readers import InputShard
 from thresher.pipelines.engine import (EmitFn, ItemFn, ReduceFn, StageFn, check_item_count, in_shard_order,
                                        short_error, shuffle_name)
-from thresher.pipelines.tasks import decode_task, emit_pairs, encode_tasks, reduce_group, task_root
+from thresher.pipelines.tasks import (adopt_storage_registry, call_item, decode_task, emit_pairs, encode_tasks,
+                                      reduce_group, storage_registry, task_root)
 from thresher.specs import JobError
 
 try:
@@ -57,17 +62,20 @@ DIRECT = {"DirectRunner", "direct", "SwitchingDirectRunner", "BundleBasedDirectR
 class _StageDoFn(beam.DoFn):  # type: ignore[misc]
     """Run one map stage on shard tasks; scorers are set up once per worker process."""
 
-    def __init__(self, fn: StageFn, job_json: str, out_root: str, torch_threads: int | None) -> None:
+    def __init__(self, fn: StageFn, job_json: str, out_root: str, torch_threads: int | None,
+                 storage_options: str | None = None) -> None:
         self.fn = fn
         self.job_json = job_json
         self.out_root = out_root
         self.torch_threads = torch_threads
+        self.storage_options = storage_options  # the driver's object-store settings (tasks.storage_registry)
         self.job: JobSpec | None = None
 
     def setup(self) -> None:
         from thresher.pipelines.worker import init_worker, scorers_for
 
         init_worker(self.torch_threads)
+        adopt_storage_registry(self.storage_options)
         self.job = JobSpec.model_validate(json.loads(self.job_json))
         scorers_for(self.job.scorers)  # build (and cache) the scorers once per process
 
@@ -82,12 +90,14 @@ class _StageDoFn(beam.DoFn):  # type: ignore[misc]
 class _CallDoFn(beam.DoFn):  # type: ignore[misc]
     """parallel_map: call fn on (index, item) and emit base64(pickle((index, result)))."""
 
-    def __init__(self, fn: ItemFn) -> None:
+    def __init__(self, fn: ItemFn, storage_options: str | None = None) -> None:
         self.fn = fn
+        self.storage_options = storage_options
 
     def process(self, element: tuple[int, Any]) -> Iterator[str]:
         i, item = element
-        yield base64.b64encode(pickle.dumps((i, self.fn(item)), protocol=5)).decode()
+        result = call_item(item, self.fn, self.storage_options)
+        yield base64.b64encode(pickle.dumps((i, result), protocol=5)).decode()
 
 
 class BeamEngine:
@@ -173,7 +183,7 @@ class BeamEngine:
         if not shards:
             return []
         tasks = encode_tasks(shards, table)
-        dofn = _StageDoFn(fn, job.model_dump_json(), task_root(out_root), self.torch_threads)
+        dofn = _StageDoFn(fn, job.model_dump_json(), task_root(out_root), self.torch_threads, storage_registry())
         lines = self._run(stage, tasks, (stage, beam.ParDo(dofn)))
         return in_shard_order(self.name, stage, shards, [json.loads(line) for line in lines])
 
@@ -181,7 +191,7 @@ class BeamEngine:
         """Map a picklable function over items, one element per item (in order)."""
         if not items:
             return []
-        lines = self._run("parallel_map", list(enumerate(items)), ("parallel_map", beam.ParDo(_CallDoFn(fn))))
+        lines = self._run("parallel_map", list(enumerate(items)), ("parallel_map", beam.ParDo(_CallDoFn(fn, storage_registry()))))
         pairs = dict(pickle.loads(base64.b64decode(line)) for line in lines)
         check_item_count(self.name, list(pairs), items)
         return [pairs[i] for i in range(len(items))]
@@ -194,12 +204,15 @@ class BeamEngine:
         shuffle_name(name)
         if not items:
             return {}
+        options = storage_registry()
         lines = self._run(f"shuffle-{name}", list(enumerate(items)),
                           ("Emit", beam.FlatMap(functools.partial(emit_pairs, name=name, emit=emit,
-                                                                 torch_threads=self.torch_threads))),
+                                                                 torch_threads=self.torch_threads,
+                                                                 storage_options=options))),
                           ("ByKey", beam.GroupByKey()),
                           ("Reduce", beam.Map(functools.partial(reduce_group, name=name, reduce=reduce,
-                                                                torch_threads=self.torch_threads))),
+                                                                torch_threads=self.torch_threads,
+                                                                storage_options=options))),
                           ("Lines", beam.Map(json.dumps)))
         got = [json.loads(line) for line in lines]
         if len({k for k, _ in got}) != len(got):

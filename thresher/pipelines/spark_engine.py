@@ -71,7 +71,8 @@ from thresher.config import JobSpec, SparkEngineSpec
 from thresher.io.readers import InputShard
 from thresher.pipelines.engine import (EmitFn, ItemFn, ReduceFn, StageFn, check_item_count, in_shard_order,
                                        short_error, shuffle_name)
-from thresher.pipelines.tasks import decode_task, emit_pairs, encode_tasks, reduce_group, task_root
+from thresher.pipelines.tasks import (adopt_storage_registry, call_item, decode_task, emit_pairs, encode_tasks,
+                                      reduce_group, storage_registry, task_root)
 from thresher.pipelines.worker import init_worker, set_task_device
 from thresher.specs import JobError
 
@@ -131,11 +132,12 @@ def _fault(spec: str | None, stage: str, shard: int, attempt: int, when: str) ->
 
 
 def _run_tasks(batches: Iterator[pa.RecordBatch], fn: StageFn, stage: str, job_json: str, out_root: str,
-               torch_threads: int) -> Iterator[pa.RecordBatch]:
+               torch_threads: int, storage_options: str | None = None) -> Iterator[pa.RecordBatch]:
     """mapInArrow body: run the stage on each shard task of the partition, yield result rows."""
     from pyspark import TaskContext
 
     init_worker(torch_threads)
+    adopt_storage_registry(storage_options)
     ctx = TaskContext.get()
     attempt = ctx.attemptNumber() if ctx is not None else 0
     device = _use_task_gpu(ctx)
@@ -353,7 +355,8 @@ class SparkEngine:
         rdd = self.sc.parallelize(rows, len(rows))
         tasks = self.spark.createDataFrame(rdd, schema)
         body = functools.partial(_run_tasks, fn=fn, stage=stage, job_json=job.model_dump_json(),
-                                 out_root=task_root(out_root), torch_threads=self.torch_threads)
+                                 out_root=task_root(out_root), torch_threads=self.torch_threads,
+                                 storage_options=storage_registry())
         self.sc.setJobDescription(f"thresher {stage}: {len(shards)} shards")
         try:
             got = tasks.mapInArrow(body, RESULT_SCHEMA).collect()
@@ -366,7 +369,8 @@ class SparkEngine:
         if not items:
             return []
         try:
-            results = self.sc.parallelize(items, len(items)).map(fn).collect()
+            call = functools.partial(call_item, fn=fn, storage_options=storage_registry())
+            results = self.sc.parallelize(items, len(items)).map(call).collect()
         except Exception as exc:
             raise JobError(f"engine spark: parallel_map failed: {short_error(exc)}") from None
         return check_item_count(self.name, results, items)
@@ -380,8 +384,11 @@ class SparkEngine:
         shuffle_name(name)
         if not items:
             return {}
-        emit_fn = functools.partial(emit_pairs, name=name, emit=emit, torch_threads=self.torch_threads)
-        reduce_fn = functools.partial(reduce_group, name=name, reduce=reduce, torch_threads=self.torch_threads)
+        options = storage_registry()
+        emit_fn = functools.partial(emit_pairs, name=name, emit=emit, torch_threads=self.torch_threads,
+                                    storage_options=options)
+        reduce_fn = functools.partial(reduce_group, name=name, reduce=reduce, torch_threads=self.torch_threads,
+                                      storage_options=options)
         partitions = max(self.sc.defaultParallelism, len(items))
         self.sc.setJobDescription(f"thresher shuffle {name}: {len(items)} items")
         try:

@@ -3,7 +3,9 @@
 A task is (shard index, the InputShard as JSON, the shard's slice of an in-memory input
 table as Arrow IPC bytes or None). Executors decode it and run the stage function.
 Tables and batches travel as Arrow IPC bytes (`to_ipc` / `from_ipc`, the IPC file format:
-also what the local engine's shuffle spill files hold).
+also what the local engine's shuffle spill files hold). The driver's storage options (object
+store settings registered with `storage.configure`) travel with every task as text
+(`storage_registry`) and are registered on the worker before it touches a path.
 """
 
 from __future__ import annotations
@@ -49,6 +51,32 @@ def task_root(path: str | os.PathLike[str]) -> str:
     return str(path) if storage.is_uri(path) else os.path.abspath(path)
 
 
+def storage_registry() -> str | None:
+    """The storage options registered in this process (`storage.configure`: a job's
+    `input.storage_options` / `output.storage_options`) as text, to travel with the tasks: a Spark
+    executor or a remote Beam worker does not inherit the driver's environment. None when none."""
+    return os.environ.get(storage.OPTIONS_ENV) or None
+
+
+_ADOPTED: str | None = None
+
+
+def adopt_storage_registry(raw: str | None) -> None:
+    """On a worker: register the driver's storage options (`storage_registry`), once per process."""
+    global _ADOPTED
+    if not raw or raw == _ADOPTED:
+        return
+    for prefix, options in json.loads(raw).items():
+        storage.configure(prefix, options)
+    _ADOPTED = raw
+
+
+def call_item(item: Any, fn: Any, storage_options: str | None = None) -> Any:
+    """A parallel_map call on a worker: `fn(item)`, with the driver's storage options registered."""
+    adopt_storage_registry(storage_options)
+    return fn(item)
+
+
 def encode_tasks(shards: list[InputShard], table: pa.Table | None) -> list[Task]:
     """One task per shard; memory shards carry their slice of `table`."""
     tasks: list[Task] = []
@@ -73,21 +101,23 @@ def decode_task(shard_json: str, data: bytes | None) -> tuple[InputShard, pa.Tab
 # -- shuffle elements (Spark RDD records, Beam elements) ------------------------------------------
 
 
-def emit_pairs(pair: tuple[int, Any], name: str, emit: EmitFn, torch_threads: int | None = None
-               ) -> Iterator[tuple[int, tuple[int, int, bytes]]]:
+def emit_pairs(pair: tuple[int, Any], name: str, emit: EmitFn, torch_threads: int | None = None,
+               storage_options: str | None = None) -> Iterator[tuple[int, tuple[int, int, bytes]]]:
     """A shuffle's map side: (item index, item) -> (key, (item index, seq, the batch as Arrow IPC))
     for every non-empty batch `emit(item)` yields."""
     limit_process_threads(torch_threads)
+    adopt_storage_registry(storage_options)
     index, item = pair
     for key, seq, batch in emitted(name, emit, index, item):
         yield key, (index, seq, to_ipc(batch))
 
 
 def reduce_group(group: tuple[int, Iterable[tuple[int, int, bytes]]], name: str, reduce: ReduceFn,
-                 torch_threads: int | None = None) -> tuple[int, str]:
+                 torch_threads: int | None = None, storage_options: str | None = None) -> tuple[int, str]:
     """A shuffle's reduce side: one key's (item, seq, IPC) values, put in (item, seq) order (engines
     deliver them in any order) -> (key, reduce result as JSON text)."""
     limit_process_threads(torch_threads)
+    adopt_storage_registry(storage_options)
     key, values = group
     parts = sorted(values, key=lambda v: (v[0], v[1]))
     return key, reduced(name, reduce, key, (from_ipc(data) for _, _, data in parts))
