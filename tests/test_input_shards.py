@@ -213,3 +213,35 @@ def test_file_uri_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert len(globbed) > 1 and all(s.paths[0].startswith("file://") for s in globbed)
     folder = plan_shards(InputSpec(path=f"file://{tmp_path}/d"))
     assert [s.paths[0] for s in folder] == [f"file://{tmp_path}/d/big.parquet"]
+
+
+def test_s3_inputs_split_and_read_like_local_files(tmp_path: Path, s3_bucket: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parquet and JSONL inputs on S3 (a local moto server): file, folder and glob; split shards
+    read like the local copies; a job runs on them."""
+    from thresher.io import storage
+
+    monkeypatch.setattr(splits, "MIN_BLOCK", 64)
+    storage.clear_cache()
+    local = write_big_parquet(tmp_path / "big.parquet", 400, 50)
+    data, _ = tricky_jsonl()
+    (tmp_path / "x.jsonl").write_bytes(data)
+    for name in ("big.parquet", "x.jsonl"):
+        storage.put_file(tmp_path / name, f"{s3_bucket}/in/{name}")
+    want, _, _ = read_all(InputSpec(path=str(local), shard_rows=150))
+    got, _, shards = read_all(InputSpec(path=f"{s3_bucket}/in/big.parquet", shard_rows=150))
+    assert len(shards) == 3 and got.equals(want)
+    assert got.column("id")[0].as_py() == "big.parquet:0"
+    want, wbad, _ = read_all(InputSpec(path=str(tmp_path / "x.jsonl"), shard_rows=10))
+    got, gbad, shards = read_all(InputSpec(path=f"{s3_bucket}/in/*.jsonl", shard_rows=10))
+    assert len(shards) > 1 and got.equals(want) and gbad.sort_by("_row").equals(wbad.sort_by("_row"))
+    storage.put_file(local, f"{s3_bucket}/pq/a/big.parquet")
+    storage.put_file(local, f"{s3_bucket}/pq/_skip/big.parquet")  # `_` folders are not input
+    folder = plan_shards(InputSpec(path=f"{s3_bucket}/pq/"))
+    assert [s.paths[0] for s in folder] == [f"{s3_bucket}/pq/a/big.parquet"] and folder[0].id_prefix == "big.parquet"
+    res = run(job_dict(f"{s3_bucket}/in/big.parquet", tmp_path / "out", input={"path": f"{s3_bucket}/in/big.parquet",
+                                                                                "shard_rows": 150},
+                       engine={"local": {"workers": 2}}), progress=False)
+    assert res.manifest["counts"]["input_rows"] == 400 and len(res.manifest["inputs"]) == 3
+    with pytest.raises(Exception, match="no such file or folder|matches no file"):
+        plan_shards(InputSpec(path=f"{s3_bucket}/in/missing.parquet"))

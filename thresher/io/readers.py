@@ -2,12 +2,20 @@
 
 Supported inputs: Parquet files and folders (globs, row-group streaming), JSONL (plain,
 .gz, .zst), a `datasets` folder saved with `save_to_disk`, plain text files (one
-document per file), and an in-memory `pyarrow.Table` or `datasets.Dataset`.
+document per file), and an in-memory `pyarrow.Table` or `datasets.Dataset`; a path may be
+local or a URI (`s3://`, `gs://`, `hdfs://`, `file://`): every input file is listed, opened
+and read through `thresher.io.sources` (over `thresher.io.storage`).
+
+A shard is a file, a group of text files, a slice of a table, or a part of a big file: a run
+of a Parquet file's row groups or a byte range of an uncompressed JSONL file, about
+`shard_rows` rows each (`thresher.io.splits`), so one big file spreads over the workers.
 
 Every batch a reader yields is split into
 - `good`: `id`, `text` (and `prompt`, `response` for instruction data), `_row` (the
-  record's ordinal in its shard) and the source's other columns (JSONL: a `meta` column
-  with the other keys as JSON);
+  record's ordinal in its file: a JSONL line number from 0, a Parquet row; for a table, in
+  its slice), the source's other columns (JSONL: a `meta` column with the other keys as JSON);
+- `scores`: the `input.score_columns` of the good rows (they reach the output through the
+  score table, so `good` leaves them out);
 - `rejected`: `_row`, `id`, `reason`, `raw` (the original bytes) for rows that cannot be
   used, so no row disappears without a count and a reason.
 Memory is bounded by `batch_rows`, not by the size of the corpus (except a `.json` file
