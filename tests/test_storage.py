@@ -273,3 +273,17 @@ def _parquet_bytes(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     return sink.getvalue().to_pybytes()
+
+
+def test_select_in_place_and_into_a_bucket(tmp_path: Path, small_corpus: Path, s3_bucket: str) -> None:
+    from thresher.commands.cli import main as cli_main
+
+    out = f"{s3_bucket}/out"
+    run(job_dict(small_corpus, out), progress=False)
+    assert cli_main(["select", out, "--set", "selector.budget=0.5", "-q"]) == 0  # in place, on the bucket
+    assert storage.read_json(f"{out}/_manifest.json")["resumed_shards"]["score"] == 3
+    local = run(job_dict(small_corpus, tmp_path / "local"), progress=False)
+    assert cli_main(["select", str(tmp_path / "local"), "--set", "selector.budget=0.5", "-q",
+                     "--output", f"{s3_bucket}/copy"]) == 0  # local scores seeded into a bucket
+    assert _ids_and_rows(f"{s3_bucket}/copy") == _ids_and_rows(out)
+    assert local.manifest["counts"]["selected"] < storage.read_json(f"{out}/_manifest.json")["counts"]["selected"]

@@ -398,9 +398,11 @@ def remove_stale_temporaries(root: str | os.PathLike[str]) -> list[Path]:
 
     On an object store there are none: nothing is written there under a temporary name (an
     upload cut short is an incomplete multipart upload, invisible; a bucket lifecycle rule
-    `AbortIncompleteMultipartUpload` reclaims its space).
+    `AbortIncompleteMultipartUpload` reclaims its space); the local spool files of dead
+    processes of this machine go instead (`storage.clean_spool`).
     """
     if storage.is_remote(root):
+        storage.clean_spool()  # a killed run's local spool files (this machine)
         return []
     root = Path(root)
     candidates: list[Path] = []

@@ -99,7 +99,7 @@ def local_path_or_none(path: str | os.PathLike[str]) -> str | None:
     path = str(path)
     scheme = scheme_of(path)
     if scheme is None:
-        return os.path.abspath(os.path.expanduser(path)) if path.startswith("~") else os.path.abspath(path)
+        return os.path.abspath(path)
     if scheme == "file":
         return os.path.abspath(urlsplit(path).path or "/")
     return None
@@ -757,11 +757,41 @@ def make_dirs(folder: str | os.PathLike[str]) -> None:
         os.makedirs(local, exist_ok=True)
 
 
+def _spool_dir() -> str:
+    return os.environ.get(SPOOL_ENV) or os.path.join(tempfile.gettempdir(), "thresher-spool")
+
+
 def spool_path(name: str) -> str:
     """A fresh local file name for a file that will be uploaded whole (see the module docstring)."""
-    folder = os.environ.get(SPOOL_ENV) or os.path.join(tempfile.gettempdir(), "thresher-spool")
+    folder = _spool_dir()
     os.makedirs(folder, exist_ok=True)
     return os.path.join(folder, f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+_SPOOL_NAME = re.compile(r"^\..+\.tmp-(?P<pid>\d+)-[0-9a-f]{8}$")
+
+
+def clean_spool() -> list[str]:
+    """Delete the spool files of processes of this machine that are gone (a killed run's); returns them."""
+    folder = _spool_dir()
+    removed = []
+    for name in list_names(folder):
+        m = _SPOOL_NAME.match(name)
+        if not m:
+            continue
+        try:
+            os.kill(int(m["pid"]), 0)
+            continue  # alive (or not ours to judge)
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError, ValueError):
+            continue
+        try:
+            os.unlink(os.path.join(folder, name))
+            removed.append(os.path.join(folder, name))
+        except OSError:
+            pass
+    return removed
 
 
 def sha256_of(path: str | os.PathLike[str]) -> str:
