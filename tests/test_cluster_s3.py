@@ -1,18 +1,17 @@
 """thresher on a Spark standalone cluster with every path on S3 (a local S3 server).
 
-One module-scoped setup: an S3 server with a fresh bucket (AWS_* variables of this process point
-at it), a Parquet corpus uploaded to `s3://BUCKET/in/`, a standalone master with TWO workers
-(each with its own working, temp and local directories; the daemons' environment holds no AWS_*
-variable, so the executors reach S3 only through what the application sends them:
-`spark.thresher.executorEnv: AWS_*`), and one SparkSession on it that the jobs reuse.
+Module-scoped: a fresh bucket on the session's S3 server (this process's AWS_* variables point
+at it), a Parquet corpus uploaded to `s3://BUCKET/in/`, and a standalone master with TWO workers,
+each with its own working, temp and local directories; the daemons' environment holds no AWS_*
+variable, so the executors reach S3 only through what the application sends them
+(`spark.thresher.executorEnv: AWS_*`, copied into `spark.executorEnv.*`).
 
-- the recipe job jobs/spark/s3_datamask.yaml (DATAMASK in blocks) run on the cluster with every
+- the recipe, jobs/spark/s3_datamask.yaml through spark-submit (DATAMASK in blocks), with every
   path on s3:// selects the same ids as the same job run by the local engine on local folders;
 - Beam's DirectRunner with every path on s3:// gives the same ids;
 - a SIGKILLed local run resumes on S3 to the same output;
 - a Python worker killed at a commit point on the cluster (THRESHER_FAULT through
-  spark.executorEnv; Spark retries the task) leaves no duplicate and no missing row (last: it
-  replaces the module's Spark application by one with the fault armed).
+  spark.executorEnv; Spark retries the task) leaves no duplicate and no missing row.
 """
 
 from __future__ import annotations
@@ -99,18 +98,6 @@ def start_session(url: str, **extra: str) -> Any:
     return get_session(SparkEngineSpec(master=url, conf={**CONF, **extra}), progress=False)[0]
 
 
-@pytest.fixture(scope="module")
-def spark(cluster: str) -> Iterator[Any]:
-    """The module's session; the last test replaces it by one with a fault armed, so the
-    teardown stops whichever is active."""
-    from pyspark.sql import SparkSession
-
-    yield start_session(cluster)
-    active = SparkSession.getActiveSession()
-    if active is not None:
-        active.stop()
-
-
 # -- reading outputs on S3 or local disk ---------------------------------------------------------
 
 
@@ -170,13 +157,16 @@ def _datamask_overrides(model: Path) -> list[str]:
             "--set", "selector.threads=1"]
 
 
-def test_recipe_job_on_cluster_with_s3_paths(spark: Any, cluster: str, s3: str, corpus: tuple[Path, str],
-                                             tmp_path: Path) -> None:
-    """jobs/spark/s3_datamask.yaml: Parquet from s3:// scored on two workers, DATAMASK in several
-    blocks, shards back on s3://: the same ids as the local engine on local folders."""
+def test_recipe_job_via_spark_submit_with_s3_paths(cluster: str, s3: str, corpus: tuple[Path, str],
+                                                    tmp_path: Path) -> None:
+    """jobs/spark/s3_datamask.yaml through spark-submit, as the README's recipe: Parquet from s3://
+    scored on two workers (the executors get AWS_* from the job's spark.thresher.executorEnv),
+    DATAMASK in several blocks, shards back on s3://: the same ids as the local engine on local
+    folders, and no credential or endpoint in the manifest."""
     from conftest_models import tiny_bert
 
     from thresher.commands.cli import main as thresher_main
+    from thresher.pipelines.java import ensure_java
 
     model = tiny_bert(tmp_path / "bert", head="base")
     sets = _datamask_overrides(model)
@@ -184,15 +174,25 @@ def test_recipe_job_on_cluster_with_s3_paths(spark: Any, cluster: str, s3: str, 
     assert thresher_main(["run", str(JOB_FILE), *sets, "--set", f"input.path={corpus[0]}", "--engine", "local",
                           "--workers", "1", "--output", str(local_out), "-q"]) == 0
     out = f"{s3}/datamask/run1"
-    assert thresher_main(["run", str(JOB_FILE), *sets, "--set", f"input.path={corpus[1]}/", "--master", cluster,
-                          "--output", out, "-q"]) == 0
+    spark_home = os.path.dirname(pyspark.__file__)
+    cmd = [os.path.join(spark_home, "bin", "spark-submit"), "--master", cluster, "--driver-memory", "1g"]
+    for k, v in CONF.items():
+        if k not in ("spark.driver.memory", "spark.thresher.executorEnv"):  # the job file asks for AWS_*
+            cmd += ["--conf", f"{k}={v}"]
+    cmd += [str(ROOT / "thresher" / "pipelines" / "spark_submit.py"), str(JOB_FILE), *sets,
+            "--set", f"input.path={corpus[1]}/", "--output", out, "-q"]
+    env = {**os.environ, "SPARK_HOME": spark_home, "PYSPARK_PYTHON": sys.executable,
+           "PYSPARK_DRIVER_PYTHON": sys.executable, "PYTHONPATH": str(ROOT), "SPARK_LOCAL_IP": "127.0.0.1"}
+    ensure_java(env)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = read_manifest(out)
-    assert manifest["engine"] == "spark"
+    assert manifest["engine"] == "spark" and manifest["job"]["engine"]["spark"]["master"] == cluster
     assert manifest["selection"]["selector_stats"]["blocks"] >= 3
     assert check_complete(out) == check_complete(local_out)
     assert manifest["counts"] == read_manifest(local_out)["counts"]
     text = json.dumps(manifest)
-    assert "testing" not in text and os.environ["AWS_ENDPOINT_URL"] not in text  # no credentials, no endpoint
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] not in text and os.environ["AWS_ENDPOINT_URL"] not in text
 
 
 # -- (ii) Beam DirectRunner on S3 ------------------------------------------------------------------
@@ -236,6 +236,9 @@ def test_sigkilled_local_run_resumes_on_s3(s3: str, corpus: tuple[Path, str], to
     manifest = read_manifest(out)
     assert manifest["resumed_shards"]["score"] >= 1
     assert check_complete(out) == topk_local
+    # the select stage's shuffles spilled under the output prefix (local engine) and cleared it
+    keys = [i.path for i in fs.get_file_info(pafs.FileSelector(inner, recursive=True))]
+    assert not [k for k in keys if "/spill/" in k or ".tmp-" in k], keys
 
 
 # -- (iii) a Python worker killed at a commit point, retried by Spark --------------------------------
@@ -252,16 +255,18 @@ def _failed_tasks(sc: Any) -> int:
     return total
 
 
-def test_killed_python_worker_on_cluster_is_retried(spark: Any, cluster: str, s3: str,
-                                                    corpus: tuple[Path, str], topk_local: list[str]) -> None:
+def test_killed_python_worker_on_cluster_is_retried(cluster: str, s3: str, corpus: tuple[Path, str],
+                                                    topk_local: list[str]) -> None:
     """Every executor's Python worker dies (os._exit) at its 5th commit: mid-shard, between a
     shard's files and its marker. Spark retries the task on a fresh worker; the output has every
     selected row once."""
-    spark.stop()  # executorEnv is fixed when executors start: a new application with the fault armed
-    faulty = start_session(cluster, **{"spark.executorEnv.THRESHER_FAULT": "commit:5"})  # the fixture stops it
-    out = f"{s3}/killed/run1"
-    engine = {"name": "spark", "spark": {"master": cluster, "conf": CONF}}
-    res = run(job_dict(f"{corpus[1]}/", out, engine=engine, **TOPK), progress=False)
-    assert _failed_tasks(faulty.sparkContext) >= 1, "no Python worker was killed"
+    spark = start_session(cluster, **{"spark.executorEnv.THRESHER_FAULT": "commit:5"})
+    try:
+        out = f"{s3}/killed/run1"
+        engine = {"name": "spark", "spark": {"master": cluster, "conf": CONF}}
+        res = run(job_dict(f"{corpus[1]}/", out, engine=engine, **TOPK), progress=False)
+        assert _failed_tasks(spark.sparkContext) >= 1, "no Python worker was killed"
+    finally:
+        spark.stop()
     assert res.manifest["engine"] == "spark"
     assert check_complete(out) == topk_local

@@ -15,8 +15,12 @@ executors get the same Python environment and how a GPU job is submitted.
 Under spark-submit the master, memory and resource settings come from spark-submit (its
 flags, `--conf`, `spark-defaults.conf`); the job's `engine.spark.conf` keys are applied
 too where Spark still accepts them (runtime SQL settings; JVM and executor settings from
-the job are ignored once the JVM runs, so pass those to spark-submit). The job's engine
-is forced to `spark` and its master to the session's master.
+the job are ignored once the JVM runs, so pass those to spark-submit). One exception:
+`spark.thresher.executorEnv` (e.g. `AWS_*`, from the job or `--conf`) copies the named
+variables of the driver's environment to the executors (`spark.executorEnv.NAME`, set before
+the SparkContext starts here; a `--conf spark.executorEnv.NAME` of spark-submit wins), so
+executors reach an object store as the driver does. The job's engine is forced to `spark`
+and its master to the session's master.
 """
 
 from __future__ import annotations
@@ -60,10 +64,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         job = load_job(args.job, overrides)
         if under_spark_submit():
+            from pyspark import SparkConf, SparkContext
             from pyspark.sql import SparkSession
 
+            from thresher.pipelines.spark_engine import ENV_KEY, executor_env
+
             os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-            session = SparkSession.builder.getOrCreate()
+            builder = SparkSession.builder
+            # the context (and so its executors) starts here: the job's spark.thresher.executorEnv
+            # still reaches them; spark-submit's own --conf spark.executorEnv.NAME wins
+            SparkContext._ensure_initialized()  # the JVM spark-submit started: its conf is readable now
+            submitted = SparkConf()  # spark-submit's --conf / spark-defaults.conf (the JVM's spark.* properties)
+            names = submitted.get(ENV_KEY) or str(job.engine.spark.conf.get(ENV_KEY, ""))
+            for k, v in executor_env(names, os.environ).items():
+                if not submitted.contains(k):
+                    builder = builder.config(k, v)
+            session = builder.getOrCreate()
             for k, v in job.engine.spark.conf.items():
                 try:
                     session.conf.set(k, v)
