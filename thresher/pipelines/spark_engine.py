@@ -41,7 +41,7 @@ Engine-specific Spark conf keys (read by thresher, ignored by Spark):
   an object store (`s3://` output and input: endpoint, region, credentials) the way the
   driver does. Only the names live in the job; the values never enter the job or the manifest
   (Spark's UI redacts keys matching `spark.redaction.regex`, e.g. `*SECRET*`, `*TOKEN*`).
-  Under spark-submit the session exists already: pass `--conf spark.executorEnv.NAME=...`.
+  Under spark-submit, `spark_submit.main` applies it before the SparkContext starts.
 
 Paths: the output root (and the input) may be a URI (`s3://...`): executors write their
 shard outputs straight to the store through `thresher.io.storage` and the driver reads only
