@@ -142,7 +142,8 @@ def test_score_columns_with_an_in_memory_table(tmp_path: Path) -> None:
     table, quality, _ = scored_table()
     res = run({"input": {"score_columns": ["quality"], "shard_rows": 64}, "scorers": [],
                "selector": {"type": "topk", "column": "quality", "budget": 0.1},
-               "output": {"path": str(tmp_path / "out")}}, data=table, progress=False)
+               "engine": {"local": {"workers": 1}}, "output": {"path": str(tmp_path / "out")}}, data=table,
+              progress=False)
     assert res.manifest["counts"]["selected"] == 20
     ids = sorted(int(i.rsplit(":", 1)[1]) for i in selected(tmp_path / "out").column("id").to_pylist())
     assert ids == sorted(np.argsort(-quality)[:20].tolist())
