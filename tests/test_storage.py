@@ -209,6 +209,17 @@ def test_bad_storage_paths_fail_fast_on_one_line(tmp_path: Path, small_corpus: P
         mp.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
         msg = _one_line_error(job_dict(small_corpus, f"{s3_bucket}/out"), f"{s3_bucket}/out")
         assert "no S3 credentials" in msg
+    with monkeypatch.context() as mp:  # gs:// with no Google credentials anywhere
+        for k in ("GOOGLE_APPLICATION_CREDENTIALS", "GCE_METADATA_HOST", "STORAGE_EMULATOR_HOST"):
+            mp.delenv(k, raising=False)
+        mp.setenv("CLOUDSDK_CONFIG", str(tmp_path / "none"))
+        try:
+            on_gce = "Google" in Path("/sys/class/dmi/id/product_name").read_text()
+        except OSError:
+            on_gce = False
+        if not on_gce:
+            msg = _one_line_error(job_dict(small_corpus, "gs://some-bucket/out"), "gs://some-bucket/out")
+            assert "no Google Cloud credentials" in msg
     assert _objects(s3_bucket) == []
     assert sorted(os.listdir(tmp_path)) == ["corpus"]
 
@@ -259,6 +270,8 @@ def test_storage_basics_on_s3(s3_bucket: str) -> None:
     (base / "y" / "deep" / "three.json").unlink()
     with pytest.raises(FileNotFoundError):
         (base / "y" / "deep" / "three.json").unlink()
+    assert storage.local_path_or_none("file:///tmp/x/../y") == "/tmp/y" and storage.local_path_or_none(base) is None
+    assert storage.normalize(f"{s3_bucket}//a/./b/../c/") == f"{s3_bucket}/a/c"
     layout = OutputLayout(f"{s3_bucket}/out/")
     assert layout.root == f"{s3_bucket}/out" and layout.part(3) == f"{s3_bucket}/out/part-00003.parquet"
     with pytest.raises(JobError, match="escapes the output folder"):

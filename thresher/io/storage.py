@@ -214,7 +214,7 @@ def options_for(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 # -- filesystems -------------------------------------------------------------------------------
-_cache: dict[Any, pafs.FileSystem] = {}
+_cache: dict[Any, tuple[pafs.FileSystem, str | None]] = {}
 
 
 def filesystem(path: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
@@ -235,18 +235,38 @@ def filesystem(path: str | os.PathLike[str], storage_options: dict[str, Any] | N
     env = tuple(os.environ.get(k) for k in _S3_ENV) if scheme in ("s3", "s3a") else ()
     cache_key = (scheme, netloc if scheme not in ("s3", "s3a", "gs", "gcs") else "",
                  json.dumps(opts, sort_keys=True, default=str), env)
-    fs = _cache.get(cache_key)
-    if fs is None:
+    entry = _cache.get(cache_key)
+    if entry is None:
         fs = _make_filesystem(scheme, netloc, path, opts)
+        entry = (fs, _inner_prefix(fs, scheme, path, key))
         with _lock:
-            _cache[cache_key] = fs
+            _cache[cache_key] = entry
+    fs, prefix = entry
     if scheme in ("s3", "s3a", "gs", "gcs"):
         inner = f"{netloc}/{key}" if key else netloc
     elif isinstance(fs, pafs.PyFileSystem):
         inner = path
+    elif prefix is not None:
+        inner = (prefix + key) if key else (prefix.rstrip("/") or "/")
     else:
-        inner = "/" + key
+        inner = pafs.FileSystem.from_uri(path)[1]
     return fs, inner
+
+
+def _inner_prefix(fs: pafs.FileSystem, scheme: str, path: str, key: str) -> str | None:
+    """How a URI's key maps to a path inside its (from_uri) filesystem: the part before the key
+    (`/` for hdfs://, `CONTAINER/` for abfs://); None: ask `from_uri` for every path."""
+    if scheme in ("s3", "s3a", "gs", "gcs") or isinstance(fs, pafs.PyFileSystem):
+        return None
+    if scheme in ("hdfs", "viewfs"):
+        return "/"
+    try:
+        inner = pafs.FileSystem.from_uri(path)[1]
+    except (pa.ArrowException, OSError, ValueError):
+        return "/"
+    if key and inner.endswith(key):
+        return inner[: len(inner) - len(key)]
+    return None
 
 
 def clear_cache() -> None:
@@ -260,12 +280,16 @@ def _make_filesystem(scheme: str, netloc: str, path: str, opts: dict[str, Any]) 
         if scheme in ("s3", "s3a"):
             return _s3(path, opts)
         if scheme in ("gs", "gcs"):
-            kw: dict[str, Any] = {"retry_time_limit": datetime.timedelta(seconds=15)}
+            kw: dict[str, Any] = {"retry_time_limit": datetime.timedelta(seconds=5)}
             emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+            if not (emulator or _gcs_credentials_known(opts)):
+                raise JobError(f"{path}: no Google Cloud credentials found (set GOOGLE_APPLICATION_CREDENTIALS, "
+                               f"run `gcloud auth application-default login`, or give storage_options: "
+                               f"{{access_token: ..., credential_token_expiration: ...}} or {{anonymous: true}})")
             if emulator and "endpoint_override" not in opts:
                 u = urlsplit(emulator if "://" in emulator else "http://" + emulator)
                 kw.update(endpoint_override=u.netloc, scheme=u.scheme)
-            kw.update(opts)
+            kw.update({k: v for k, v in opts.items() if k != "credentials"})
             return pafs.GcsFileSystem(**kw)
         if scheme in ("hdfs", "viewfs"):
             if opts:
@@ -385,6 +409,22 @@ def s3_settings(path: str, opts: dict[str, Any]) -> dict[str, Any]:
                        f"a profile in ~/.aws/credentials, or storage_options; "
                        f"storage_options: {{anonymous: true}} for a public bucket)")
     return out
+
+
+def _gcs_credentials_known(opts: dict[str, Any]) -> bool:
+    """Whether Google's default credentials have a source (the order google-auth tries them)."""
+    if opts.get("anonymous") or opts.get("access_token") or opts.get("credentials") == "default":
+        return True
+    if os.environ.get("GOOGLE_APPLICATION_CREDENTIALS") or os.environ.get("GCE_METADATA_HOST"):
+        return True
+    gcloud = os.environ.get("CLOUDSDK_CONFIG") or os.path.expanduser("~/.config/gcloud")
+    if os.path.isfile(os.path.join(gcloud, "application_default_credentials.json")):
+        return True
+    try:  # a Google Compute Engine machine: the metadata server holds its service account
+        with open("/sys/class/dmi/id/product_name", encoding="utf-8") as fh:
+            return "Google" in fh.read()
+    except OSError:
+        return False
 
 
 _S3_PASSTHROUGH = ("role_arn", "session_name", "external_id", "load_frequency", "background_writes",
