@@ -28,6 +28,7 @@ import yaml
 
 from conftest import job_dict, write_parquet_corpus
 from thresher import run
+from thresher.common.atomic import write_json_atomic
 from thresher.io import storage
 from thresher.io.output import JobLock, OutputLayout
 from thresher.io.storage import StoragePath
@@ -160,6 +161,13 @@ def test_s3_lease_is_renewed(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) ->
         assert storage.read_json(f"{out}/_thresher/lock")["expires"] > first
         with pytest.raises(JobError, match="in use by another thresher job"):
             JobLock(OutputLayout(out)).acquire()
+        # another job takes the lease over: the next renewal fails its If-Match, commits stop
+        storage.write_bytes(f"{out}/_thresher/lock", b'{"owner": "pid 1 on elsewhere", "expires": 1e12}')
+        time.sleep(0.6)
+        with pytest.raises(JobError, match="lost the lock to another thresher job"):
+            write_json_atomic({"a": 1}, f"{out}/_thresher/state.json")
+        assert not storage.exists(f"{out}/_thresher/state.json")
+    write_json_atomic({"a": 1}, f"{out}/elsewhere.json")  # released: no guard any more
 
 
 def test_s3_marker_without_its_object_is_not_trusted(tmp_path: Path, small_corpus: Path, s3_bucket: str) -> None:

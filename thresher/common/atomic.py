@@ -63,10 +63,26 @@ def guard_parent(pid: int | None) -> None:
     _parent_pid = pid
 
 
+_guards: list[Callable[[str], None]] = []
+
+
+def add_commit_guard(guard: Callable[[str], None]) -> None:
+    """Call `guard(target)` at every commit of this process from now on; it raises to stop the
+    commit (the object-store lease lock refuses commits once another job took the folder over)."""
+    _guards.append(guard)
+
+
+def remove_commit_guard(guard: Callable[[str], None]) -> None:
+    if guard in _guards:
+        _guards.remove(guard)
+
+
 def commit_point(target: str | os.PathLike[str]) -> None:
     """Called just before a finished temporary is renamed onto `target` (on an object store:
     just before the finished object is uploaded under its name)."""
     global _commits
+    for guard in list(_guards):
+        guard(str(target))
     faults = [item.strip().split(":", 1) for item in os.environ.get(FAULT_ENV, "").split(",") if ":" in item]
     for kind, value in faults:
         if kind == "delay":

@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from thresher.common.atomic import commit_point, temp_name, write_error
+from thresher.common.atomic import add_commit_guard, commit_point, remove_commit_guard, temp_name, write_error
 from thresher.io import storage
 from thresher.io.storage import StoragePath
 from thresher.specs import JobError
@@ -549,8 +549,15 @@ class _Lease:
                 who = holder.get("owner", "unknown") if isinstance(holder, dict) else "unknown"
                 raise JobError(_in_use(self.root, str(who)))
         self._etag = etag
+        add_commit_guard(self._guard)
         self._thread = threading.Thread(target=self._renew, name="thresher-lease", daemon=True)
         self._thread.start()
+
+    def _guard(self, target: str) -> None:
+        """No commit under the folder once the lease is lost (another job took it over)."""
+        if self.lost and (target == self.root or target.startswith(self.root + "/")):
+            raise JobError(f"output folder {self.root}: lost the lock to another thresher job (the lease "
+                           f"was not renewed in time); stopped before writing {target}")
 
     def _renew(self) -> None:
         while not self._stop.wait(self.ttl / 3):
@@ -567,6 +574,7 @@ class _Lease:
             self._etag = etag
 
     def release(self) -> None:
+        remove_commit_guard(self._guard)
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
