@@ -196,6 +196,11 @@ class OutputSpec(Strict):
     target_bytes_per_part: int | None = Field(
         None, gt=0, description="re-chunk into parts of about this many bytes (rows per part estimated from "
                                 "the written bytes per row); with target_rows_per_part, the smaller part wins")
+    storage_options: dict[str, Any] | None = Field(
+        None, exclude=True,
+        description="settings of the filesystem that holds `path` when it is a URI (s3://: endpoint_url, region, "
+                    "key, secret, token, anonymous, ...); credentials otherwise come from the standard "
+                    "environment and config files. Never written to the manifest or the run state")
 
 
 class JobSpec(Strict):
@@ -214,11 +219,6 @@ class JobSpec(Strict):
     engine: EngineSpec = Field(default_factory=EngineSpec,
                                description="which engine runs the map stages, and its settings: see Engines")
     output: OutputSpec = Field(default_factory=OutputSpec,
-    storage_options: dict[str, Any] | None = Field(
-        None, exclude=True,
-        description="settings of the filesystem that holds `path` when it is a URI (s3://: endpoint_url, region, "
-                    "key, secret, token, anonymous, ...); credentials otherwise come from the standard "
-                    "environment and config files. Never written to the manifest or the run state")
                                description="the output folder and how its parts are written")
     train: dict[str, Any] | None = Field(
         None, description="settings of `thresher train` on this job's output (see train); null: the defaults")
