@@ -51,7 +51,10 @@ def join(folder: str, name: str) -> str:
 def _children(folder: str) -> list[tuple[str, pafs.FileInfo]]:
     """(name, info) of the entries directly inside `folder`, sorted by name."""
     fs, inner = storage.filesystem(folder)
-    infos = fs.get_file_info(pafs.FileSelector(inner, recursive=False))
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(inner, recursive=False))
+    except (OSError, pa.ArrowException) as exc:
+        raise storage.storage_error(folder, exc, "list") from None
     return sorted(((posixpath.basename(i.path.rstrip("/")), i) for i in infos), key=lambda x: x[0])
 
 
@@ -67,8 +70,9 @@ def walk(folder: str) -> Iterator[tuple[str, list[str], list[str]]]:
     if not is_uri(folder):
         yield from os.walk(folder)
         return
-    dirs = [n for n, i in _children(folder) if i.type == pafs.FileType.Directory]
-    files = [n for n, i in _children(folder) if i.type == pafs.FileType.File]
+    children = _children(folder)
+    dirs = [n for n, i in children if i.type == pafs.FileType.Directory]
+    files = [n for n, i in children if i.type == pafs.FileType.File]
     yield folder, dirs, files
     for d in dirs:
         yield from walk(join(folder, d))
