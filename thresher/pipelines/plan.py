@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from thresher.config import JobSpec
+from thresher.io import storage
 from thresher.io.output import OutputLayout
 from thresher.io.readers import input_columns, score_type_ok
 from thresher.models.fingerprint import MODEL_KEYS
@@ -149,7 +149,7 @@ def _check_settings(job: JobSpec, fail: Any) -> None:
 def _saved_schema(job: JobSpec) -> pa.Schema | None:
     path = OutputLayout(job.output.path).scores(0)
     try:
-        return pq.read_schema(path) if path.exists() else None
+        return storage.read_schema(path) if path.exists() else None
     except Exception:  # a damaged file: the select stage reports it
         return None
 

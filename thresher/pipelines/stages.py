@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from thresher.config import JobSpec
 from thresher.specs import JobError
 from thresher.common.atomic import write_json_atomic
 from thresher.common.progress import Report, no_report
+from thresher.io import storage
 from thresher.io.output import AtomicParquetWriter, OutputLayout
 from thresher.io.readers import REJECT_SCHEMA, InputShard, read_shard
 from thresher.pipelines.parts import output_columns, shard_part_path
@@ -129,8 +129,8 @@ def write_shard(job: JobSpec, shard: InputShard, out_root: str, table: pa.Table 
     if done is not None and done.get("write_hash", done.get("select_hash")) == job.write_hash():
         return {**done, "skipped": True}
     start = time.perf_counter()
-    scores = pq.read_table(layout.scores(shard.index))
-    sel = pq.read_table(layout.selection(shard.index))
+    scores = storage.read_table(layout.scores(shard.index))
+    sel = storage.read_table(layout.selection(shard.index))
     if scores.num_rows != sel.num_rows:
         raise JobError(f"shard {shard.index}: score and selection row counts differ; re-run with --overwrite")
     score_cols = [c for c in scores.column_names if c not in ("id", "_shard", "_row")]
