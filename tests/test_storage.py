@@ -308,3 +308,16 @@ def test_select_in_place_and_into_a_bucket(tmp_path: Path, small_corpus: Path, s
                      "--output", f"{s3_bucket}/copy"]) == 0  # local scores seeded into a bucket
     assert _ids_and_rows(f"{s3_bucket}/copy") == _ids_and_rows(out)
     assert local.manifest["counts"]["selected"] < storage.read_json(f"{out}/_manifest.json")["counts"]["selected"]
+
+
+def test_select_from_a_bucket_into_a_local_folder_and_another_prefix(tmp_path: Path, small_corpus: Path,
+                                                                      s3_bucket: str) -> None:
+    """Saved scores on a bucket seed a new local folder or another prefix of the bucket."""
+    from thresher.commands.cli import main as cli_main
+
+    out = f"{s3_bucket}/out"
+    run(job_dict(small_corpus, out), progress=False)
+    assert cli_main(["select", out, "--set", "selector.budget=0.5", "-q", "--output", str(tmp_path / "here")]) == 0
+    assert cli_main(["select", out, "--set", "selector.budget=0.5", "-q", "--output", f"{s3_bucket}/again"]) == 0
+    assert _ids_and_rows(str(tmp_path / "here")) == _ids_and_rows(f"{s3_bucket}/again")
+    assert storage.read_json(f"{s3_bucket}/again/_manifest.json")["resumed_shards"]["score"] == 3

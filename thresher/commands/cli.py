@@ -16,6 +16,7 @@ from typing import Any
 
 from thresher.common.atomic import atomic_path
 from thresher.config import JobError, JobSpec, job_identity, load_job, safe_load_yaml
+from thresher.io import storage
 from thresher.io.output import JobLock, OutputLayout, check_storage_path
 from thresher.selectors.registry import SELECTORS, selector_class
 from thresher.specs import config_diff
@@ -144,10 +145,12 @@ def cmd_select(args: argparse.Namespace) -> int:
                        "(use thresher run for that)")
     at_src = job.model_copy(update={"output": job.output.model_copy(update={"path": str(src.root)})})
     check_plan(at_src, reselect=True)  # before another folder is seeded with the scores
-    in_place = not args.output or Path(args.output).resolve() == src.root
+    dst = (storage.normalize(args.output) if storage.is_remote(args.output) else Path(args.output).resolve()
+           ) if args.output else None
+    in_place = dst is None or str(dst) == str(src.root)
     if not in_place:
         check_storage_path(args.output, "--output")
-    print(_reselect_line(src.root, None if in_place else Path(args.output).resolve(),
+    print(_reselect_line(src.root, None if in_place else dst,
                          config_diff(job_identity(state["job"]), job.identity())), file=sys.stderr)
     try:
         with _sigterm_stops_run():
@@ -212,7 +215,7 @@ def _copy_scores(src: OutputLayout, dst: OutputLayout) -> None:
     with JobLock(dst):  # refuses a folder that is neither thresher's own nor new/empty, creating nothing
         if not dst.state.exists():
             with atomic_path(dst.state) as tmp:
-                shutil.copy2(src.state, tmp)
+                _copy_file(src.state, tmp, link=False)
         for marker in sorted(src.marker("score", 0).parent.glob("score-*.json")):
             i = int(marker.stem.split("-", 1)[1])
             if dst.marker("score", i).exists():
@@ -220,16 +223,25 @@ def _copy_scores(src: OutputLayout, dst: OutputLayout) -> None:
             for a, b in ((src.scores(i), dst.scores(i)), (src.rejected(i), dst.rejected(i))):
                 if a.exists():
                     with atomic_path(b) as tmp:
-                        _link_or_copy(str(a), str(tmp))
+                        _copy_file(a, tmp, link=True)
             with atomic_path(dst.marker("score", i)) as tmp:
-                shutil.copy2(marker, tmp)
+                _copy_file(marker, tmp, link=False)
 
 
-def _link_or_copy(a: str, b: str) -> None:
-    try:
-        os.link(a, b)
-    except OSError:
-        shutil.copy2(a, b)
+def _copy_file(a: str | os.PathLike[str], tmp: str | os.PathLike[str], link: bool) -> None:
+    """Copy `a` (a local path or an object-store URI) to the local temporary `tmp` (a hard
+    link where asked and possible)."""
+    if storage.is_remote(a):
+        with storage.open_input(str(a)) as src, open(tmp, "wb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+        return
+    if link:
+        try:
+            os.link(a, tmp)
+            return
+        except OSError:
+            pass
+    shutil.copy2(a, tmp)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
