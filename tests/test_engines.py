@@ -313,6 +313,30 @@ def test_unknown_beam_option_is_a_clear_error(corpus_dir: Path, tmp_path: Path) 
         run(job, progress=False)
 
 
+def test_remote_beam_runner_needs_temp_location(corpus_dir: Path, tmp_path: Path) -> None:
+    """Workers of a remote runner cannot write their result lines into the driver's temp folder."""
+    job = job_dict(corpus_dir, tmp_path / "o", engine={"name": "beam", "beam": {"runner": "PortableRunner"}})
+    with pytest.raises(JobError, match=r"engine.beam.runner 'PortableRunner': set engine.beam.options.temp_location"):
+        run(job, progress=False)
+
+
+def test_executor_env_forwards_named_driver_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    from thresher.pipelines.spark_engine import default_conf, executor_env
+
+    env = {"AWS_REGION": "eu-west-1", "AWS_ENDPOINT_URL": "http://s3.local", "HOME": "/root", "AWSX": "no"}
+    assert executor_env("AWS_*, HOME", env) == {"spark.executorEnv.AWS_ENDPOINT_URL": "http://s3.local",
+                                               "spark.executorEnv.AWS_REGION": "eu-west-1",
+                                               "spark.executorEnv.HOME": "/root"}
+    assert executor_env("", env) == {}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    conf = default_conf(SparkEngineSpec(conf={"spark.thresher.executorEnv": "AWS_*",
+                                              "spark.executorEnv.AWS_REGION": "us-east-1"}), progress=False)
+    assert conf["spark.executorEnv.AWS_ENDPOINT_URL"] == "http://s3.local"
+    assert conf["spark.executorEnv.AWS_REGION"] == "us-east-1"  # the job's own key wins
+    assert "spark.executorEnv.HOME" not in conf
+
+
 def test_other_session_master_is_refused(spark: Any, corpus_dir: Path, tmp_path: Path) -> None:
     job = job_dict(corpus_dir, tmp_path / "o", engine={"name": "spark", "spark": {"master": "local[1]"}})
     with pytest.raises(JobError, match=r"already running in this process"):
