@@ -1,6 +1,7 @@
-"""One big input file spreads over several shards: Parquet by runs of row groups, JSONL by byte
-ranges cut at line starts; ids, rows and rejects equal the whole-file read; jobs on a split file
-select what the unsplit job selects; resume stays shard-level. Also `file://` input URIs."""
+"""One big input file spreads over several shards: Parquet by row ranges (cut at row-group
+boundaries where one is near, else inside a row group), JSONL by byte ranges cut at line
+starts; ids, rows and rejects equal the whole-file read; jobs on a split file select what the
+unsplit job selects; resume stays shard-level. Also `file://` input URIs."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def read_all(spec: InputSpec) -> tuple[pa.Table, pa.Table, list]:
     return pa.Table.from_batches(goods), pa.Table.from_batches(bads, schema=readers.REJECT_SCHEMA), shards
 
 
-def write_big_parquet(path: Path, rows: int, group: int) -> Path:
+def write_big_parquet(path: Path, rows: int, group: int | None) -> Path:
+    """`group` None: pyarrow's default, one row group for up to 1,048,576 rows."""
     docs = make_docs(rows, seed=3, min_words=5, max_words=30)
     pq.write_table(pa.table({"text": docs, "n": list(range(rows))}), path, row_group_size=group)
     return path
@@ -44,8 +46,8 @@ def test_parquet_file_splits_by_row_groups_and_reads_like_the_whole(tmp_path: Pa
     whole, _, one = read_all(InputSpec(path=str(path), batch_rows=64))
     split, _, shards = read_all(InputSpec(path=str(path), batch_rows=64, shard_rows=400))
     assert len(one) == 1 and one[0].hi is None
-    assert len(shards) == 3  # ceil(1000 / 400) runs of contiguous row groups, cut nearest 333 and 667 rows
-    assert [(s.lo, s.hi) for s in shards] == [(0, 3), (3, 7), (7, 10)]
+    assert len(shards) == 3  # ceil(1000 / 400) ranges cut at the row-group boundaries nearest 333 and 667 rows
+    assert [(s.lo, s.hi) for s in shards] == [(0, 300), (300, 700), (700, 1000)]
     assert [s.rows for s in shards] == [300, 400, 300] and [s.start for s in shards] == [0, 300, 700]
     assert len({s.fingerprint for s in shards}) == 3 and one[0].fingerprint not in {s.fingerprint for s in shards}
     assert split.equals(whole)  # same ids (`big.parquet:<row in the file>`), same order, same _row
@@ -53,15 +55,70 @@ def test_parquet_file_splits_by_row_groups_and_reads_like_the_whole(tmp_path: Pa
     assert shards[1].name.endswith("[rows 300:700]")
 
 
-def test_row_group_runs() -> None:
-    assert splits.row_group_runs([12886], 1000) == [(0, 1)]  # one huge row group stays one shard
-    assert splits.row_group_runs([10] * 10, 1000) == [(0, 10)]
-    assert splits.row_group_runs([], 10) == [(0, 0)]
-    assert splits.row_group_runs([5, 5, 5, 5], 10) == [(0, 2), (2, 4)]
-    assert splits.row_group_runs([0, 5, 0, 5, 0], 5) == [(0, 2), (2, 5)]  # no empty run
-    runs = splits.row_group_runs([1024] * 12 + [598], 2000)  # 12,886 rows in 13 groups -> 7 shards
-    assert len(runs) == 7 and runs[0][0] == 0 and runs[-1][1] == 13
-    assert all(a[1] == b[0] for a, b in zip(runs, runs[1:]))
+def test_one_row_group_splits_inside_it_and_reads_like_the_whole(tmp_path: Path) -> None:
+    """pandas / pyarrow write one row group: the file still becomes ceil(2500 / 1000) shards,
+    whose union is the whole-file read (ids, _row, order, rejected rows)."""
+    docs = make_docs(2500, seed=4, min_words=5, max_words=30)
+    for i in (0, 999, 1000, 1666, 1667, 2499, 1234):  # rejects on both sides of the cuts
+        docs[i] = "   " if i % 2 else None
+    path = tmp_path / "one.parquet"
+    pq.write_table(pa.table({"text": docs, "n": list(range(2500))}), path)
+    assert pq.ParquetFile(path).metadata.num_row_groups == 1
+    for batch_rows in (64, 333, 5000):
+        whole, whole_bad, one = read_all(InputSpec(path=str(path), batch_rows=batch_rows, shard_rows=5000))
+        good, bad, shards = read_all(InputSpec(path=str(path), batch_rows=batch_rows, shard_rows=1000))
+        assert len(one) == 1 and len(shards) == 3
+        assert [(s.start, s.rows) for s in shards] == [(0, 833), (833, 833), (1666, 834)]
+        assert all((s.lo, s.hi) == (s.start, s.start + s.rows) for s in shards)
+        assert len({s.fingerprint for s in shards}) == 3
+        assert good.equals(whole) and good.num_rows == 2493
+        assert good.column("id").to_pylist() == [f"one.parquet:{r}" for r in good.column("_row").to_pylist()]
+        assert good.column("n").to_pylist() == good.column("_row").to_pylist()
+        assert bad.equals(whole_bad) and sorted(bad.column("_row").to_pylist()) == [0, 999, 1000, 1234, 1666, 1667,
+                                                                                    2499]
+    assert plan_shards(InputSpec(path=str(path), shard_rows=1000)) == shards  # deterministic
+
+
+def test_many_small_row_groups_still_cut_between_groups(tmp_path: Path) -> None:
+    path = write_big_parquet(tmp_path / "groups.parquet", 2500, 50)  # 50 groups of 50 rows
+    whole, _, _ = read_all(InputSpec(path=str(path), batch_rows=64, shard_rows=5000))
+    good, _, shards = read_all(InputSpec(path=str(path), batch_rows=64, shard_rows=1000))
+    assert [(s.lo, s.hi) for s in shards] == [(0, 850), (850, 1650), (1650, 2500)]  # nearest 833 and 1667
+    assert all(s.lo % 50 == 0 for s in shards) and good.equals(whole)
+
+
+def test_default_shard_rows_splits_a_12886_row_file_in_two(tmp_path: Path) -> None:
+    path = write_big_parquet(tmp_path / "issue.parquet", 12_886, None)
+    assert pq.ParquetFile(path).metadata.num_row_groups == 1
+    spec = InputSpec(path=str(path))
+    assert spec.shard_rows == 10_000
+    shards = plan_shards(spec)
+    assert [(s.start, s.rows) for s in shards] == [(0, 6443), (6443, 6443)]
+    assert shards[1].name.endswith("[rows 6443:12886]")
+
+
+def test_row_ranges() -> None:
+    assert splits.row_ranges([12886], 1000) == [(k * 12886 // 13, (k + 1) * 12886 // 13) for k in range(13)]
+    assert splits.row_ranges([10] * 10, 1000) == [(0, 100)]
+    assert splits.row_ranges([], 10) == [(0, 0)]
+    assert splits.row_ranges([5, 5, 5, 5], 10) == [(0, 10), (10, 20)]
+    assert splits.row_ranges([0, 5, 0, 5, 0], 5) == [(0, 5), (5, 10)]
+    assert splits.row_ranges([100, 100], 100) == [(0, 100), (100, 200)]
+    # a boundary within a quarter of a shard (s = 100) of the even cut wins; one further away does not
+    assert splits.row_ranges([125, 75], 100) == [(0, 125), (125, 200)]
+    assert splits.row_ranges([126, 74], 100) == [(0, 100), (100, 200)]
+    assert splits.row_ranges([1024] * 12 + [598], 2000) == [  # 12,886 rows in 13 groups -> 7 shards
+        (0, 2048), (2048, 4096), (4096, 5120), (5120, 7168), (7168, 9216), (9216, 11264), (11264, 12886)]
+    rng = random.Random(1)
+    for _ in range(2000):
+        sizes = [rng.choice([0, 1, 2, 7, 50, 300, 1000]) for _ in range(rng.randint(0, 8))]
+        target = rng.randint(1, 400)
+        ranges = splits.row_ranges(sizes, target)
+        total = sum(sizes)
+        assert ranges[0][0] == 0 and ranges[-1][1] == total
+        assert all(a[1] == b[0] and b[1] > b[0] for a, b in zip(ranges, ranges[1:]))
+        assert len(ranges) == max(1, -(-total // target))  # ceil(total / target) shards
+        assert all(hi - lo <= 1.5 * target + 1 for lo, hi in ranges)  # s + s / 4 + s / 4 at most, s <= target
 
 
 # -- JSONL -----------------------------------------------------------------------------------
@@ -171,6 +228,21 @@ def test_job_on_a_split_file_with_two_workers_selects_like_unsplit(tmp_path: Pat
                          input={"path": str(path), "shard_rows": 200}, engine={"local": {"workers": 2}}),
                 progress=False)
     assert len(whole.manifest["inputs"]) == 1 and len(split.manifest["inputs"]) >= 4
+    assert selected_ids(tmp_path / "whole") == selected_ids(tmp_path / "split")
+    assert whole.manifest["counts"] == split.manifest["counts"]
+
+
+def test_job_on_a_one_row_group_file_with_two_workers_selects_like_unsplit(tmp_path: Path) -> None:
+    path = write_big_parquet(tmp_path / "one.parquet", 900, None)
+    assert pq.ParquetFile(path).metadata.num_row_groups == 1
+    scorers = [{"type": "heuristics"}]
+    sel = {"type": "topk", "column": "heuristics_stopword_count", "budget": 0.3}
+    whole = run(job_dict(path, tmp_path / "whole", scorers=scorers, selector=sel,
+                         input={"path": str(path), "shard_rows": 1_000_000}), progress=False)
+    split = run(job_dict(path, tmp_path / "split", scorers=scorers, selector=sel,
+                         input={"path": str(path), "shard_rows": 200}, engine={"local": {"workers": 2}}),
+                progress=False)
+    assert len(whole.manifest["inputs"]) == 1 and len(split.manifest["inputs"]) == 5
     assert selected_ids(tmp_path / "whole") == selected_ids(tmp_path / "split")
     assert whole.manifest["counts"] == split.manifest["counts"]
 

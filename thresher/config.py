@@ -56,9 +56,13 @@ class InputSpec(Strict):
                               "or fail the job")
     batch_rows: int = Field(2048, gt=0, description="rows read and scored at a time (bounds the memory per worker)")
     shard_rows: int = Field(
-        50_000, gt=0, description="rows per shard: in-memory tables are sliced, text files grouped, and a big "
-                                  "Parquet file (runs of row groups) or uncompressed JSONL file (byte ranges at "
-                                  "line starts) split, so one file spreads over the workers")
+        10_000, gt=0, description="rows per shard for Parquet, JSONL and in-memory inputs (files per shard for "
+                                  "text-file inputs): a big Parquet file is split into row ranges (at row-group "
+                                  "boundaries where one is near, else inside a row group), an uncompressed JSONL "
+                                  "file into byte ranges at line starts, a table into slices, so one file spreads "
+                                  "over the workers; a shard is one map task (scored by one worker) and one output "
+                                  "part unless output.target_rows_per_part is set; lower it for expensive model "
+                                  "scorers")
     score_columns: list[str] = Field(
         default_factory=list,
         description="input columns that come with scores (numbers, booleans, or embeddings as lists of floats): "

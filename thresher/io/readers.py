@@ -6,9 +6,10 @@ document per file), and an in-memory `pyarrow.Table` or `datasets.Dataset`; a pa
 local or a URI (`s3://`, `gs://`, `hdfs://`, `file://`): every input file is listed, opened
 and read through `thresher.io.sources` (over `thresher.io.storage`).
 
-A shard is a file, a group of text files, a slice of a table, or a part of a big file: a run
-of a Parquet file's row groups or a byte range of an uncompressed JSONL file, about
-`shard_rows` rows each (`thresher.io.splits`), so one big file spreads over the workers.
+A shard is a file, a group of text files, a slice of a table, or a part of a big file: a row
+range of a Parquet file (cut at a row-group boundary where one is near, else inside a row
+group) or a byte range of an uncompressed JSONL file, about `shard_rows` rows each
+(`thresher.io.splits`), so one big file spreads over the workers.
 
 Every batch a reader yields is split into
 - `good`: `id`, `text` (and `prompt`, `response` for instruction data), `_row` (the
@@ -48,7 +49,7 @@ import pyarrow.parquet as pq
 
 from thresher.config import InputSpec, JobError
 from thresher.io import sources
-from thresher.io.splits import block_size, line_ranges, row_group_runs, scan_lines
+from thresher.io.splits import block_size, line_ranges, row_ranges, scan_lines
 
 PARQUET_EXT = (".parquet", ".pq")
 JSONL_EXT = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".ndjson.gz", ".jsonl.zst", ".json.zst",
@@ -77,7 +78,7 @@ codecs.register_error("thresher.invalid", _mark_invalid)
 
 @dataclass(frozen=True)
 class InputShard:
-    """One unit of map work: a file, a part of a file (a run of Parquet row groups, a byte
+    """One unit of map work: a file, a part of a file (a row range of a Parquet file, a byte
     range of a JSONL file), a group of text files, or a slice of a table."""
 
     index: int
@@ -87,7 +88,7 @@ class InputShard:
     rows: int | None = None
     start: int = 0  # first row of a memory slice; of a part of a file, its first row in the file
     root: str = ""  # common folder, for ids and display
-    lo: int = 0  # a part of a file: its first row group (Parquet) or byte (JSONL)
+    lo: int = 0  # a part of a file: its first row (Parquet: lo == start) or byte (JSONL)
     hi: int | None = None  # ... and the end of that range (exclusive); None: the whole file
 
     @property
@@ -222,14 +223,11 @@ def plan_shards(spec: InputSpec, table: pa.Table | None = None) -> list[InputSha
         if kind == "parquet":
             rows, schema, groups = _check_parquet(spec, p)
             schemas.append((p, schema))
-            runs = row_group_runs(groups, spec.shard_rows)
-            if len(runs) > 1:
-                first = 0
-                for lo, hi in runs:
-                    n = sum(groups[lo:hi])
-                    shards.append(InputShard(len(shards), kind, (p,), _fingerprint([p], f"row_groups={lo}:{hi}"), n,
-                                             start=first, root=root, lo=lo, hi=hi))
-                    first += n
+            ranges = row_ranges(groups, spec.shard_rows)
+            if len(ranges) > 1:
+                for lo, hi in ranges:
+                    shards.append(InputShard(len(shards), kind, (p,), _fingerprint([p], f"rows={lo}:{hi}"), hi - lo,
+                                             start=lo, root=root, lo=lo, hi=hi))
                 continue
         elif kind == "jsonl":
             kind = _probe_json(spec, p)
@@ -581,8 +579,10 @@ def _raw_batches(shard: InputShard, spec: InputSpec, table: pa.Table | None) -> 
     try:
         if shard.kind == "parquet":
             with sources.parquet_file(path) as pf:
-                groups = None if shard.hi is None else list(range(shard.lo, shard.hi))
-                yield from pf.iter_batches(batch_size=spec.batch_rows, row_groups=groups)
+                if shard.hi is None:
+                    yield from pf.iter_batches(batch_size=spec.batch_rows)
+                else:
+                    yield from _parquet_range(pf, shard.lo, shard.hi, spec.batch_rows)
         elif shard.kind == "arrow":
             with sources.open_arrow(path) as src:
                 for b in pa.ipc.open_stream(src):
@@ -592,6 +592,32 @@ def _raw_batches(shard: InputShard, spec: InputSpec, table: pa.Table | None) -> 
             raise ValueError(f"unknown shard kind {shard.kind}")
     except (OSError, pa.ArrowException) as exc:
         raise JobError(f"{path}: read failed ({_one_line(exc)})") from None
+
+
+def _parquet_range(pf: pq.ParquetFile, lo: int, hi: int, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """Rows [lo, hi) of a Parquet file (file-global row numbers): its row groups that overlap
+    the range, read in order, each batch sliced to the range."""
+    meta = pf.metadata
+    groups, pos, first = [], 0, None  # first: the file row of the first row of the groups read
+    for g in range(meta.num_row_groups):
+        n = meta.row_group(g).num_rows
+        if n and pos < hi and pos + n > lo:
+            groups.append(g)
+            first = pos if first is None else first
+        pos += n
+    if first is None:
+        raise OSError(f"the file holds {pos} rows, not rows {lo}:{hi} (it changed since planning?)")
+    pos = first
+    for b in pf.iter_batches(batch_size=batch_rows, row_groups=groups):
+        end = pos + b.num_rows
+        if end > lo and b.num_rows:
+            a = max(lo - pos, 0)
+            yield b.slice(a, min(end, hi) - pos - a)
+        pos = end
+        if pos >= hi:
+            return
+    if pos < hi:
+        raise OSError(f"the file ends at row {pos}, before row {hi} (it changed since planning?)")
 
 
 def _as_text(arr: pa.Array) -> tuple[pa.Array, pa.Array | None]:

@@ -1,8 +1,13 @@
 """Where one big input file is cut into several shards, so it spreads over every worker.
 
-- Parquet: at row-group boundaries. A file of R rows becomes n = ceil(R / shard_rows) runs of
-  contiguous row groups, each cut at the row-group boundary nearest to k * R / n rows; a file
-  with one (huge) row group stays one shard.
+- Parquet: row ranges. A file of R rows becomes n = ceil(R / shard_rows) ranges [start, end)
+  of about s = R / n rows each. Cut k (1 <= k < n) lies at the row-group boundary nearest to
+  k * R / n rows when one lies within s / 4 rows of it (a tie: the lower one), else at row
+  floor(k * R / n), inside a row group: a file of many small row groups is cut between them,
+  and a file written with one huge row group (pandas' and pyarrow's default, up to 1,048,576
+  rows) is still split. A shard's reader decodes the row groups that overlap its range and
+  keeps only the range's rows (what lies before the range in its first group is decoded and
+  dropped), numbered through the file.
 - JSONL (uncompressed, UTF-8): at line starts. Planning reads the file once and counts the
   lines that start in each block of B bytes (a line ends at \\r\\n, \\n or a lone \\r, as the
   reader splits them; B = the smallest power of two >= size / 65,536 and >= 4 KiB, so a file has
@@ -19,6 +24,7 @@ same shards.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -35,23 +41,20 @@ def block_size(size: int) -> int:
     return block
 
 
-def row_group_runs(sizes: list[int], target: int) -> list[tuple[int, int]]:
-    """Runs [lo, hi) of row groups holding about `target` rows each (see the module docstring)."""
+def row_ranges(sizes: list[int], target: int) -> list[tuple[int, int]]:
+    """Row ranges [start, end) of a Parquet file whose row groups hold `sizes` rows, about
+    `target` rows each (see the module docstring); [(0, R)] when the file holds at most `target`."""
     total = sum(sizes)
     n = math.ceil(total / target) if target > 0 else 1
-    if n <= 1 or len(sizes) <= 1:
-        return [(0, len(sizes))]
-    bounds = [0]
-    for s in sizes:
-        bounds.append(bounds[-1] + s)
-    # inner boundaries with distinct row counts (the first index of each, so empty groups stay
-    # with the run before them)
-    inner: list[int] = []
-    for i in range(1, len(sizes)):
-        if bounds[i] > 0 and bounds[i] < total and (not inner or bounds[inner[-1]] != bounds[i]):
-            inner.append(i)
-    cuts = sorted({_nearest([bounds[i] for i in inner], k * total / n, inner) for k in range(1, n)} - {None})
-    edges = [0, *cuts, len(sizes)]
+    if n <= 1:
+        return [(0, total)]
+    bounds = sorted({b for b in itertools.accumulate(sizes) if 0 < b < total})  # inner row-group boundaries
+    cuts = []
+    for k in range(1, n):
+        near = _nearest(bounds, k * total / n, bounds)
+        # within a quarter of a shard (s = total / n): |near - k * total / n| <= s / 4, in integers
+        cuts.append(near if near is not None and 4 * abs(near * n - k * total) <= total else k * total // n)
+    edges = [0, *cuts, total]
     return [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
 
 
