@@ -43,8 +43,12 @@ driver peak RSS (goal <= 1.2x), time (goal ~ N ratio: linear) and docs/s.
 
 Results merge into benchmarks/results/scale.json (a run replaces the row of the same code label,
 N, D, engine and selector) and scale.md is rendered from all rows. `--label` names the code
-measured (default: the git commit), e.g. `--label before` for the select stage that held every
-column in the driver.
+measured (default `after` for the distributed select stage, `before` for the older one that held
+every column in the driver; each row also records its commit). The "before" rows come from a source
+tree of the commit before the distributed select stage, measured with --code:
+
+    git archive 599db70 thresher | tar -x -C /tmp/thresher-before
+    .venv/bin/python benchmarks/bench_scale.py --sizes 1000000 --code /tmp/thresher-before
 """
 
 from __future__ import annotations
@@ -379,10 +383,20 @@ def child_score(c: dict[str, Any]) -> dict[str, Any]:
     return {"score_s": round(time.perf_counter() - t, 2), "rows": r.manifest["counts"].get("input_rows")}
 
 
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # a parent package is missing
+        return False
+
+
 def child_probe(c: dict[str, Any]) -> dict[str, Any]:
     import thresher
 
     return {"score_columns": has_score_columns(), "thresher": str(Path(thresher.__file__).parent),
+            "distributed_select": _importable(SELECT_STAGES[0]),
             "version": getattr(thresher, "__version__", "?")}
 
 
@@ -521,7 +535,8 @@ def merge(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> dict[
     runs = [r for r in old.get("runs", []) if run_key(r) not in new_keys] + rows
     runs.sort(key=lambda r: (r["label"], r["dim"], r["engine"], r["selector"], r["n"]))
     metas = old.get("meta_by_label", {})
-    metas[meta["label"]] = meta
+    note = meta.get("note") or metas.get(meta["label"], {}).get("note")
+    metas[meta["label"]] = {**meta, **({"note": note} if note else {})}
     return {"meta_by_label": metas, "runs": runs}
 
 
@@ -560,7 +575,9 @@ def render(data: dict[str, Any]) -> str:
              "(local pool worker / Spark Python worker), or the select stage's own `*rss*` stat when it "
              "reports one (marked *).", ""]
     for label, meta in sorted(data.get("meta_by_label", {}).items()):
-        lines.append(f"- `{label}`: commit {meta.get('commit')}, {meta.get('date')}, {meta.get('machine')}, "
+        commits = sorted({str(r.get("commit", meta.get("commit"))) for r in runs if r["label"] == label})
+        lines.append(f"- `{label}`: {', '.join(commits) or meta.get('commit')}; last run {meta.get('date')}, "
+                     f"{meta.get('machine')}, "
                      f"columns via {meta.get('columns_via')}; load average {meta.get('load_before')} -> "
                      f"{meta.get('load_after')}" + (f"; {meta['note']}" if meta.get("note") else ""))
     lines += ["", "| code | engine | selector | D | N | select (s) | docs/s | driver peak MB (+ over start) | "
@@ -598,11 +615,32 @@ def render(data: dict[str, Any]) -> str:
         lines += ["", "Ratios, largest N over smallest N (goals: driver peak <= 1.2x; time ~ the N ratio):", "",
                   "| code | engine | selector | D | N ratio | driver peak | JVM peak | time | docs/s |",
                   "|---|---|---|---|---|---|---|---|---|", *ratio_rows]
-    lines += ["", "- select (s): the select stage's wall time (the `stages.select` call; no score, no write); "
-                  "docs/s = N / that.",
+    cmp_rows = []
+    ok = {run_key(r): r for r in runs if not r.get("error")}
+    for (label, n, dim, engine, selector), a in sorted(ok.items()):
+        b = ok.get(("after", n, dim, engine, selector))
+        if label != "before" or b is None:
+            continue
+        jvm = (f"{_mb(a.get('jvm_hwm_mb'))} -> {_mb(b.get('jvm_hwm_mb'))}" if a.get("jvm_hwm_mb") else "-")
+        ta, tb = task_peak(a)[0], task_peak(b)[0]
+        cmp_rows.append(
+            f"| {engine} | {selector} | {dim} | {_fmt_n(n)} | {_mb(a['driver_hwm_mb'])} -> {_mb(b['driver_hwm_mb'])} "
+            f"(+{_mb(_growth(a))} -> +{_mb(_growth(b))}) | {jvm} | {_mb(ta)} -> {_mb(tb)} | "
+            f"{a['select_s']:.1f} -> {b['select_s']:.1f} |")
+    if cmp_rows:
+        lines += ["", "Before -> after at the same N (driver peak, and in brackets what the stage added over the "
+                      "driver's RSS at its start):", "",
+                  "| engine | selector | D | N | driver peak MB | JVM peak MB | task peak MB | select (s) |",
+                  "|---|---|---|---|---|---|---|---|", *cmp_rows]
+    lines += ["", "- select (s): the select stage's wall time (`thresher.pipelines.selection.stage.select`; before: "
+                  "`thresher.pipelines.stages.select`), no score, no write; docs/s = N / that.",
               "- clusters: the `clusters` global scorer (k-means on k = max(100, N/10k) centroids, SemDeDup flags) "
                   "and then topk on quality.",
-              "- a shared 2-core machine: wall times move with the neighbours; the memory figures do not."]
+              "- `before` (the select stage that read the whole score table into the driver): with one DATAMASK "
+                  "block (N <= block_size) the local engine solves it in the driver process itself, so the task "
+                  "column shows an idle pool worker there; on Spark the block went to a Python worker through the JVM.",
+              "- a shared 2-core machine: wall times move with the neighbours (the load average is in the header); "
+                  "the memory figures do not."]
     return "\n".join(lines) + "\n"
 
 
@@ -622,7 +660,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", help="scored folders (default out/bench_scale/work)")
     ap.add_argument("--results", default=str(HERE / "results"), help="where scale.json / scale.md go")
     ap.add_argument("--results-name", default="scale", help="results file stem (default scale)")
-    ap.add_argument("--label", help="names the code measured (default: the git commit, or --code's folder name)")
+    ap.add_argument("--label", help="names the code measured (default: `after` where the select stage is the "
+                                    "distributed one, thresher.pipelines.selection.stage, else `before`); "
+                                    "ratios compare sizes within one label")
     ap.add_argument("--code", help="measure the thresher package under this folder (e.g. a `git archive` of an "
                                    "older commit) instead of the installed one; put first on the children's PYTHONPATH")
     ap.add_argument("--note", help="a note for this label in the table header")
@@ -653,8 +693,9 @@ def main(argv: list[str] | None = None) -> int:
     if "error" in probe:
         raise SystemExit(f"bench_scale: thresher does not import: {probe['error']}")
     via = "input" if probe["score_columns"] else "scorer"
-    label = args.label or (Path(code).name if code else git_commit())
-    meta = {"label": label, "commit": git_commit() if not code else f"source tree {code}",
+    label = args.label or ("after" if probe["distributed_select"] else "before")
+    commit = git_commit() if not code else f"source tree {code}"
+    meta = {"label": label, "commit": commit,
             "thresher": probe["thresher"], "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
             "columns_via": "input.score_columns" if via == "input" else "pass-through scorer (no input.score_columns)",
@@ -685,7 +726,8 @@ def main(argv: list[str] | None = None) -> int:
                 scored[scoreset] = run_child("score", base, args.timeout)
                 print(f"  score ({scoreset}): {scored[scoreset]}", flush=True)
             for engine in engines:
-                row: dict[str, Any] = {"label": label, "n": n, "dim": args.dim, "engine": engine, "selector": selector,
+                row: dict[str, Any] = {"label": label, "commit": commit, "n": n, "dim": args.dim, "engine": engine,
+                                       "selector": selector,
                                        "columns_via": via, "expected_selected": math.floor(BUDGET * n + 1e-9)}
                 if selector == "clusters":
                     row["clusters_k"] = args.clusters_k or clusters_k(n)
