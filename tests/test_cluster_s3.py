@@ -157,22 +157,32 @@ def _datamask_overrides(model: Path) -> list[str]:
             "--set", "selector.threads=1"]
 
 
+@pytest.fixture(scope="module")
+def datamask_local(corpus: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Path]:
+    """The recipe job made test-sized (its --set overrides) and its output by the local engine on
+    local folders: what every engine must select on s3://."""
+    from conftest_models import tiny_bert
+
+    from thresher.commands.cli import main as thresher_main
+
+    tmp = tmp_path_factory.mktemp("datamask")
+    sets = _datamask_overrides(tiny_bert(tmp / "bert", head="base"))
+    local_out = tmp / "local"
+    assert thresher_main(["run", str(JOB_FILE), *sets, "--set", f"input.path={corpus[0]}", "--engine", "local",
+                          "--workers", "1", "--output", str(local_out), "-q"]) == 0
+    assert read_manifest(str(local_out))["selection"]["selector_stats"]["blocks"] >= 3
+    return sets, local_out
+
+
 def test_recipe_job_via_spark_submit_with_s3_paths(cluster: str, s3: str, corpus: tuple[Path, str],
-                                                    tmp_path: Path) -> None:
+                                                    datamask_local: tuple[list[str], Path], tmp_path: Path) -> None:
     """jobs/spark/s3_datamask.yaml through spark-submit, as the README's recipe: Parquet from s3://
     scored on two workers (the executors get AWS_* from the job's spark.thresher.executorEnv),
     DATAMASK in several blocks, shards back on s3://: the same ids as the local engine on local
     folders, and no credential or endpoint in the manifest."""
-    from conftest_models import tiny_bert
-
-    from thresher.commands.cli import main as thresher_main
     from thresher.pipelines.java import ensure_java
 
-    model = tiny_bert(tmp_path / "bert", head="base")
-    sets = _datamask_overrides(model)
-    local_out = tmp_path / "local"
-    assert thresher_main(["run", str(JOB_FILE), *sets, "--set", f"input.path={corpus[0]}", "--engine", "local",
-                          "--workers", "1", "--output", str(local_out), "-q"]) == 0
+    sets, local_out = datamask_local
     out = f"{s3}/datamask/run1"
     spark_home = os.path.dirname(pyspark.__file__)
     cmd = [os.path.join(spark_home, "bin", "spark-submit"), "--master", cluster, "--driver-memory", "1g"]
@@ -198,13 +208,21 @@ def test_recipe_job_via_spark_submit_with_s3_paths(cluster: str, s3: str, corpus
 # -- (ii) Beam DirectRunner on S3 ------------------------------------------------------------------
 
 
-def test_beam_direct_runner_with_s3_paths(s3: str, corpus: tuple[Path, str], topk_local: list[str]) -> None:
-    beam_engine = {"name": "beam", "beam": {"runner": "DirectRunner", "options": {"direct_num_workers": 2}}}
+def test_beam_direct_runner_with_s3_paths(s3: str, corpus: tuple[Path, str],
+                                          datamask_local: tuple[list[str], Path]) -> None:
+    """The recipe's multi-block DATAMASK job on Beam's DirectRunner with every path on s3://
+    selects the ids the local engine selects on local folders."""
     pytest.importorskip("apache_beam")
+    from thresher.commands.cli import main as thresher_main
+
+    sets, local_out = datamask_local
     out = f"{s3}/beam/run1"
-    res = run(job_dict(f"{corpus[1]}/", out, engine=beam_engine, **TOPK), progress=False)
-    assert res.manifest["engine"] == "beam"
-    assert check_complete(out) == topk_local
+    assert thresher_main(["run", str(JOB_FILE), *sets, "--set", f"input.path={corpus[1]}/", "--engine", "beam",
+                          "--set", "engine.beam.runner=DirectRunner", "--output", out, "-q"]) == 0
+    manifest = read_manifest(out)
+    assert manifest["engine"] == "beam" and manifest["selection"]["selector_stats"]["blocks"] >= 3
+    assert check_complete(out) == check_complete(str(local_out))
+    assert manifest["counts"] == read_manifest(str(local_out))["counts"]
 
 
 # -- (iv) a SIGKILLed local run resumes on S3 --------------------------------------------------------
