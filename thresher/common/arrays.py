@@ -19,36 +19,55 @@ def column_numpy(table: pa.Table, name: str, dtype: Any = np.float64) -> np.ndar
     return col.to_numpy().astype(dtype, copy=False)
 
 
-def vectors_to_numpy(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """(matrix of the non-null rows as float32, boolean mask of the rows that are non-null)."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
-    if not (pa.types.is_fixed_size_list(column.type) or pa.types.is_list(column.type)
-            or pa.types.is_large_list(column.type)):
-        raise TypeError(f"an embedding column must be a list of floats, got {column.type}")
-    valid = np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
-    kept = column.filter(pa.array(valid)) if not valid.all() else column
-    if pa.types.is_fixed_size_list(kept.type):
-        d = kept.type.list_size
-    elif len(kept) == 0:
-        d = 0
+def vectors_to_numpy(column: pa.Array | pa.ChunkedArray, order: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(matrix of the non-null rows as float32, boolean mask of the rows that are non-null).
+
+    The matrix is one writable copy, filled chunk by chunk (no combined copy of the column);
+    with `order` (a permutation of the rows, all non-null) row j of the matrix is row order[j]."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    typ = column.type
+    if not (pa.types.is_fixed_size_list(typ) or pa.types.is_list(typ) or pa.types.is_large_list(typ)):
+        raise TypeError(f"an embedding column must be a list of floats, got {typ}")
+    valid = np.concatenate([np.asarray(c.is_valid().to_numpy(zero_copy_only=False), dtype=bool) for c in chunks]
+                           ) if chunks else np.zeros(0, dtype=bool)
+    kept = [c.filter(c.is_valid()) if c.null_count else c for c in chunks]
+    n = int(valid.sum())
+    if pa.types.is_fixed_size_list(typ):
+        d = typ.list_size
     else:
-        lengths = np.asarray(kept.value_lengths().to_numpy(zero_copy_only=False))
-        if lengths.min() != lengths.max():
+        lengths = np.concatenate([np.asarray(c.value_lengths().to_numpy(zero_copy_only=False)) for c in kept if len(c)]
+                                 ) if n else np.zeros(0, dtype=np.int64)
+        if len(lengths) and lengths.min() != lengths.max():
             raise ValueError("embedding vectors differ in length")
-        d = int(lengths[0])
-    flat = kept.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    return flat.reshape(len(kept), d), valid
+        d = int(lengths[0]) if len(lengths) else 0
+    if order is not None and (len(order) != n or n != len(valid)):
+        raise ValueError("order must be a permutation of the rows, all of them non-null")
+    where = np.empty(n, dtype=np.int64)
+    if order is not None:
+        where[order] = np.arange(n)
+    else:
+        where = np.arange(n)
+    out = np.empty((n, d), dtype=np.float32)
+    start = 0
+    for c in kept:
+        if not len(c):
+            continue
+        block = c.flatten().to_numpy(zero_copy_only=False).reshape(len(c), d)
+        out[where[start:start + len(c)]] = block
+        start += len(c)
+    return out, valid
 
 
-def embedding_matrix(table: pa.Table, column: str) -> np.ndarray:
-    """An embedding column of `table` as an (n, d) float32 matrix; nulls are an error."""
+def embedding_matrix(table: pa.Table, column: str, order: np.ndarray | None = None) -> np.ndarray:
+    """An embedding column of `table` as an (n, d) float32 matrix (rows in `order` when given);
+    nulls are an error."""
     if column not in table.column_names:
         raise KeyError(f"embedding column {column!r} not found; available: {sorted(table.column_names)}")
     col = table.column(column)
     if col.null_count:
         raise ValueError(f"embedding column {column!r} has {col.null_count} nulls")
     try:
-        return vectors_to_numpy(col)[0]
+        return vectors_to_numpy(col, order)[0]
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"embedding column {column!r}: {exc}") from None

@@ -284,17 +284,18 @@ def block_reduce(plan: SelectPlan, budgets: list[float], key: int, table: pa.Tab
     its decisions; returns the block's statistics."""
     sel = plan.selector()
     p = sel.params
-    t = table.sort_by([("id", "ascending")])
-    q = quality_vector(t, p)
-    emb = np.require(embedding_matrix(t, p.embedding), requirements=["C", "W"])  # torch wants it writable
-    del table
-    tokens = column_numpy(t, p.token_column) if p.budget_unit == "tokens" else None
+    order = np.asarray(pc.sort_indices(table, sort_keys=[("id", "ascending")]))  # rows in id order, no copy
+    emb = embedding_matrix(table, p.embedding, order)  # the one writable copy the solver works on
+    q = quality_vector(table, p)[order]
+    tokens = column_numpy(table, p.token_column)[order] if p.budget_unit == "tokens" else None
+    shard = table.column("_shard").to_numpy()[order]
+    row = table.column("_row").to_numpy()[order]
     local, res = solve_block_task((sel, q, emb, tokens, float(budgets[key]), plan.job.seed, key))
     logit = np.asarray(res.logits, dtype=np.float64)
     write_table(plan.scratch_path("blocks", f"b-{key:06d}.parquet"), pa.table({
-        "_shard": t.column("_shard"), "_row": t.column("_row"), "selected": pa.array(np.asarray(local, bool)),
+        "_shard": shard, "_row": row, "selected": pa.array(np.asarray(local, bool)),
         "logit": pa.array(logit, pa.float64(), mask=np.isnan(logit))}))
-    return {"size": t.num_rows, "selected": int(np.sum(local)), "objective": _finite(res.objective),
+    return {"size": len(order), "selected": int(np.sum(local)), "objective": _finite(res.objective),
             "objective_quality_topk": _finite(res.stats.get("objective_quality_topk", float("nan"))),
             "reward_curve": [float(x) for x in res.reward_curve], "seconds": float(res.stats.get("seconds", 0.0)),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
