@@ -24,6 +24,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from thresher.dedup.spec import DedupSpec
 from thresher.scorers.registry import validate_scorer_spec
 from thresher.selectors.registry import validate_selector_spec
 from thresher.specs import JobError, Strict, format_validation_error
@@ -216,6 +217,9 @@ class JobSpec(Strict):
                              description="where the documents come from and which columns hold what")
     scorers: list[dict[str, Any]] = Field(
         default_factory=list, description="scorer entries (type, optional name, parameters), run in order: see Scorers")
+    dedup: DedupSpec | None = Field(
+        None, description="exact and MinHash near-duplicate removal after scoring, before the filters and the "
+                          "selector (see dedup); unset: no dedup stage")
     filters: list[FilterSpec] = Field(default_factory=list,
                                       description="conditions a row must meet before the selector sees it")
     selector: dict[str, Any] = Field(default_factory=lambda: {"type": "all"},
@@ -275,14 +279,22 @@ class JobSpec(Strict):
 
     def select_hash(self) -> str:
         """Hash of everything that changes the selection and the output shards."""
-        return _hash(
-            {
-                "score": self.score_hash(),
-                "filters": [f.model_dump(mode="json") for f in self.filters],
-                "selector": self.selector,
-                "compression": self.output.compression,
-            }
-        )
+        parts: dict[str, Any] = {
+            "score": self.score_hash(),
+            "filters": [f.model_dump(mode="json") for f in self.filters],
+            "selector": self.selector,
+            "compression": self.output.compression,
+        }
+        if self.dedup is not None:  # only when set: jobs without dedup keep their hashes (and folders)
+            parts["dedup"] = self.dedup_hash()
+        return _hash(parts)
+
+    def dedup_hash(self) -> str | None:
+        """Hash of everything that changes the dedup stage's clusters (the scores it reads and
+        the `dedup` section); None without a dedup section."""
+        if self.dedup is None:
+            return None
+        return _hash({"score": self.score_hash(), "dedup": self.dedup.model_dump(mode="json")})
 
     def write_hash(self) -> str:
         """Hash of everything that changes the parts: the selection (`select_hash`) plus

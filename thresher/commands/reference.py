@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from thresher.config import EngineSpec, FilterSpec, InputSpec, JobSpec, OutputSpec
+from thresher.dedup.spec import DedupSpec
 from thresher.scorers.registry import SCORERS, scorer_class
 from thresher.selectors.registry import SELECTORS, selector_class
 from thresher.training.spec import TrainSpec
@@ -95,8 +96,8 @@ def render() -> str:
     out += ["## Top level", "", "Sections: " + ", ".join(f"`{n}`" for n in JobSpec.model_fields if n not in top) + ".",
             ""] + params_table(JobSpec, only=top)
     out += ["## Job sections", ""]
-    for title, model in (("input", InputSpec), ("filters", FilterSpec), ("output", OutputSpec),
-                         ("train", TrainSpec)):
+    for title, model in (("input", InputSpec), ("dedup", DedupSpec), ("filters", FilterSpec),
+                         ("output", OutputSpec), ("train", TrainSpec)):
         out += section(title, model)
     out += ["## Engines", "", f"`engine.name`: one of {', '.join(f'`{n}`' for n in _engine_names())}.", ""]
     for name, field in EngineSpec.model_fields.items():
