@@ -66,7 +66,9 @@ class Progress:
 
     `total`: units expected (None: unknown, no ETA); `initial`: units a previous run already did
     (training resumed at a step); `verb` names the work in the resumed line ("scored");
-    `leave`: keep the finished bar on the terminal; `part`: what `skip`ped parts are (shards).
+    `leave`: keep the finished bar on the terminal; `line`: print the one line when no bar is
+    drawn (False for the steps of a bigger stage, which prints its own line); `part`: what
+    `skip`ped parts are (shards).
     Thread-safe: the channel's thread and the driver both update it. Subclasses may override
     `changed()` (called after every change) to watch the values (`n`, `total`), e.g. in tests;
     `tty` = True draws a live bar anywhere."""
@@ -75,8 +77,9 @@ class Progress:
 
     def __init__(self, label: str, total: float | None = None, *, unit: str = "doc", verb: str = "done",
                  enabled: bool = True, stream: TextIO | None = None, initial: int = 0, leave: bool = True,
-                 part: str = "shard") -> None:
+                 part: str = "shard", line: bool = True) -> None:
         self.label, self.unit, self.verb, self.part = label, unit, verb, part
+        self.line = line
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = enabled
         self.live = self.draws_live(enabled, self.stream)
@@ -204,9 +207,7 @@ class Progress:
             if self.resumed_parts:
                 line += f" ({earlier})"
         else:
-            line = f"{self.label}: {self.n:,} {_plural(self.unit, self.n)} in {secs:.1f} s"
-            if self.n and secs > 0:
-                line += f" ({_rate(self.n, secs)} {_plural(self.unit, 2)}/s)"
+            line = done_line(self.label, self.n, secs, self.unit)
             if self.initial:
                 line += f", resumed at {self.unit} {self.initial:,}"
             if self.resumed_parts:
@@ -229,7 +230,7 @@ class Progress:
                 if self.n == 0 and (self.resumed_parts or self.initial):
                     self._bar.set_postfix_str(f"resumed, 0 {_plural(self.unit, 0)} {self.verb}", refresh=True)
                 self._bar.close()
-            elif self.enabled and ok:
+            elif self.enabled and ok and self.line:
                 print(self.summary(), file=self.stream, flush=True)
 
     def __enter__(self) -> Progress:
@@ -237,6 +238,21 @@ class Progress:
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
         self.close(ok=exc_type is None)
+
+
+def done_line(label: str, n: int, seconds: float, unit: str = "doc") -> str:
+    """`label: N units in S s (R units/s)`: the line a finished stage prints."""
+    line = f"{label}: {n:,} {_plural(unit, n)} in {seconds:.1f} s"
+    if n and seconds > 0:
+        line += f" ({_rate(n, seconds)} {_plural(unit, 2)}/s)"
+    return line
+
+
+def print_done(label: str, n: int, seconds: float, unit: str = "doc", enabled: bool = True,
+               stream: TextIO | None = None) -> None:
+    """Print a finished stage's line (for a stage made of steps whose own bars print nothing)."""
+    if enabled:
+        print(done_line(label, n, seconds, unit), file=stream if stream is not None else sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
@@ -399,16 +415,19 @@ class _DirectSteps:
         self.progress.add_steps(n)
 
 
-def item_progress(label: str, unit: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def item_progress(label: str, unit: str, step: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorate a `parallel_map` work function with the label and unit of its bar
-    (e.g. `@item_progress("select", "block")`); undecorated: ("select", "item")."""
+    (e.g. `@item_progress("select", "block")`); undecorated: ("select", "item"). A `step` is part
+    of a bigger stage: its bar is drawn while it runs, and without a terminal it prints no line."""
 
     def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
-        fn.__thresher_progress__ = (label, unit)  # type: ignore[attr-defined]
+        fn.__thresher_progress__ = (label, unit, step)  # type: ignore[attr-defined]
         return fn
 
     return mark
 
 
-def item_label(fn: Callable[..., Any]) -> tuple[str, str]:
-    return getattr(fn, "__thresher_progress__", ("select", "item"))
+def item_label(fn: Callable[..., Any]) -> tuple[str, str, bool]:
+    """(label, unit, step) of a work function (see `item_progress`)."""
+    label = getattr(fn, "__thresher_progress__", ("select", "item"))
+    return (label[0], label[1], label[2] if len(label) > 2 else False)

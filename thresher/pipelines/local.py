@@ -116,8 +116,9 @@ class LocalEngine:
     def parallel_map(self, fn: ItemFn, items: list[Any]) -> list[Any]:
         """Map a picklable function over items in the worker pool (in order), with a bar over the
         items done (label and unit from `progress.item_progress`; inner `report_steps` beside it)."""
-        label, unit = item_label(fn)
-        return self._map_calls(label, unit, fn, [(x,) for x in items], in_process=min(self.workers, len(items)) <= 1)
+        label, unit, step = item_label(fn)
+        return self._map_calls(label, unit, fn, [(x,) for x in items], in_process=min(self.workers, len(items)) <= 1,
+                               step=step)
 
     def shuffle(self, name: str, emit: EmitFn, items: list[Any], reduce: ReduceFn,
                 spill_dir: str) -> dict[int, dict[str, Any]]:
@@ -132,18 +133,20 @@ class LocalEngine:
             return {}
         alone = self.workers <= 1
         counts = self._map_calls(f"shuffle {name}: emit", "item", _emit_to_spill,
-                                 [(name, emit, i, x, folder) for i, x in enumerate(items)], in_process=alone)
+                                 [(name, emit, i, x, folder) for i, x in enumerate(items)], in_process=alone,
+                                 step=True)
         keys = sorted({k for c in counts for k in c})
         texts = self._map_calls(f"shuffle {name}: reduce", "key", _reduce_spilled,
-                                [(name, reduce, k, _key_folder(folder, k)) for k in keys], in_process=alone)
+                                [(name, reduce, k, _key_folder(folder, k)) for k in keys], in_process=alone, step=True)
         _remove_spill(folder)
         return {k: json.loads(t) for k, t in zip(keys, texts)}
 
     def _map_calls(self, label: str, unit: str, fn: Callable[..., Any], calls: list[tuple[Any, ...]],
-                   in_process: bool) -> list[Any]:
+                   in_process: bool, step: bool = False) -> list[Any]:
         """`fn(*args)` for every args tuple, in the pool (or in this process); results in order; a bar
         over the calls done."""
-        prog = self.progress_cls(label, len(calls), unit=unit, enabled=self.progress and bool(calls))
+        prog = self.progress_cls(label, len(calls), unit=unit, enabled=self.progress and bool(calls),
+                                 leave=not step, line=not step)
         ok = False
         try:
             if in_process or not calls:

@@ -155,7 +155,6 @@ class ClusterScorer(GlobalScorer):
         """(rows with an embedding, their unit vectors, the vectors k-means sees)."""
         x, valid = vectors_to_numpy(self._column(table))
         rows = np.flatnonzero(valid)
-        x = x.reshape(len(rows), -1) if len(rows) == 0 else x
         norms = np.linalg.norm(x, axis=1, keepdims=True) if len(rows) else np.ones((0, 1), np.float32)
         unit = (x / np.maximum(norms, 1e-12)).astype(np.float32)
         return rows, unit, unit if self.params.spherical else x.astype(np.float32)

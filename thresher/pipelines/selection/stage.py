@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from thresher.common.atomic import write_json_atomic
+from thresher.common.progress import print_done
 from thresher.config import JobSpec
 from thresher.io import storage
 from thresher.io.output import OutputLayout
@@ -113,6 +114,7 @@ def select(job: JobSpec, layout: OutputLayout, n_shards: int, engine: Engine,
         "selector_stats": stats, "seconds": round(time.perf_counter() - start, 4),
     }
     write_json_atomic(marker, layout.marker("select"))
+    print_done("select", marker["rows"], time.perf_counter() - start, enabled=getattr(engine, "progress", False))
     return {**marker, "skipped": False}
 
 

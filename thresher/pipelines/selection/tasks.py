@@ -36,7 +36,7 @@ TAG_IDS = 0x1D5  # the duplicate-id buckets' hash stream
 def task(fn: Callable[..., Any], *args: Any, label: str, unit: str = "shard") -> Callable[..., Any]:
     """`fn` with its leading arguments bound, labelled for the engine's progress bar."""
     bound = functools.partial(fn, *args)
-    bound.__thresher_progress__ = (label, unit)  # type: ignore[attr-defined]
+    bound.__thresher_progress__ = (label, unit, True)  # a step of the select stage  # type: ignore[attr-defined]
     return bound
 
 

@@ -10,7 +10,6 @@ Every pass of the select stage calls it, so a row's status is computed by one pi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -59,14 +58,9 @@ class SelectPlan:
         return build_selector(self.job.selector)
 
 
-def writer(path: str, schema: pa.Schema | None = None, compression: str = "zstd") -> AtomicParquetWriter:
-    """An atomic Parquet writer for a select-stage file (local path or URI)."""
-    return AtomicParquetWriter(path if storage.is_uri(path) else Path(path), schema=schema,  # type: ignore[arg-type]
-                               compression=compression)
-
-
 def write_table(path: str, table: pa.Table) -> None:
-    w = writer(path, table.schema)
+    """Write a select-stage file (local path or URI) atomically."""
+    w = AtomicParquetWriter(path, schema=table.schema)
     w.write(table)
     w.close()
 
@@ -150,18 +144,26 @@ def shard_view(plan: SelectPlan, i: int, with_globals: bool = True, light: bool 
         dup[pos] = True
         status[dup] = "rejected"
         reason[dup] = "duplicate_id"
+    dedup_cols: dict[str, pa.Array] = {}
+    if job.dedup is not None:  # the dedup stage's clusters: rows it removed are rejected with its reason
+        dedup_cols, why = dedup_columns(plan, i, rows)
+        hit = (why != None) & ~dup  # noqa: E711 - elementwise over an object array
+        status[hit] = "rejected"
+        reason[hit] = why[hit]
+        dup |= hit
     live_idx = np.flatnonzero(~dup)
     live = table.take(pa.array(live_idx)) if dup.any() else table
     gcols: dict[str, pa.Array] = {}
     if not with_globals:
         return ShardView(table, status, reason, live_idx, live, gcols, np.ones(len(live_idx), bool), {})
+    gcols.update(dedup_cols)
     for g in global_scorers(job.scorers):
         cols = g.transform(live, plan.states[g.prefix])
         for name, arr in group_columns(plan, g, i, live, cols).items():
             cols[name] = arr
         for f in g.output_schema():
             live = live.append_column(f.name, cols[f.name].cast(f.type))
-            gcols[f.name] = _scatter(cols[f.name].cast(f.type), live_idx, n)
+            gcols[f.name] = scatter(cols[f.name].cast(f.type), live_idx, n)
     eligible = np.ones(len(live_idx), dtype=bool)
     counts: dict[str, int] = {}
     for f in job.filters:
@@ -172,6 +174,35 @@ def shard_view(plan: SelectPlan, i: int, with_globals: bool = True, light: bool 
         reason[live_idx[newly]] = label
         eligible &= keep
     return ShardView(table, status, reason, live_idx, live, gcols, eligible, counts)
+
+
+def dedup_folder(out_root: str) -> str:
+    """The dedup stage's folder (`_thresher/dedup`: its scratch files and per-shard results)."""
+    return storage.join(out_root, "_thresher", "dedup")
+
+
+def dedup_columns(plan: SelectPlan, i: int, rows: np.ndarray) -> tuple[dict[str, pa.Array], np.ndarray]:
+    """Shard i's `dup_cluster` (the kept document's id; null outside a cluster), `dup_cluster_size`
+    and `dup_keep` from the dedup stage's routed result, and each row's removal reason (None,
+    `exact_duplicate` or `near_duplicate`)."""
+    marker = plan.layout.read_marker("dedup")
+    if marker is None or marker.get("dedup_hash") != plan.job.dedup_hash():
+        raise JobError(f"{plan.out_root}: the dedup stage has not run for this job's `dedup:` section; "
+                       f"run the job (thresher run), which runs it before selecting")
+    n = len(rows)
+    cluster = pa.nulls(n, pa.string())
+    size = np.ones(n, dtype=np.int64)
+    keep = np.ones(n, dtype=bool)
+    why = np.full(n, None, dtype=object)
+    if i in marker.get("routed", []):
+        pos, t = routed_rows(storage.join(dedup_folder(plan.out_root), "result", f"s-{i:05d}.parquet"), rows)
+        take = np.full(n, -1, dtype=np.int64)
+        take[pos] = np.arange(len(pos))
+        cluster = t.column("dup_cluster").take(pa.array(take, mask=take < 0))
+        size[pos] = t.column("dup_cluster_size").to_numpy()
+        keep[pos] = t.column("dup_keep").to_numpy(zero_copy_only=False)
+        why[pos] = t.column("dup_reason").to_numpy(zero_copy_only=False)
+    return {"dup_cluster": cluster, "dup_cluster_size": pa.array(size), "dup_keep": pa.array(keep)}, why
 
 
 def group_columns(plan: SelectPlan, g: Any, i: int, live: pa.Table, cols: dict[str, pa.Array]
@@ -191,7 +222,7 @@ def group_columns(plan: SelectPlan, g: Any, i: int, live: pa.Table, cols: dict[s
     return {f.name: t.column(f.name).take(idx).cast(f.type) for f in names}
 
 
-def _scatter(arr: pa.Array | pa.ChunkedArray, idx: np.ndarray, n: int) -> pa.Array:
+def scatter(arr: pa.Array | pa.ChunkedArray, idx: np.ndarray, n: int) -> pa.Array:
     """Place `arr` at rows `idx` of an n-row column, null elsewhere."""
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
@@ -201,5 +232,3 @@ def _scatter(arr: pa.Array | pa.ChunkedArray, idx: np.ndarray, n: int) -> pa.Arr
     positions[idx] = np.arange(len(idx))
     return arr.take(pa.array(positions, mask=positions < 0))
 
-
-scatter = _scatter
