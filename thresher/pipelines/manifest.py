@@ -138,8 +138,8 @@ def count_rows(layout: OutputLayout, n_shards: int) -> dict[str, Any]:
 
 def build_manifest(job: JobSpec, layout: OutputLayout, shards: list[InputShard], score_res: list[dict[str, Any]],
                    select_res: dict[str, Any] | None, write_res: list[dict[str, Any]] | None,
-                   timings: dict[str, float], engine: str, parts: list[dict[str, Any]] | None = None
-                   ) -> dict[str, Any]:
+                   timings: dict[str, float], engine: str, parts: list[dict[str, Any]] | None = None,
+                   dedup: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything a reader needs to trust the output; the counts must add up.
 
     `parts`: the files of the parts when they are not one per shard (`output.target_rows_per_part`:
@@ -182,6 +182,9 @@ def build_manifest(job: JobSpec, layout: OutputLayout, shards: list[InputShard],
     if job.write_hash() != job.select_hash():  # output.columns or a part size target
         manifest["write_hash"] = job.write_hash()
     manifest["selection"] = {k: v for k, v in select_res.items() if k not in ("skipped",)}
+    if dedup is not None:  # the dedup stage's summary; its removed rows are in counts.rejected.by_reason
+        manifest["dedup"] = {k: v for k, v in dedup.items() if k not in ("skipped", "routed")}
+        manifest["resumed_shards"]["dedup"] = bool(dedup.get("skipped"))
     manifest["scores"] = score_summary(layout, len(shards))
     manifest["resumed_shards"]["write"] = sum(bool(r.get("skipped")) for r in write_res)
     manifest["rows_this_run"]["write"] = sum(r.get("rows_in", 0) for r in write_res if not r.get("skipped"))

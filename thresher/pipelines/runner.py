@@ -20,7 +20,7 @@ from thresher.io import storage
 from thresher.io.output import JobLock, OutputLayout, check_own_or_empty, check_storage_path, remove_stale_temporaries
 from thresher.io.readers import InputShard, as_arrow_table, plan_shards
 from thresher.models.fingerprint import changed_models, model_fingerprints
-from thresher.pipelines import stages
+from thresher.pipelines import dedup_stage, stages
 from thresher.pipelines.selection import stage as select_stage
 from thresher.pipelines.engine import make_engine
 from thresher.pipelines.plan import check_plan
@@ -148,6 +148,11 @@ def run_job(job: JobSpec, data: Any = None, overwrite: bool | None = None, progr
             if score_only:
                 manifest = build_manifest(job, layout, shards, score_res, None, None, timings, engine.name)
                 return RunResult(manifest, summary_text(manifest), str(layout.root))
+            dedup_res = None
+            if job.dedup is not None:  # opt-in: exact and MinHash near-duplicates, before filters and selection
+                t = time.perf_counter()
+                dedup_res = dedup_stage.dedup(job, layout, shards, engine, input_table=table)
+                timings["dedup"] = time.perf_counter() - t
             t = time.perf_counter()
             select_res = select_stage.select(job, layout, len(shards), engine, shards=shards, input_table=table)
             timings["select"] = time.perf_counter() - t
@@ -161,7 +166,7 @@ def run_job(job: JobSpec, data: Any = None, overwrite: bool | None = None, progr
         finally:
             engine.close()
         manifest = build_manifest(job, layout, shards, score_res, select_res, write_res, timings, engine.name,
-                                  parts=[r["part"] for r in parts] if parts is not None else None)
+                                  parts=[r["part"] for r in parts] if parts is not None else None, dedup=dedup_res)
         write_card(manifest, layout)  # after the parts, before the manifest
         write_json_atomic(manifest, layout.manifest)
         text = summary_text(manifest)

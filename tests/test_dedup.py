@@ -1,0 +1,236 @@
+"""Exact and MinHash near-duplicate removal (issue 15): known answers on a planted corpus.
+
+The corpus is random words (unrelated documents share almost no 5-word shingle), with planted
+exact copies (case and whitespace changed), a near-copy (one word edited), a pair below the
+threshold, and a transitive chain (A ~ B, B ~ C, A !~ C). Jobs run on the local engine with one
+and two workers and must give the same clusters.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import thresher
+from thresher.config import JobSpec
+from thresher.dedup import components as C
+from thresher.dedup import exact, minhash
+from thresher.dedup.spec import DedupSpec
+from thresher.pipelines.engine import serial_shuffle
+from thresher.specs import JobError
+
+VOCAB = np.array([f"w{i}" for i in range(20_000)])
+
+
+def words(rng: np.random.Generator, n: int) -> list[str]:
+    return list(VOCAB[rng.integers(0, len(VOCAB), n)])
+
+
+def planted(folder: Path, files: int = 3, rows: int = 20) -> Path:
+    """Parquet files of random documents plus planted duplicates (ids x1/x2, y1/y2, z1, ta/tb/tc)."""
+    rng = np.random.default_rng(7)
+    docs: list[tuple[str, str, float]] = []
+    for j in range(files * rows):
+        docs.append((f"r{j:03d}", " ".join(words(rng, 120)), float(rng.normal())))
+    base = words(rng, 200)
+    edited = list(base)
+    edited[100] = "CHANGED"
+    far = base[:60] + words(rng, 140)  # Jaccard ~0.2 with base
+    seq = words(rng, 300)
+    a, b, c = seq[0:200], seq[15:215], seq[30:230]  # A~B 0.86, B~C 0.86, A~C 0.73
+    text_x = " ".join(words(rng, 150))
+    plant = [("x1", text_x, 0.0), ("x2", "  " + text_x.upper().replace(" ", "\n\t ") + " ", 5.0),
+             ("y1", " ".join(base), 1.0), ("y2", " ".join(edited), 2.0), ("z1", " ".join(far), 0.0),
+             ("ta", " ".join(a), 3.0), ("tb", " ".join(b), 1.0), ("tc", " ".join(c), 2.0)]
+    # spread the planted rows over the files (the later copies in other shards)
+    for k, p in enumerate(plant):
+        docs.insert((k * 7 + 3) % len(docs), p)
+    per = (len(docs) + files - 1) // files
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in range(files):
+        part = docs[f * per:(f + 1) * per]
+        pq.write_table(pa.table({"id": [d[0] for d in part], "text": [d[1] for d in part],
+                                 "quality": [d[2] for d in part]}), folder / f"part-{f}.parquet")
+    return folder
+
+
+def job(tmp: Path, corpus: Path, dedup: dict | None, workers: int = 1, name: str = "out", **extra) -> dict:
+    d = {"name": "dedup", "seed": 3, "input": {"path": str(corpus), "id_column": "id", "score_columns": ["quality"]},
+         "selector": {"type": "all"}, "engine": {"local": {"workers": workers}},
+         "output": {"path": str(tmp / name)}, **extra}
+    if dedup is not None:
+        d["dedup"] = dedup
+    return d
+
+
+def selection(out: Path) -> pa.Table:
+    return pa.concat_tables([pq.read_table(p) for p in sorted((out / "_selection").glob("part-*.parquet"))])
+
+
+def by_id(out: Path, corpus: Path) -> dict[str, dict]:
+    """id -> the row's selection columns (ids from the scores, same order)."""
+    scores = pa.concat_tables([pq.read_table(p, columns=["id"]) for p in sorted((out / "_scores").glob("*.parquet"))])
+    sel = selection(out).to_pylist()
+    return {i: r for i, r in zip(scores.column("id").to_pylist(), sel)}
+
+
+NEAR = {"exact": True, "minhash": {"threshold": 0.8, "num_perm": 128, "shingle": "word", "n": 5, "verify": True}}
+
+
+# -- the per-batch maths ---------------------------------------------------------------------------
+
+
+def test_normalisation_and_exact_hash() -> None:
+    t = pa.array(["Hello  World\n", "hello world", "ＨＥＬＬＯ\u00a0world", "hello worlds", None, ""])
+    assert exact.normalize(t).to_pylist() == ["hello world", "hello world", "hello world", "hello worlds", "", ""]
+    h = exact.exact_hash(t)
+    assert h.shape == (6, 2) and h.dtype == np.uint64
+    assert (h[0] == h[1]).all() and (h[0] == h[2]).all() and not (h[0] == h[3]).any() and (h[4] == h[5]).all()
+
+
+def test_minhash_estimates_jaccard_and_shingles() -> None:
+    rng = np.random.default_rng(0)
+    base = words(rng, 300)
+    texts = [" ".join(base), " ".join(base[:150] + words(rng, 150)), " ".join(base[::-1]), "", "a b"]
+    nz = exact.normalize(pa.array(texts))
+    sig, sh, off = minhash.batch_signatures(nz, "word", 5, 256)
+    assert sig.dtype == np.uint32 and list(np.diff(off))[3:] == [0, 1]  # empty: no shingle; short: one
+    true = minhash.jaccard(sh[off[0]:off[1]], sh[off[1]:off[2]])
+    assert 0.2 < true < 0.4 and abs((sig[0] == sig[1]).mean() - true) < 0.1
+    assert (sig[0] == sig[2]).mean() < 0.05  # reversed words: other 5-grams
+    csig, csh, coff = minhash.batch_signatures(nz, "char", 4, 64)
+    assert np.diff(coff)[0] > np.diff(off)[0]
+    # batches do not change a document's signature
+    one, _, _ = minhash.batch_signatures(nz.slice(1, 1), "word", 5, 256)
+    assert (one[0] == sig[1]).all()
+
+
+def test_band_choice_by_the_s_curve() -> None:
+    assert minhash.optimal_param(0.8, 128) == (9, 13)
+    b, r = DedupSpec.model_validate(NEAR).minhash.band_rows()  # verify: misses weigh more
+    assert (b, r) == (14, 9)
+    assert minhash.candidate_probability(0.85, b, r) > 0.95 and minhash.candidate_probability(0.5, b, r) < 0.05
+
+
+def test_spec_is_validated() -> None:
+    with pytest.raises(Exception, match="nothing to do"):
+        DedupSpec.model_validate({"exact": False})
+    with pytest.raises(Exception, match="bands"):
+        DedupSpec.model_validate({"minhash": {"bands": 4}})
+    with pytest.raises(JobError, match="dedup.minhash.shingle"):
+        thresher.load_job(data={"dedup": {"minhash": {"shingle": "sentence"}}})
+    assert DedupSpec.model_validate({"keep": {"column": "q"}}).keep.column == "q"
+
+
+def components(edges: list[tuple[int, int]], keys: int) -> dict[int, int]:
+    """The settled star of each node (node -> centre) with serial shuffles, as the stage runs them."""
+    def node(n: int) -> dict:
+        return {"node": n, "k": 0.0, "id": f"d{n:04d}", "h": n}
+    rows = [{**{f"a_{k}": v for k, v in node(min(a, b)).items()}, **{f"b_{k}": v for k, v in node(max(a, b)).items()}}
+            for a, b in edges]
+    tables = [pa.Table.from_pylist(rows, schema=C.EDGE_SCHEMA)]
+    large = True
+    for _ in range(100):
+        out = {}
+
+        def reduce(key: int, t: pa.Table, large: bool = large) -> dict:
+            e, u = C.star_round(t, large)
+            out[key] = e
+            return {"unsettled": u}
+
+        def emit(t: pa.Table) -> list:
+            m = C.both_ways(t)
+            keyed = C.node_key(m.column("a_node").to_numpy(), keys)
+            return [(int(k), pa.concat_batches(m.filter(pa.array(keyed == k)).to_batches())) for k in np.unique(keyed)]
+
+        res = serial_shuffle(emit, tables, reduce)
+        if sum(r["unsettled"] for r in res.values()) == 0:
+            break
+        tables = [out[k] for k in sorted(out) if out[k].num_rows]
+        large = not large
+    settled = pa.concat_tables(tables)
+    return dict(zip(settled.column("b_node").to_pylist(), settled.column("a_node").to_pylist()))
+
+
+@pytest.mark.parametrize("keys", [1, 3])
+def test_components_settle_into_stars_around_the_minimum(keys: int) -> None:
+    rng = np.random.default_rng(1)
+    chain = [(i, i + 1) for i in range(40)]  # a path: the slowest shape for label propagation
+    tree = [(100 + i, 100 + int(rng.integers(0, i))) for i in range(1, 30)]
+    pairs = [(200, 201), (202, 201)]
+    centre = components(chain + tree + pairs, keys)
+    assert all(centre[n] == 0 for n in range(1, 41))
+    assert all(centre[n] == 100 for n in range(101, 130))
+    assert centre[201] == 200 and centre[202] == 200 and 0 not in centre and 100 not in centre
+
+
+# -- the stage in a job ------------------------------------------------------------------------------
+
+
+def test_job_removes_planted_duplicates(tmp_path: Path) -> None:
+    corpus = planted(tmp_path / "corpus")
+    res = thresher.run(job(tmp_path, corpus, NEAR), progress=False)
+    rows = by_id(tmp_path / "out", corpus)
+    # exact copy (case and whitespace): the lowest id kept
+    assert rows["x1"]["status"] == "selected" and rows["x2"]["reason"] == "exact_duplicate"
+    assert rows["x2"]["dup_cluster"] == "x1" and rows["x1"]["dup_cluster_size"] == 2 and not rows["x2"]["dup_keep"]
+    # one word edited: merged; a pair far below the threshold: never
+    assert rows["y2"]["reason"] == "near_duplicate" and rows["y2"]["dup_cluster"] == "y1"
+    assert rows["z1"]["status"] == "selected" and rows["z1"]["dup_cluster"] is None
+    assert rows["z1"]["dup_cluster_size"] == 1 and rows["z1"]["dup_keep"]
+    # A ~ B, B ~ C, A !~ C: one cluster of three
+    assert [rows[i]["dup_cluster"] for i in ("ta", "tb", "tc")] == ["ta"] * 3
+    assert rows["ta"]["dup_cluster_size"] == 3 and rows["ta"]["status"] == "selected"
+    assert {rows[i]["reason"] for i in ("tb", "tc")} == {"near_duplicate"}
+    # nothing else touched; the manifest counts the removed rows
+    others = [r for i, r in rows.items() if i.startswith("r")]
+    assert all(r["status"] == "selected" and r["dup_cluster"] is None for r in others)
+    c = res.manifest["counts"]
+    assert c["rejected"]["by_reason"] == {"exact_duplicate": 1, "near_duplicate": 3}
+    assert c["selected"] + c["rejected"]["total"] == c["input_rows"]
+    assert res.manifest["dedup"]["removed"] == {"exact_duplicate": 1, "near_duplicate": 3}
+    assert res.manifest["dedup"]["clusters"] == 3
+    out = pa.concat_tables([pq.read_table(p) for p in res.part_files()])
+    assert {"dup_cluster", "dup_cluster_size", "dup_keep"} <= set(out.column_names)
+    assert not (tmp_path / "out" / "_thresher" / "dedup" / "work").exists()
+    # resumed: the stage is skipped and the output is the same
+    first = selection(tmp_path / "out")
+    again = thresher.run(job(tmp_path, corpus, NEAR), progress=False)
+    assert again.manifest["resumed_shards"]["dedup"] is True
+    assert selection(tmp_path / "out").equals(first)
+    assert again.manifest["counts"] == res.manifest["counts"]
+
+
+def test_workers_and_keep_rules(tmp_path: Path) -> None:
+    corpus = planted(tmp_path / "corpus")
+    one = thresher.run(job(tmp_path, corpus, NEAR, workers=1, name="w1"), progress=False)
+    two = thresher.run(job(tmp_path, corpus, NEAR, workers=2, name="w2"), progress=False)
+    assert selection(tmp_path / "w1").equals(selection(tmp_path / "w2"))
+    assert one.manifest["counts"] == two.manifest["counts"]
+    # the highest quality kept: x2 (5.0), y2 (2.0), ta (3.0)
+    thresher.run(job(tmp_path, corpus, {**NEAR, "keep": {"column": "quality"}}, name="q"), progress=False)
+    rows = by_id(tmp_path / "q", corpus)
+    assert rows["x2"]["status"] == "selected" and rows["x1"]["reason"] == "exact_duplicate"
+    assert rows["y2"]["status"] == "selected" and rows["y1"]["dup_cluster"] == "y2"
+    assert rows["ta"]["status"] == "selected" and rows["tc"]["dup_cluster"] == "ta"
+    # exact only: the near-copies stay
+    thresher.run(job(tmp_path, corpus, {"exact": True}, name="x"), progress=False)
+    rows = by_id(tmp_path / "x", corpus)
+    assert rows["x2"]["reason"] == "exact_duplicate" and rows["y2"]["status"] == "selected"
+
+
+def test_without_dedup_the_hashes_are_unchanged() -> None:
+    d = {"name": "h", "seed": 3, "input": {"path": "x.parquet", "id_column": "id"}, "scorers": [{"type": "heuristics"}],
+         "filters": [{"column": "heuristics_pass", "op": "==", "value": True}],
+         "selector": {"type": "topk", "column": "q", "budget": 0.5}}
+    spec = JobSpec.model_validate(d)
+    # computed with the JobSpec of main before the dedup section existed (commit e8c83bf)
+    assert (spec.score_hash(), spec.select_hash(), spec.write_hash()) == (
+        "ebb8ab893c22e5c7", "a974efab1cbbee69", "a974efab1cbbee69")
+    assert spec.dedup is None and spec.dedup_hash() is None
+    with_dedup = JobSpec.model_validate({**d, "dedup": {"exact": True}})
+    assert with_dedup.score_hash() == spec.score_hash() and with_dedup.select_hash() != spec.select_hash()

@@ -1,0 +1,271 @@
+"""The dedup stage: exact and MinHash-LSH near-duplicates, after scoring and before the select
+stage, with the engine API only (map passes and `engine.shuffle`); the driver holds counts.
+
+1. signatures (a map pass over the input shards, resumable per shard: a marker each): the text
+   of every row is normalised (`thresher.dedup.exact.normalize`), hashed (128 bits), shingled
+   and MinHashed per read batch (`thresher.dedup.minhash`); one scratch file per shard holds
+   (node, keep key, id, exact hash, band keys, shingle set when verifying);
+2. candidate edges: a shuffle keyed by the exact hash and one keyed by band key (both a hash,
+   so keys are near-equal); each key's task links the members of each group
+   (`components.bucket_edges`: a star on the smallest member, or verified pairs);
+3. connected components: rounds of large-star / small-star (`components.star_round`), each an
+   engine shuffle of the edges keyed by node, until no key reports an unsettled node (the
+   driver holds one count per key and round);
+4. clusters: the settled edges shuffled by their centre (the kept document: the smallest node in
+   the keep order), one row per member (`components.cluster_rows`), routed back to their shards
+   as `_thresher/dedup/result/s-<shard>.parquet`, which the select stage's `shard_view` applies:
+   removed rows become `rejected` with reason `exact_duplicate` / `near_duplicate`.
+Scratch files (`_thresher/dedup/work`, `sig`) are removed when the stage is done; its marker
+(`_thresher/done/dedup.json`) records the dedup hash, the input fingerprints and the counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from thresher.common.atomic import write_json_atomic
+from thresher.config import JobSpec
+from thresher.dedup import components as C
+from thresher.dedup.exact import exact_hash, normalize
+from thresher.dedup.minhash import band_keys, batch_signatures
+from thresher.io import storage
+from thresher.io.output import OutputLayout
+from thresher.io.readers import InputShard, read_shard
+from thresher.pipelines.engine import Engine
+from thresher.pipelines.selection import tasks as T
+from thresher.pipelines.selection.view import dedup_folder, write_table
+from thresher.specs import JobError
+
+ROWS_PER_KEY = 1_000_000  # rows per shuffle key (a reduce task's memory)
+MAX_ROUNDS = 200  # large-star / small-star rounds (O(log^2 n) are needed)
+
+
+@dataclass
+class DedupPlan:
+    """What every dedup task gets (small, picklable)."""
+
+    job: JobSpec
+    out_root: str
+    shards: list[InputShard]
+    input_table: pa.Table | None
+    bands: int
+    rows: int
+
+    def path(self, *parts: str) -> str:
+        return storage.join(dedup_folder(self.out_root), *parts)
+
+    def work(self, *parts: str) -> str:
+        return self.path("work", *parts)
+
+    def sig(self, i: int) -> str:
+        return self.path("sig", f"part-{i:05d}.parquet")
+
+
+def inputs_hash(shards: list[InputShard]) -> str:
+    return hashlib.sha256(json.dumps([s.fingerprint for s in shards]).encode()).hexdigest()[:16]
+
+
+def dedup(job: JobSpec, layout: OutputLayout, shards: list[InputShard], engine: Engine,
+          input_table: pa.Table | None = None) -> dict[str, Any] | None:
+    """Run the dedup stage (None without a `dedup:` section); see the module docstring."""
+    spec = job.dedup
+    if spec is None:
+        return None
+    ident = {"dedup_hash": job.dedup_hash(), "inputs_hash": inputs_hash(shards)}
+    done = layout.read_marker("dedup")
+    if done is not None and all(done.get(k) == v for k, v in ident.items()):
+        return {**done, "skipped": True}
+    start = time.perf_counter()
+    bands, rows = spec.minhash.band_rows() if spec.minhash is not None else (0, 0)
+    plan = DedupPlan(job, str(layout.root), shards, input_table, bands, rows)
+    storage.remove_tree(plan.work())
+    storage.remove_tree(plan.path("result"))
+    items = list(range(len(shards)))
+    maps = engine.parallel_map(T.task(signature_task, plan, label="dedup: signatures"), items)
+    total = sum(m["rows"] for m in maps)
+    spill = plan.work("spill")
+    edge_files: list[str] = []
+    candidates = 0
+    if spec.exact:
+        keys = max(1, math.ceil(total / ROWS_PER_KEY))
+        res = engine.shuffle("dedup-exact", partial(exact_emit, plan, keys), items,
+                             partial(edges_reduce, plan, "x", None), spill)
+        edge_files += [plan.work("edges", f"x-{k:06d}.parquet") for k in sorted(res) if res[k]["edges"]]
+        candidates += sum(r["edges"] for r in res.values())
+    if spec.minhash is not None:
+        keys = max(1, math.ceil(total * bands / ROWS_PER_KEY))
+        verify = spec.minhash.threshold if spec.minhash.verify else None
+        res = engine.shuffle("dedup-bands", partial(band_emit, plan, keys), items,
+                             partial(edges_reduce, plan, "b", verify), spill)
+        edge_files += [plan.work("edges", f"b-{k:06d}.parquet") for k in sorted(res) if res[k]["edges"]]
+        candidates += sum(r["edges"] for r in res.values())
+
+    files, rounds, large = edge_files, 0, True
+    node_keys = max(1, math.ceil(2 * candidates / ROWS_PER_KEY))
+    while files:
+        rounds += 1
+        if rounds > MAX_ROUNDS:
+            raise JobError(f"dedup: connected components did not settle in {MAX_ROUNDS} rounds; please report this")
+        folder = f"cc-{rounds:03d}"
+        res = engine.shuffle(f"dedup-{folder}", partial(round_emit, node_keys), files,
+                             partial(round_reduce, plan, folder, large), spill)
+        if sum(r["unsettled"] for r in res.values()) == 0:
+            break  # the input of this round is settled (and equals its output)
+        files = [plan.work(folder, f"b-{k:06d}.parquet") for k in sorted(res) if res[k]["edges"]]
+        large = not large
+
+    routed: list[int] = []
+    removed = {"exact_duplicate": 0, "near_duplicate": 0}
+    clusters = 0
+    if files:
+        res = engine.shuffle("dedup-clusters", partial(cluster_emit, node_keys), files,
+                             partial(cluster_reduce, plan), spill)
+        for r in res.values():
+            clusters += r["clusters"]
+            for reason in removed:
+                removed[reason] += r[reason]
+        cfiles = [plan.work("clusters", f"c-{k:06d}.parquet") for k in sorted(res)]
+        routed = sorted(int(k) for k in engine.shuffle("dedup-route", T.route_emit, cfiles,
+                                                         partial(T.route_reduce, plan.path("result")), spill))
+    storage.remove_tree(plan.work())
+    storage.remove_tree(plan.path("sig"))
+    marker = {**ident, "rows": total, "exact": spec.exact, "bands": bands, "rows_per_band": rows,
+              "candidate_edges": candidates, "rounds": rounds, "clusters": clusters, "removed": removed,
+              "routed": routed, "resumed_shards": sum(bool(m.get("skipped")) for m in maps),
+              "seconds": round(time.perf_counter() - start, 4)}
+    write_json_atomic(marker, layout.marker("dedup"))
+    return {**marker, "skipped": False}
+
+
+# -- 1. signatures ------------------------------------------------------------------------------
+
+
+def signature_task(plan: DedupPlan, i: int) -> dict[str, Any]:
+    """Shard i's signature file (node, keep key, id, exact hash, band keys, shingle sets)."""
+    job, spec = plan.job, plan.job.dedup
+    assert spec is not None
+    layout = OutputLayout(plan.out_root)
+    shard = plan.shards[i]
+    ident = {"dedup_hash": job.dedup_hash(), "fingerprint": shard.fingerprint}
+    done = layout.read_marker("dedup-map", i)
+    if done is not None and all(done.get(k) == v for k, v in ident.items()) and storage.exists(plan.sig(i)):
+        return {**done, "skipped": True}
+    keep_col = spec.keep.column if not isinstance(spec.keep, str) else None
+    scores = storage.read_table(str(layout.scores(i)), columns=["id", "_row"] + ([keep_col] if keep_col else []))
+    piece = plan.input_table.slice(shard.start, shard.rows) if plan.input_table is not None and shard.kind == "memory" \
+        else None
+    parts: list[pa.Table] = []
+    for rb in read_shard(shard, job.input, piece):
+        if not rb.good.num_rows:
+            continue
+        text = normalize(rb.good.column("text"))
+        eh = exact_hash(text, normalized=True)
+        cols: dict[str, Any] = {"_row": rb.good.column("_row"), "h": pa.array(eh[:, 0]), "h1": pa.array(eh[:, 1])}
+        if spec.minhash is not None:
+            m = spec.minhash
+            sig, sh, off = batch_signatures(text, m.shingle, m.n, m.num_perm)
+            bk = band_keys(sig, plan.bands, plan.rows)
+            nonempty = np.diff(off) > 0
+            cols["bands"] = pa.FixedSizeListArray.from_arrays(pa.array(bk.reshape(-1)), plan.bands)
+            cols["banded"] = pa.array(nonempty)
+            if m.verify:
+                cols["sh"] = pa.ListArray.from_arrays(pa.array(off.astype(np.int32)), pa.array(sh))
+        parts.append(pa.table(cols))
+    got = pa.concat_tables(parts) if parts else None
+    rows = scores.column("_row").to_numpy()
+    if (got.num_rows if got is not None else 0) != len(rows) or (
+            got is not None and not np.array_equal(got.column("_row").to_numpy(), rows)):
+        raise JobError(f"{shard.name}: input rows no longer line up with the saved scores (input changed since "
+                       f"scoring?); re-run with --overwrite")
+    if keep_col is None:
+        k = np.zeros(len(rows))
+    else:
+        q = pc.cast(scores.column(keep_col), pa.float64()).to_numpy(zero_copy_only=False)
+        k = np.where(np.isfinite(q), -q, np.inf)
+    out = {"node": pa.array(C.node_of(i, rows)), "k": pa.array(k, pa.float64()),
+           "id": scores.column("id").cast(pa.string())}
+    table = pa.table(out)
+    if got is not None:
+        for c in got.column_names:
+            if c != "_row":
+                table = table.append_column(c, got.column(c))
+    write_table(plan.sig(i), table)
+    marker = {**ident, "rows": table.num_rows}
+    write_json_atomic(marker, layout.marker("dedup-map", i))
+    return {**marker, "skipped": False}
+
+
+# -- 2. candidate edges --------------------------------------------------------------------------
+
+_NODE = ["node", "k", "id", "h"]
+
+
+def exact_emit(plan: DedupPlan, keys: int, i: int) -> Iterator[tuple[int, pa.RecordBatch]]:
+    t = storage.read_table(plan.sig(i), columns=[*_NODE, "h1"])
+    if not t.num_rows:
+        return
+    t = t.append_column("g", t.column("h")).append_column("g2", t.column("h1")).drop_columns(["h1"])
+    yield from T.by_key(t, (t.column("h").to_numpy() % np.uint64(keys)).astype(np.int64))
+
+
+def band_emit(plan: DedupPlan, keys: int, i: int) -> Iterator[tuple[int, pa.RecordBatch]]:
+    verify = plan.job.dedup.minhash.verify  # type: ignore[union-attr]
+    t = storage.read_table(plan.sig(i), columns=[*_NODE, "bands", "banded", *(["sh"] if verify else [])])
+    t = t.filter(t.column("banded"))
+    if not t.num_rows:
+        return
+    bk = np.asarray(t.column("bands").combine_chunks().values.to_numpy()).reshape(t.num_rows, plan.bands)
+    base = t.select([*_NODE, *(["sh"] if verify else [])])
+    zero = pa.array(np.zeros(t.num_rows, np.uint64))
+    for j in range(plan.bands):  # one band at a time: a task holds one band's rows
+        g = bk[:, j]
+        yield from T.by_key(base.append_column("g", pa.array(g)).append_column("g2", zero),
+                            (g % np.uint64(keys)).astype(np.int64))
+
+
+def edges_reduce(plan: DedupPlan, prefix: str, threshold: float | None, key: int, table: pa.Table) -> dict[str, Any]:
+    e = C.bucket_edges(table, threshold)
+    if e.num_rows:
+        write_table(plan.work("edges", f"{prefix}-{key:06d}.parquet"), e)
+    return {"edges": e.num_rows}
+
+
+# -- 3. components, 4. clusters --------------------------------------------------------------------
+
+
+def round_emit(keys: int, path: str) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """The edges of a file, both ways, keyed by their node."""
+    m = C.both_ways(storage.read_table(path))
+    yield from T.by_key(m, C.node_key(m.column("a_node").to_numpy(), keys))
+
+
+def round_reduce(plan: DedupPlan, folder: str, large: bool, key: int, table: pa.Table) -> dict[str, Any]:
+    e, unsettled = C.star_round(table, large)
+    if e.num_rows:
+        write_table(plan.work(folder, f"b-{key:06d}.parquet"), e)
+    return {"edges": e.num_rows, "unsettled": unsettled}
+
+
+def cluster_emit(keys: int, path: str) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """Settled edges keyed by their centre (`a`: every edge is stored with its smaller node first)."""
+    e = storage.read_table(path)
+    yield from T.by_key(e, C.node_key(e.column("a_node").to_numpy(), keys))
+
+
+def cluster_reduce(plan: DedupPlan, key: int, table: pa.Table) -> dict[str, Any]:
+    rows = C.cluster_rows(table)
+    write_table(plan.work("clusters", f"c-{key:06d}.parquet"), rows)
+    reasons = rows.column("dup_reason").to_pylist()
+    return {"clusters": int(pc.sum(rows.column("dup_keep")).as_py() or 0),
+            "exact_duplicate": reasons.count("exact_duplicate"), "near_duplicate": reasons.count("near_duplicate")}
