@@ -234,3 +234,23 @@ def test_without_dedup_the_hashes_are_unchanged() -> None:
     assert spec.dedup is None and spec.dedup_hash() is None
     with_dedup = JobSpec.model_validate({**d, "dedup": {"exact": True}})
     assert with_dedup.score_hash() == spec.score_hash() and with_dedup.select_hash() != spec.select_hash()
+
+
+def test_a_resumed_dedup_run_equals_a_clean_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from thresher.pipelines import dedup_stage
+
+    corpus = planted(tmp_path / "corpus")
+    clean = thresher.run(job(tmp_path, corpus, NEAR, name="clean"), progress=False)
+
+    def killed(*_args, **_kw):
+        raise RuntimeError("killed")
+
+    with monkeypatch.context() as m:  # dies after the signature pass, in the components
+        m.setattr(dedup_stage, "round_reduce", killed)
+        with pytest.raises(JobError, match="killed"):
+            thresher.run(job(tmp_path, corpus, NEAR, name="resumed"), progress=False)
+    assert len(list((tmp_path / "resumed" / "_thresher" / "done").glob("dedup-map-*.json"))) == 3
+    again = thresher.run(job(tmp_path, corpus, NEAR, name="resumed"), progress=False)
+    assert again.manifest["dedup"]["resumed_shards"] == 3  # the signatures were not computed again
+    assert selection(tmp_path / "resumed").equals(selection(tmp_path / "clean"))
+    assert again.manifest["counts"] == clean.manifest["counts"]

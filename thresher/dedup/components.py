@@ -55,6 +55,7 @@ def node_key(nodes: np.ndarray, keys: int) -> np.ndarray:
 def _sorted_frame(table: pa.Table, extra: list[str]) -> pd.DataFrame:
     cols = ["node", "k", "id", "h", *extra]
     df = pd.DataFrame({c: table.column(c).to_numpy(zero_copy_only=False) for c in cols if c in table.column_names})
+    # (the frame's index stays each row's position in `table`)
     return df.sort_values(["g", "g2", "k", "id", "node"] if "g" in df else ["k", "id", "node"], kind="stable")
 
 
@@ -83,18 +84,16 @@ def bucket_edges(table: pa.Table, threshold: float | None = None) -> pa.Table:
     if threshold is None:
         member = pos != first
         return _edges(df.iloc[first[member]], df.iloc[pos[member]])
-    sets = table.column("sh")
-    index = {int(n): i for i, n in enumerate(table.column("node").to_numpy())}
-    shingles = [None] * len(df)
+    sets = table.column("sh").combine_chunks()
+    flat = sets.flatten().to_numpy(zero_copy_only=False)
+    offs = np.asarray(sets.offsets.to_numpy(), dtype=np.int64) - int(sets.offsets[0].as_py())
+    orig = df.index.to_numpy()  # each sorted row's row in `table`
     a_pos, b_pos = [], []
-    nodes = df["node"].to_numpy()
-    for s, n in zip(start[size > 1], size[size > 1]):
+    for s, n in zip(start[size > 1], size[size > 1]):  # groups of two or more (few): one Python step per pair
         for j in range(s + 1, s + n):
+            bj = flat[offs[orig[j]]:offs[orig[j] + 1]]
             for i in range(s, min(j, s + MAX_TRIES)):
-                for p in (i, j):
-                    if shingles[p] is None:
-                        shingles[p] = sets[index[int(nodes[p])]].values.to_numpy(zero_copy_only=False)
-                if jaccard(shingles[i], shingles[j]) >= threshold:
+                if jaccard(flat[offs[orig[i]]:offs[orig[i] + 1]], bj) >= threshold:
                     a_pos.append(i)
                     b_pos.append(j)
                     break
