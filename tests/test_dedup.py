@@ -217,6 +217,8 @@ def test_workers_and_keep_rules(tmp_path: Path) -> None:
     assert rows["x2"]["status"] == "selected" and rows["x1"]["reason"] == "exact_duplicate"
     assert rows["y2"]["status"] == "selected" and rows["y1"]["dup_cluster"] == "y2"
     assert rows["ta"]["status"] == "selected" and rows["tc"]["dup_cluster"] == "ta"
+    with pytest.raises(JobError, match="dedup.keep.column: 'qualty' is not a score column"):
+        thresher.run(job(tmp_path, corpus, {"keep": {"column": "qualty"}}, name="bad"), progress=False)
     # exact only: the near-copies stay
     thresher.run(job(tmp_path, corpus, {"exact": True}, name="x"), progress=False)
     rows = by_id(tmp_path / "x", corpus)

@@ -162,6 +162,11 @@ def signature_task(plan: DedupPlan, i: int) -> dict[str, Any]:
     if done is not None and all(done.get(k) == v for k, v in ident.items()) and storage.exists(plan.sig(i)):
         return {**done, "skipped": True}
     keep_col = spec.keep.column if not isinstance(spec.keep, str) else None
+    if keep_col is not None:
+        names = storage.read_schema(str(layout.scores(i))).names
+        if keep_col not in names:
+            raise JobError(f"dedup.keep.column: {keep_col!r} is not a score column; score columns: "
+                           f"{sorted(n for n in names if not n.startswith('_'))}")
     scores = storage.read_table(str(layout.scores(i)), columns=["id", "_row"] + ([keep_col] if keep_col else []))
     piece = plan.input_table.slice(shard.start, shard.rows) if plan.input_table is not None and shard.kind == "memory" \
         else None
