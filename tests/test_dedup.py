@@ -31,7 +31,7 @@ def words(rng: np.random.Generator, n: int) -> list[str]:
 
 
 def planted(folder: Path, files: int = 3, rows: int = 20) -> Path:
-    """Parquet files of random documents plus planted duplicates (ids x1/x2, y1/y2, z1, ta/tb/tc)."""
+    """Parquet files of random documents plus planted duplicates (ids x1/x2, y1/y2, z1, p1/p2, ta/tb/tc)."""
     rng = np.random.default_rng(7)
     docs: list[tuple[str, str, float]] = []
     for j in range(files * rows):
@@ -40,12 +40,14 @@ def planted(folder: Path, files: int = 3, rows: int = 20) -> Path:
     edited = list(base)
     edited[100] = "CHANGED"
     far = base[:60] + words(rng, 140)  # Jaccard ~0.2 with base
+    near_miss = words(rng, 230)
+    p1, p2 = near_miss[0:200], near_miss[25:225]  # Jaccard 0.77: a candidate often, never merged (verified)
     seq = words(rng, 300)
     a, b, c = seq[0:200], seq[15:215], seq[30:230]  # A~B 0.86, B~C 0.86, A~C 0.73
     text_x = " ".join(words(rng, 150))
     plant = [("x1", text_x, 0.0), ("x2", "  " + text_x.upper().replace(" ", "\n\t ") + " ", 5.0),
              ("y1", " ".join(base), 1.0), ("y2", " ".join(edited), 2.0), ("z1", " ".join(far), 0.0),
-             ("ta", " ".join(a), 3.0), ("tb", " ".join(b), 1.0), ("tc", " ".join(c), 2.0)]
+             ("p1", " ".join(p1), 0.0), ("p2", " ".join(p2), 0.0), ("ta", " ".join(a), 3.0), ("tb", " ".join(b), 1.0), ("tc", " ".join(c), 2.0)]
     # spread the planted rows over the files (the later copies in other shards)
     for k, p in enumerate(plant):
         docs.insert((k * 7 + 3) % len(docs), p)
@@ -182,6 +184,7 @@ def test_job_removes_planted_duplicates(tmp_path: Path) -> None:
     assert rows["y2"]["reason"] == "near_duplicate" and rows["y2"]["dup_cluster"] == "y1"
     assert rows["z1"]["status"] == "selected" and rows["z1"]["dup_cluster"] is None
     assert rows["z1"]["dup_cluster_size"] == 1 and rows["z1"]["dup_keep"]
+    assert rows["p1"]["dup_cluster"] is None and rows["p2"]["dup_cluster"] is None  # 0.77 < 0.8
     # A ~ B, B ~ C, A !~ C: one cluster of three
     assert [rows[i]["dup_cluster"] for i in ("ta", "tb", "tc")] == ["ta"] * 3
     assert rows["ta"]["dup_cluster_size"] == 3 and rows["ta"]["status"] == "selected"
@@ -219,6 +222,11 @@ def test_workers_and_keep_rules(tmp_path: Path) -> None:
     assert rows["ta"]["status"] == "selected" and rows["tc"]["dup_cluster"] == "ta"
     with pytest.raises(JobError, match="dedup.keep.column: 'qualty' is not a score column"):
         thresher.run(job(tmp_path, corpus, {"keep": {"column": "qualty"}}, name="bad"), progress=False)
+    # without verification the 0.77 pair that shares a band bucket is merged; verification keeps it apart
+    same_bands = {"minhash": {"threshold": 0.8, "verify": False, "bands": 14, "rows": 9}}
+    thresher.run(job(tmp_path, corpus, same_bands, name="nv"), progress=False)
+    assert by_id(tmp_path / "nv", corpus)["p2"]["dup_cluster"] == "p1"
+    assert by_id(tmp_path / "w1", corpus)["p2"]["dup_cluster"] is None
     # exact only: the near-copies stay
     thresher.run(job(tmp_path, corpus, {"exact": True}, name="x"), progress=False)
     rows = by_id(tmp_path / "x", corpus)
