@@ -93,6 +93,7 @@ def dedup(job: JobSpec, layout: OutputLayout, shards: list[InputShard], engine: 
     storage.remove_tree(plan.path("result"))
     items = list(range(len(shards)))
     maps = engine.parallel_map(T.task(signature_task, plan, label="dedup: signatures"), items)
+    steps = {"signatures": time.perf_counter() - start}
     total = sum(m["rows"] for m in maps)
     spill = plan.work("spill")
     edge_files: list[str] = []
@@ -111,6 +112,7 @@ def dedup(job: JobSpec, layout: OutputLayout, shards: list[InputShard], engine: 
         edge_files += [plan.work("edges", f"b-{k:06d}.parquet") for k in sorted(res) if res[k]["edges"]]
         candidates += sum(r["edges"] for r in res.values())
 
+    steps["candidates"] = time.perf_counter() - start - sum(steps.values())
     files, rounds, large = edge_files, 0, True
     node_keys = max(1, math.ceil(2 * candidates / ROWS_PER_KEY))
     while files:
@@ -125,6 +127,7 @@ def dedup(job: JobSpec, layout: OutputLayout, shards: list[InputShard], engine: 
         files = [plan.work(folder, f"b-{k:06d}.parquet") for k in sorted(res) if res[k]["edges"]]
         large = not large
 
+    steps["components"] = time.perf_counter() - start - sum(steps.values())
     routed: list[int] = []
     removed = {"exact_duplicate": 0, "near_duplicate": 0}
     clusters = 0
@@ -138,12 +141,14 @@ def dedup(job: JobSpec, layout: OutputLayout, shards: list[InputShard], engine: 
         cfiles = [plan.work("clusters", f"c-{k:06d}.parquet") for k in sorted(res)]
         routed = sorted(int(k) for k in engine.shuffle("dedup-route", T.route_emit, cfiles,
                                                          partial(T.route_reduce, plan.path("result")), spill))
+    steps["clusters"] = time.perf_counter() - start - sum(steps.values())
     storage.remove_tree(plan.work())
     storage.remove_tree(plan.path("sig"))
     marker = {**ident, "rows": total, "exact": spec.exact, "bands": bands, "rows_per_band": rows,
               "candidate_edges": candidates, "rounds": rounds, "clusters": clusters, "removed": removed,
               "routed": routed, "resumed_shards": sum(bool(m.get("skipped")) for m in maps),
-              "seconds": round(time.perf_counter() - start, 4)}
+              "seconds": round(time.perf_counter() - start, 4),
+              "step_seconds": {k: round(v, 4) for k, v in steps.items()}}
     write_json_atomic(marker, layout.marker("dedup"))
     return {**marker, "skipped": False}
 
