@@ -206,6 +206,10 @@ def test_job_removes_planted_duplicates(tmp_path: Path) -> None:
     assert again.manifest["resumed_shards"]["dedup"] is True
     assert selection(tmp_path / "out").equals(first)
     assert again.manifest["counts"] == res.manifest["counts"]
+    # --overwrite starts afresh: the stage runs again (signatures too), with the same result
+    fresh = thresher.run(job(tmp_path, corpus, NEAR), overwrite=True, progress=False)
+    assert fresh.manifest["resumed_shards"]["dedup"] is False and fresh.manifest["dedup"]["resumed_shards"] == 0
+    assert selection(tmp_path / "out").equals(first)
 
 
 def test_workers_and_keep_rules(tmp_path: Path) -> None:

@@ -77,11 +77,14 @@ def inputs_hash(shards: list[InputShard]) -> str:
 
 
 def dedup(job: JobSpec, layout: OutputLayout, shards: list[InputShard], engine: Engine,
-          input_table: pa.Table | None = None) -> dict[str, Any] | None:
-    """Run the dedup stage (None without a `dedup:` section); see the module docstring."""
+          input_table: pa.Table | None = None, fresh: bool = False) -> dict[str, Any] | None:
+    """Run the dedup stage (None without a `dedup:` section); see the module docstring.
+    `fresh` (--overwrite): forget the stage's markers and files first."""
     spec = job.dedup
     if spec is None:
         return None
+    if fresh:
+        forget(layout, len(shards))
     ident = {"dedup_hash": job.dedup_hash(), "inputs_hash": inputs_hash(shards)}
     done = layout.read_marker("dedup")
     if done is not None and all(done.get(k) == v for k, v in ident.items()):
@@ -151,6 +154,14 @@ def dedup(job: JobSpec, layout: OutputLayout, shards: list[InputShard], engine: 
               "step_seconds": {k: round(v, 4) for k, v in steps.items()}}
     write_json_atomic(marker, layout.marker("dedup"))
     return {**marker, "skipped": False}
+
+
+def forget(layout: OutputLayout, n_shards: int) -> None:
+    """Remove the stage's markers (the stage's, then each shard's) and its folder."""
+    for path in [layout.marker("dedup")] + [layout.marker("dedup-map", i) for i in range(n_shards)]:
+        if storage.exists(path):
+            storage.remove_file(path)
+    storage.remove_tree(dedup_folder(str(layout.root)))
 
 
 # -- 1. signatures ------------------------------------------------------------------------------

@@ -151,7 +151,8 @@ def run_job(job: JobSpec, data: Any = None, overwrite: bool | None = None, progr
             dedup_res = None
             if job.dedup is not None:  # opt-in: exact and MinHash near-duplicates, before filters and selection
                 t = time.perf_counter()
-                dedup_res = dedup_stage.dedup(job, layout, shards, engine, input_table=table)
+                dedup_res = dedup_stage.dedup(job, layout, shards, engine, input_table=table,
+                                              fresh=overwrite if overwrite is not None else job.output.overwrite)
                 timings["dedup"] = time.perf_counter() - t
             t = time.perf_counter()
             select_res = select_stage.select(job, layout, len(shards), engine, shards=shards, input_table=table)
