@@ -223,10 +223,13 @@ def clusters_k(n: int) -> int:
 
 
 def job(data: str, out: str, n: int, dim: int, selector: str, engine: str, via: str,
-        clusters_extra: dict[str, Any] | None = None, k: int | None = None) -> dict[str, Any]:
+        clusters_extra: dict[str, Any] | None = None, k: int | None = None,
+        shard_rows: int | None = None) -> dict[str, Any]:
     """The job of one measurement. `via`: "input" (input.score_columns) or "scorer" (pass-through)."""
     q, e = ("quality", "emb") if via == "input" else ("pt_quality", "pt_emb")
     inp: dict[str, Any] = {"path": data, "id_column": "id"}
+    if shard_rows:
+        inp["shard_rows"] = shard_rows
     scorers: list[dict[str, Any]] = []
     if via == "input":
         inp["score_columns"] = ["quality", "emb"]
@@ -376,7 +379,7 @@ def child_score(c: dict[str, Any]) -> dict[str, Any]:
     if c["via"] == "scorer":
         register_passthrough()
     spec = job(c["data"], c["out"], c["n"], c["dim"], c["selector"], "local", c["via"], c.get("clusters_extra"),
-               c.get("clusters_k"))
+               c.get("clusters_k"), c.get("shard_rows"))
     t = time.perf_counter()
     # reselect: the folder may hold another selector's selection from an earlier measurement
     r = thresher.run(spec, progress=False, score_only=True, reselect=True)
@@ -410,7 +413,7 @@ def child_select(c: dict[str, Any]) -> dict[str, Any]:
     if c["via"] == "scorer":
         register_passthrough()
     spec = job(c["data"], c["out"], c["n"], c["dim"], c["selector"], c["engine"], c["via"], c.get("clusters_extra"),
-               c.get("clusters_k"))
+               c.get("clusters_k"), c.get("shard_rows"))
     layout = OutputLayout(c["out"])
     for stage in ("write", "select"):
         layout.clear_stage(stage)
@@ -424,6 +427,8 @@ def child_select(c: dict[str, Any]) -> dict[str, Any]:
             if depth[0]:  # called from inside the measured stage
                 return original(*args, **kwargs)
             depth[0] += 1
+            if len(args) > 2 and isinstance(args[2], int):  # select(job, layout, n_shards, ...)
+                res["shards"] = args[2]
             res.update(mem.start())
             t = time.perf_counter()
             out = original(*args, **kwargs)
@@ -580,17 +585,18 @@ def render(data: dict[str, Any]) -> str:
                      f"{meta.get('machine')}, "
                      f"columns via {meta.get('columns_via')}; load average {meta.get('load_before')} -> "
                      f"{meta.get('load_after')}" + (f"; {meta['note']}" if meta.get("note") else ""))
-    lines += ["", "| code | engine | selector | D | N | select (s) | docs/s | driver peak MB (+ over start) | "
+    lines += ["", "| code | engine | selector | D | N | shards | select (s) | docs/s | driver peak MB (+ over start) | "
                   "JVM peak MB | task peak MB | selected | budget |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         if r.get("error"):
             lines.append(f"| {r['label']} | {r['engine']} | {r['selector']} | {r['dim']} | {_fmt_n(r['n'])} | "
-                         f"failed: {r['error'][:160]} | | | | | | |")
+                         f"{r.get('shards', '-')} | failed: {r['error'][:160]} | | | | | | |")
             continue
         tp, src = task_peak(r)
         lines.append(
-            f"| {r['label']} | {r['engine']} | {r['selector']} | {r['dim']} | {_fmt_n(r['n'])} | {r['select_s']:.1f} | "
+            f"| {r['label']} | {r['engine']} | {r['selector']} | {r['dim']} | {_fmt_n(r['n'])} | {r.get('shards', '-')} | "
+            f"{r['select_s']:.1f} | "
             f"{r['docs_per_s']:,.0f} | {_mb(r.get('driver_hwm_mb'))} (+{_mb(_growth(r))}) | {_mb(r.get('jvm_hwm_mb'))} | "
             f"{_mb(tp)}{'*' if src == 'stats' else ''} | {r.get('selected')} | {r['expected_selected']} |")
     ratio_rows = []
@@ -666,6 +672,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--code", help="measure the thresher package under this folder (e.g. a `git archive` of an "
                                    "older commit) instead of the installed one; put first on the children's PYTHONPATH")
     ap.add_argument("--note", help="a note for this label in the table header")
+    ap.add_argument("--shard-rows", type=int, help="input.shard_rows (default: thresher's own default)")
     ap.add_argument("--clusters-k", type=int, help="clusters scorer k (default max(100, N / 10,000))")
     ap.add_argument("--clusters-extra", default="{}", help="JSON: more clusters scorer params, e.g. "
                                                            "'{\"max_fit_rows\": 100000}'")
@@ -721,6 +728,7 @@ def main(argv: list[str] | None = None) -> int:
             out = work_root / label / f"{n}-{args.dim}-{scoreset}"
             base = {"data": str(folder), "out": str(out), "n": n, "dim": args.dim, "selector": selector, "via": via,
                     "code": code, "clusters_k": args.clusters_k, "clusters_extra": clusters_extra,
+                    "shard_rows": args.shard_rows,
                     "site": str(passthrough_site(work_root)) if via == "scorer" else None}
             if scoreset not in scored:
                 scored[scoreset] = run_child("score", base, args.timeout)
