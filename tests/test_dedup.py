@@ -8,6 +8,7 @@ and two workers and must give the same clusters.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,9 @@ def words(rng: np.random.Generator, n: int) -> list[str]:
     return list(VOCAB[rng.integers(0, len(VOCAB), n)])
 
 
-def planted(folder: Path, files: int = 3, rows: int = 20) -> Path:
-    """Parquet files of random documents plus planted duplicates (ids x1/x2, y1/y2, z1, p1/p2, ta/tb/tc)."""
+def planted(folder: Path, files: int = 3, rows: int = 20, stride: int = 7) -> Path:
+    """Parquet files of random documents plus planted duplicates (ids x1/x2, y1/y2, z1, p1/p2, ta/tb/tc),
+    planted row k at position k * stride + 3 (modulo the rows)."""
     rng = np.random.default_rng(7)
     docs: list[tuple[str, str, float]] = []
     for j in range(files * rows):
@@ -50,7 +52,7 @@ def planted(folder: Path, files: int = 3, rows: int = 20) -> Path:
              ("p1", " ".join(p1), 0.0), ("p2", " ".join(p2), 0.0), ("ta", " ".join(a), 3.0), ("tb", " ".join(b), 1.0), ("tc", " ".join(c), 2.0)]
     # spread the planted rows over the files (the later copies in other shards)
     for k, p in enumerate(plant):
-        docs.insert((k * 7 + 3) % len(docs), p)
+        docs.insert((k * stride + 3) % len(docs), p)
     per = (len(docs) + files - 1) // files
     folder.mkdir(parents=True, exist_ok=True)
     for f in range(files):
@@ -268,3 +270,62 @@ def test_a_resumed_dedup_run_equals_a_clean_one(tmp_path: Path, monkeypatch: pyt
     assert again.manifest["dedup"]["resumed_shards"] == 3  # the signatures were not computed again
     assert selection(tmp_path / "resumed").equals(selection(tmp_path / "clean"))
     assert again.manifest["counts"] == clean.manifest["counts"]
+
+
+# -- the engines agree ----------------------------------------------------------------------------
+
+# the engine job shapes of tests/test_engines.py (Spark local mode, Beam DirectRunner with 2 workers)
+SPARK_CONF = {"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
+              "spark.sql.shuffle.partitions": "2"}
+ENGINES = {"spark": {"name": "spark", "spark": {"master": "local[2]", "conf": SPARK_CONF}},
+           "beam": {"name": "beam", "beam": {"runner": "DirectRunner", "options": {"direct_num_workers": 2}}}}
+KEEP_Q = {**NEAR, "keep": {"column": "quality"}}  # float keep keys through every shuffle
+DUP_COLS = ["dup_cluster", "dup_cluster_size", "dup_keep"]
+
+
+def kept_ids(out: Path) -> list[str]:
+    return sorted(i for p in sorted(out.glob("part-*.parquet")) for i in pq.read_table(p, columns=["id"])["id"].to_pylist())
+
+
+@pytest.fixture(scope="module")
+def four_shards(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, object]:
+    """The planted corpus in 4 files (250 documents; every planted pair and the chain span shards:
+    x1/x2 in shards 0/1, y1/y2 2/3, ta/tb/tc 0/1/2) and its local run (1 worker), checked against
+    a 2-worker local run: (the folder for other runs, the corpus, the 1-worker result)."""
+    tmp = tmp_path_factory.mktemp("dedup_engines")
+    corpus = planted(tmp / "corpus", files=4, rows=60, stride=71)
+    one = thresher.run(job(tmp, corpus, KEEP_Q, workers=1, name="local1"), progress=False)
+    two = thresher.run(job(tmp, corpus, KEEP_Q, workers=2, name="local2"), progress=False)
+    assert len(one.manifest["inputs"]) == 4 and one.manifest["counts"]["input_rows"] == 250
+    assert one.manifest["dedup"]["removed"] == {"exact_duplicate": 1, "near_duplicate": 3}
+    assert one.manifest["dedup"]["clusters"] == 3
+    assert selection(tmp / "local1").equals(selection(tmp / "local2"))
+    assert kept_ids(tmp / "local1") == kept_ids(tmp / "local2") and two.manifest["counts"] == one.manifest["counts"]
+    return tmp, corpus, one
+
+
+@pytest.mark.parametrize("engine", ["spark", "beam"])
+def test_engines_give_the_same_clusters_and_kept_sets(four_shards: tuple[Path, Path, object], engine: str) -> None:
+    """Spark local[2] and Beam DirectRunner: the same `dup_cluster`, `dup_cluster_size`,
+    `dup_keep` (and statuses, reasons) row by row, and the same kept set, as the local engine."""
+    pytest.importorskip("apache_beam" if engine == "beam" else "pyspark")
+    if engine == "spark":
+        from thresher.pipelines.java import ensure_java
+
+        try:
+            ensure_java(dict(os.environ))
+        except JobError as exc:
+            pytest.skip(f"no Java for Spark: {exc}")
+    tmp, corpus, local = four_shards
+    res = thresher.run(job(tmp, corpus, KEEP_Q, name=engine, engine=ENGINES[engine]), progress=False)
+    assert res.manifest["engine"] == engine
+    want, got = selection(tmp / "local1"), selection(tmp / engine)
+    for col in DUP_COLS:
+        assert got.column(col).equals(want.column(col)), col
+    assert got.equals(want)  # statuses and reasons too
+    kept = kept_ids(tmp / engine)
+    assert kept == kept_ids(tmp / "local1") and {"x2", "y2", "ta"} <= set(kept)
+    assert not {"x1", "y1", "tb", "tc"} & set(kept)
+    assert res.manifest["counts"] == local.manifest["counts"]
+    for k in ("removed", "clusters", "candidate_edges", "bands", "rows_per_band"):
+        assert res.manifest["dedup"][k] == local.manifest["dedup"][k], k
