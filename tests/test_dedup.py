@@ -272,6 +272,53 @@ def test_a_resumed_dedup_run_equals_a_clean_one(tmp_path: Path, monkeypatch: pyt
     assert again.manifest["counts"] == clean.manifest["counts"]
 
 
+def all_rows(out: Path) -> list[dict]:
+    """Every row's selection columns with its id (in shard and row order; ids may repeat)."""
+    scores = pa.concat_tables([pq.read_table(p, columns=["id"]) for p in sorted((out / "_scores").glob("*.parquet"))])
+    return [{"id": i, **r} for i, r in zip(scores.column("id").to_pylist(), selection(out).to_pylist())]
+
+
+@pytest.mark.parametrize("keep", ["lowest_id", {"column": "quality"}])
+def test_a_duplicate_id_is_never_a_clusters_kept_document(tmp_path: Path, keep: object) -> None:
+    """Id `a` twice with different texts: the second `a` (shard 1, a duplicate id, so rejected) is
+    ignored by the dedup stage. Were it in the graph it would be the kept document of {a, b, b2}
+    (the lowest id, and the highest quality) and that cluster would keep no row at all."""
+    rng = np.random.default_rng(11)
+    t1, t2 = words(rng, 200), words(rng, 200)
+    b, b2 = list(t2), list(t2)
+    b[50], b2[150] = "EDITED", "ALTERED"
+    shard0 = [(f"r{j:02d}", " ".join(words(rng, 120)), 0.0) for j in range(10)] + [
+        ("a", " ".join(t1), 1.0), ("z", " ".join(t1), 0.0)]
+    shard1 = [("a", " ".join(t2), 9.0), ("b", " ".join(b), 1.0), ("b2", " ".join(b2), 2.0)] + [
+        (f"s{j:02d}", " ".join(words(rng, 120)), 0.0) for j in range(10)]
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for f, part in enumerate((shard0, shard1)):
+        pq.write_table(pa.table({"id": [d[0] for d in part], "text": [d[1] for d in part],
+                                 "quality": [d[2] for d in part]}), corpus / f"part-{f}.parquet")
+    res = thresher.run(job(tmp_path, corpus, {**NEAR, "keep": keep}), progress=False)
+    rows = all_rows(tmp_path / "out")
+    first_a, second_a = [r for r in rows if r["id"] == "a"]
+    assert second_a["reason"] == "duplicate_id" and second_a["dup_cluster"] is None
+    assert second_a["dup_cluster_size"] == 1
+    assert first_a["status"] == "selected" and first_a["dup_cluster"] == "a" and first_a["dup_cluster_size"] == 2
+    kept_b = "b" if keep == "lowest_id" else "b2"
+    clusters: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["dup_cluster"] is not None:
+            clusters.setdefault(r["dup_cluster"], []).append(r)
+    assert sorted(clusters) == sorted(["a", kept_b])
+    for cid, members in clusters.items():  # every cluster keeps exactly one live row: its kept document
+        live = [r for r in members if r["status"] == "selected"]
+        assert len(live) == 1 and live[0]["id"] == cid and live[0]["dup_keep"], cid
+        assert all(r["reason"] in ("exact_duplicate", "near_duplicate") for r in members if r is not live[0])
+        assert all(r["dup_cluster_size"] == len(members) for r in members)
+    c = res.manifest["counts"]
+    assert c["rejected"]["by_reason"] == {"duplicate_id": 1, "exact_duplicate": 1, "near_duplicate": 1}
+    assert res.manifest["dedup"]["removed"] == {"exact_duplicate": 1, "near_duplicate": 1}
+    assert res.manifest["dedup"]["duplicate_ids"] == 1 and res.manifest["dedup"]["clusters"] == 2
+
+
 # -- the engines agree ----------------------------------------------------------------------------
 
 # the engine job shapes of tests/test_engines.py (Spark local mode, Beam DirectRunner with 2 workers)

@@ -5,6 +5,11 @@ stage, with the engine API only (map passes and `engine.shuffle`); the driver ho
    of every row is normalised (`thresher.dedup.exact.normalize`), hashed (128 bits), shingled
    and MinHashed per read batch (`thresher.dedup.minhash`); one scratch file per shard holds
    (node, keep key, id, exact hash, band keys, shingle set when verifying);
+   Duplicate ids: a shuffle of (node, id) keyed by a hash of the id finds every later
+   occurrence (in shard and row order) of an id, the select stage's rule; those rows are
+   routed back to their shards (`work/dupids/s-<shard>`) and left out of every later step:
+   the select stage rejects them as `duplicate_id`, so one of them must never be a cluster's
+   kept document (its cluster would keep no row) nor link documents into a cluster;
 2. candidate edges: a shuffle keyed by the exact hash and one keyed by band key (both a hash,
    so keys are near-equal); each key's task links the members of each group
    (`components.bucket_edges`: a star on the smallest member, or verified pairs);
@@ -32,9 +37,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pandas as pd
 import pyarrow.compute as pc
 
 from thresher.common.atomic import write_json_atomic
+from thresher.common.hashing import hash_group, id_hash
 from thresher.config import JobSpec
 from thresher.dedup import components as C
 from thresher.dedup.exact import exact_hash, normalize
@@ -61,6 +68,7 @@ class DedupPlan:
     input_table: pa.Table | None
     bands: int
     rows: int
+    dup_shards: frozenset[int] = frozenset()  # shards with rows whose id repeats an earlier row's
 
     def path(self, *parts: str) -> str:
         return storage.join(dedup_folder(self.out_root), *parts)
@@ -96,9 +104,17 @@ def dedup(job: JobSpec, layout: OutputLayout, shards: list[InputShard], engine: 
     storage.remove_tree(plan.path("result"))
     items = list(range(len(shards)))
     maps = engine.parallel_map(T.task(signature_task, plan, label="dedup: signatures"), items)
-    steps = {"signatures": time.perf_counter() - start}
     total = sum(m["rows"] for m in maps)
     spill = plan.work("spill")
+    # rows whose id repeats an earlier row's (the select stage rejects them) take no part
+    res = engine.shuffle("dedup-ids", partial(ids_emit, plan, max(1, math.ceil(total / ROWS_PER_KEY))), items,
+                         partial(ids_reduce, plan), spill)
+    duplicate_ids = sum(r["dups"] for r in res.values())
+    if duplicate_ids:
+        files = [plan.work("dupids", f"b-{k:06d}.parquet") for k in sorted(res) if res[k]["dups"]]
+        plan.dup_shards = frozenset(int(k) for k in engine.shuffle(
+            "dedup-ids-route", T.route_emit, files, partial(T.route_reduce, plan.work("dupids")), spill))
+    steps = {"signatures": time.perf_counter() - start}
     edge_files: list[str] = []
     candidates = 0
     if spec.exact:
@@ -147,7 +163,7 @@ def dedup(job: JobSpec, layout: OutputLayout, shards: list[InputShard], engine: 
     steps["clusters"] = time.perf_counter() - start - sum(steps.values())
     storage.remove_tree(plan.work())
     storage.remove_tree(plan.path("sig"))
-    marker = {**ident, "rows": total, "exact": spec.exact, "bands": bands, "rows_per_band": rows,
+    marker = {**ident, "rows": total, "duplicate_ids": duplicate_ids, "exact": spec.exact, "bands": bands, "rows_per_band": rows,
               "candidate_edges": candidates, "rounds": rounds, "clusters": clusters, "removed": removed,
               "routed": routed, "resumed_shards": sum(bool(m.get("skipped")) for m in maps),
               "seconds": round(time.perf_counter() - start, 4),
@@ -227,13 +243,44 @@ def signature_task(plan: DedupPlan, i: int) -> dict[str, Any]:
     return {**marker, "skipped": False}
 
 
+# -- duplicate ids ----------------------------------------------------------------------------------
+
+
+def ids_emit(plan: DedupPlan, keys: int, i: int) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """Shard i's (node, id), keyed by a hash of the id (the select stage's hash stream)."""
+    t = storage.read_table(plan.sig(i), columns=["node", "id"])
+    yield from T.by_key(t, hash_group(id_hash(t.column("id"), plan.job.seed, T.TAG_IDS), keys))
+
+
+def ids_reduce(plan: DedupPlan, key: int, table: pa.Table) -> dict[str, Any]:
+    """Every later occurrence (in shard and row order: node order) of an id of this key, as
+    (_shard, _row) rows to route back to the shards."""
+    t = table.sort_by([("node", "ascending")])
+    dup = pd.Series(t.column("id").to_numpy(zero_copy_only=False)).duplicated(keep="first").to_numpy()
+    if dup.any():
+        node = t.column("node").to_numpy()[dup]
+        write_table(plan.work("dupids", f"b-{key:06d}.parquet"),
+                    pa.table({"_shard": pa.array((node >> C.SHARD_SHIFT).astype(np.int32)),
+                              "_row": pa.array(node & ((1 << C.SHARD_SHIFT) - 1))}))
+    return {"dups": int(dup.sum())}
+
+
+def read_live(plan: DedupPlan, i: int, columns: list[str]) -> pa.Table:
+    """Shard i's signature rows without the rows whose id repeats an earlier row's."""
+    t = storage.read_table(plan.sig(i), columns=columns)
+    if i not in plan.dup_shards:
+        return t
+    rows = storage.read_table(plan.work("dupids", f"s-{i:05d}.parquet"), columns=["_row"]).column("_row").to_numpy()
+    return t.filter(pa.array(~np.isin(t.column("node").to_numpy(), C.node_of(i, rows))))
+
+
 # -- 2. candidate edges --------------------------------------------------------------------------
 
 _NODE = ["node", "k", "id", "h"]
 
 
 def exact_emit(plan: DedupPlan, keys: int, i: int) -> Iterator[tuple[int, pa.RecordBatch]]:
-    t = storage.read_table(plan.sig(i), columns=[*_NODE, "h1"])
+    t = read_live(plan, i, [*_NODE, "h1"])
     if not t.num_rows:
         return
     t = t.append_column("g", t.column("h")).append_column("g2", t.column("h1")).drop_columns(["h1"])
@@ -242,7 +289,7 @@ def exact_emit(plan: DedupPlan, keys: int, i: int) -> Iterator[tuple[int, pa.Rec
 
 def band_emit(plan: DedupPlan, keys: int, i: int) -> Iterator[tuple[int, pa.RecordBatch]]:
     verify = plan.job.dedup.minhash.verify  # type: ignore[union-attr]
-    t = storage.read_table(plan.sig(i), columns=[*_NODE, "bands", "banded", *(["sh"] if verify else [])])
+    t = read_live(plan, i, [*_NODE, "bands", "banded", *(["sh"] if verify else [])])
     t = t.filter(t.column("banded"))
     if not t.num_rows:
         return
