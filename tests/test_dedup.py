@@ -226,8 +226,6 @@ def test_workers_and_keep_rules(tmp_path: Path) -> None:
     assert rows["x2"]["status"] == "selected" and rows["x1"]["reason"] == "exact_duplicate"
     assert rows["y2"]["status"] == "selected" and rows["y1"]["dup_cluster"] == "y2"
     assert rows["ta"]["status"] == "selected" and rows["tc"]["dup_cluster"] == "ta"
-    with pytest.raises(JobError, match="dedup.keep.column: 'qualty' is not a score column"):
-        thresher.run(job(tmp_path, corpus, {"keep": {"column": "qualty"}}, name="bad"), progress=False)
     # without verification the 0.77 pair that shares a band bucket is merged; verification keeps it apart
     same_bands = {"minhash": {"threshold": 0.8, "verify": False, "bands": 14, "rows": 9}}
     thresher.run(job(tmp_path, corpus, same_bands, name="nv"), progress=False)
@@ -237,6 +235,27 @@ def test_workers_and_keep_rules(tmp_path: Path) -> None:
     thresher.run(job(tmp_path, corpus, {"exact": True}, name="x"), progress=False)
     rows = by_id(tmp_path / "x", corpus)
     assert rows["x2"]["reason"] == "exact_duplicate" and rows["y2"]["status"] == "selected"
+
+
+def test_keep_column_is_checked_at_plan_time(tmp_path: Path) -> None:
+    """A misspelt or non-numeric `dedup.keep.column` is one error line naming the key, raised
+    before the output folder is created (so before scoring)."""
+    corpus = planted(tmp_path / "corpus")
+    for column, message in (("qualty", "no column 'qualty' in the score table this job will produce; "
+                                       "did you mean 'quality'?"),
+                            ("id", "column 'id' holds string; the keep rule keeps the highest number")):
+        with pytest.raises(JobError) as err:
+            thresher.run(job(tmp_path, corpus, {"keep": {"column": column}}, name="bad"), progress=False)
+        text = str(err.value)
+        assert "\n" not in text and text.endswith(f"dedup.keep.column: {message}"), text
+        assert not (tmp_path / "bad").exists()
+    # a scorer's column (heuristics) and an input score column pass the check
+    from thresher.pipelines.plan import check_plan
+
+    ok = {"scorers": [{"type": "heuristics"}], "dedup": {"keep": {"column": "heuristics_stopword_count"}}}
+    check_plan(thresher.load_job(data={**job(tmp_path, corpus, None, name="ok"), **ok}))
+    check_plan(thresher.load_job(data=job(tmp_path, corpus, {"keep": {"column": "quality"}}, name="ok")))
+    assert not (tmp_path / "ok").exists()
 
 
 def test_without_dedup_the_hashes_are_unchanged() -> None:

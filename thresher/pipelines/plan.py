@@ -1,8 +1,8 @@
 """Plan-time checks: what a job asks for that can be checked before any document is scored.
 
 `check_plan(job)` runs in `run_job` before the output folder is touched (and so before the
-expensive score stage): every filter and selector column must be one the job's score table
-WILL have, filter values must fit their column's type, device and dtype settings must be
+expensive score stage): every filter and selector column (and `dedup.keep.column`, which must
+hold numbers) must be one the job's score table WILL have, filter values must fit their column's type, device and dtype settings must be
 ones the loaders accept, and model folders the selector reads on this machine must exist.
 An error is one `JobError` line naming the job file and the key, with a "did you mean"
 suggestion for a misspelt column.
@@ -85,6 +85,7 @@ def check_plan(job: JobSpec, reselect: bool = False, in_memory: bool = False) ->
     inputs = None if in_memory or reselect or not job.input.score_columns else input_columns(job.input)
     cols = planned_columns(job, fail, saved=_saved_schema(job) if reselect else None, inputs=inputs)
     _check_filters(job, cols, fail)
+    _check_dedup_keep(job, cols, fail)
     _check_selector(job, cols, fail)
     check_output_columns(job, cols, in_memory, fail)  # output.columns names columns the parts will have
     return cols
@@ -293,6 +294,19 @@ def _check_filters(job: JobSpec, cols: PlannedColumns, fail: Any) -> None:
             got = _value_kind(f.value)
             raise fail(f"{where}.value", f"{f.value!r} is a {got}, but column {f.column!r} holds {kind}s "
                                          f"({dtype}){_HINTS.get((got, kind), '')}")
+
+
+def _check_dedup_keep(job: JobSpec, cols: PlannedColumns, fail: Any) -> None:
+    """`dedup.keep.column`: a numeric column of the score table (a scorer's or an input score column)."""
+    keep = job.dedup.keep if job.dedup is not None else None
+    if keep is None or isinstance(keep, str):
+        return
+    key = "dedup.keep.column"
+    if not cols.has(keep.column):
+        raise fail(key, _missing(keep.column, cols))
+    dtype = cols.type_of(keep.column)
+    if dtype is not None and _kind(dtype) in ("string", "list"):
+        raise fail(key, f"column {keep.column!r} holds {dtype}; the keep rule keeps the highest number")
 
 
 def _key_for(spec: dict[str, Any], col: str, where: str) -> str:
