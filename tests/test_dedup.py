@@ -338,6 +338,46 @@ def test_a_duplicate_id_is_never_a_clusters_kept_document(tmp_path: Path, keep: 
     assert res.manifest["dedup"]["duplicate_ids"] == 1 and res.manifest["dedup"]["clusters"] == 2
 
 
+def test_thresher_dedup_command(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """`thresher dedup JOB.yaml -o OUT`: the job's dedup section with no filters and selector all
+    (the job's own filter and top-k selector are not applied); the summary has the removed counts."""
+    import yaml
+
+    from thresher.commands.cli import main
+
+    corpus = planted(tmp_path / "corpus")
+    spec = job(tmp_path, corpus, NEAR, name="job-out", scorers=[{"type": "heuristics"}],
+               filters=[{"column": "n_words", "op": ">", "value": 10_000}],
+               selector={"type": "topk", "column": "quality", "budget": 0.1})
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(spec))
+    monkeypatch.chdir(tmp_path)
+    assert main(["dedup", str(job_file), "-o", "deduped", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "exact_duplicate" in out and "near_duplicate" in out  # the summary's rejected reasons
+    assert ("dedup: 70 rows, 3 clusters; removed 4 (1 exact_duplicate, 3 near_duplicate); "
+            "0 duplicate ids left out;") in out
+    assert f"output: {tmp_path / 'deduped'}" in out and not (tmp_path / "job-out").exists()
+    rows = by_id(tmp_path / "deduped", corpus)
+    assert sum(r["status"] == "selected" for r in rows.values()) == 66
+    assert {i for i, r in rows.items() if r["status"] == "rejected"} == {"x2", "y2", "tb", "tc"}
+    manifest = yaml.safe_load((tmp_path / "deduped" / "_manifest.json").read_text())
+    assert manifest["job"]["selector"] == {"type": "all"} and manifest["job"]["filters"] == []
+    assert manifest["job"]["scorers"][0]["type"] == "heuristics"  # the job's scorers still run
+    # again: resumed, same counts
+    assert main(["dedup", str(job_file), "-o", "deduped", "-q"]) == 0
+    assert "(resumed)" in capsys.readouterr().out
+    # a job without a dedup section: one error line, nothing written
+    job_file.write_text(yaml.safe_dump(job(tmp_path, corpus, None, name="none")))
+    assert main(["dedup", str(job_file), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{job_file}: no `dedup:` section" in err and not (tmp_path / "none").exists()
+    with pytest.raises(SystemExit):
+        main(["dedup", "--help"])
+    assert "--output" in capsys.readouterr().out
+
+
 # -- the engines agree ----------------------------------------------------------------------------
 
 # the engine job shapes of tests/test_engines.py (Spark local mode, Beam DirectRunner with 2 workers)

@@ -1,4 +1,4 @@
-"""The `thresher` command: run, score, config, select, inspect (and the training helpers)."""
+"""The `thresher` command: run, score, dedup, config, select, inspect (and the training helpers)."""
 
 from __future__ import annotations
 
@@ -81,6 +81,45 @@ def cmd_run(args: argparse.Namespace, score_only: bool = False) -> int:
     except Terminated:
         return _terminated()
     print(result.summary, end="")
+    print(f"output: {result.output}")
+    return 0
+
+
+def dedup_only(job: JobSpec) -> JobSpec:
+    """`job` as a dedup-only run: its `dedup:` section (an error without one), its input and
+    scorers, no filters and `selector: {type: all}` (every row not removed is selected)."""
+    if job.dedup is None:
+        raise JobError(f"{job.source}: no `dedup:` section; `thresher dedup` runs a job's dedup section "
+                       f"(add one, e.g. `dedup: {{exact: true, minhash: {{threshold: 0.8}}}}`)")
+    data = job.model_dump(mode="json")
+    data["selector"], data["filters"] = {"type": "all"}, []
+    dedup_job = JobSpec.model_validate(data)
+    dedup_job._source = job._source
+    return dedup_job
+
+
+def dedup_line(manifest: dict[str, Any]) -> str:
+    """The dedup stage in one line: clusters, removed rows by reason, ignored duplicate ids."""
+    d = manifest["dedup"]
+    removed = d["removed"]
+    return (f"dedup: {d['rows']:,} rows, {d['clusters']:,} clusters; removed {sum(removed.values()):,} "
+            f"({removed['exact_duplicate']:,} exact_duplicate, {removed['near_duplicate']:,} near_duplicate); "
+            f"{d.get('duplicate_ids', 0):,} duplicate ids left out; {d['seconds']:.2f}s"
+            f"{' (resumed)' if manifest['resumed_shards'].get('dedup') else ''}")
+
+
+def cmd_dedup(args: argparse.Namespace) -> int:
+    """Run a job's `dedup:` section alone (`dedup_only`): score, dedup, select all, write."""
+    from thresher.pipelines.runner import run_job
+
+    job = dedup_only(_load(args))
+    try:
+        with _sigterm_stops_run():
+            result = run_job(job, overwrite=args.overwrite or None, progress=not args.quiet)
+    except Terminated:
+        return _terminated()
+    print(result.summary, end="")
+    print(dedup_line(result.manifest))
     print(f"output: {result.output}")
     return 0
 
@@ -263,6 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="run only the scoring stage (scores saved for `thresher select`)")
     _job_args(p)
     p.set_defaults(func=lambda a: cmd_run(a, score_only=True))
+    p = sub.add_parser("dedup", help="run only a job's `dedup:` section: every row that is not a removed duplicate "
+                                     "is selected (no filters, selector all)")
+    _spec_args(p)
+    p.add_argument("--overwrite", action="store_true", help="discard what the output folder holds and start afresh")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_dedup)
     p = sub.add_parser("config", help="print the resolved job with every default, and check it (runs nothing)")
     _spec_args(p)
     p.set_defaults(func=cmd_config)
