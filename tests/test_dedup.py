@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -395,16 +396,25 @@ def kept_ids(out: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def four_shards(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, object]:
-    """The planted corpus in 4 files (250 documents; every planted pair and the chain span shards:
-    x1/x2 in shards 0/1, y1/y2 2/3, ta/tb/tc 0/1/2) and its local run (1 worker), checked against
-    a 2-worker local run: (the folder for other runs, the corpus, the 1-worker result)."""
+    """The planted corpus in 4 files (251 documents; every planted pair and the chain span shards:
+    x1/x2 in shards 0/1, y1/y2 2/3, ta/tb/tc 0/1/2; a second `x1` in shard 3, a near-copy of y1
+    with the highest quality, is a duplicate id the dedup stage leaves out) and its local run
+    (1 worker), checked against a 2-worker local run: (the folder for other runs, the corpus,
+    the 1-worker result)."""
     tmp = tmp_path_factory.mktemp("dedup_engines")
     corpus = planted(tmp / "corpus", files=4, rows=60, stride=71)
+    every = pa.concat_tables([pq.read_table(p) for p in sorted(corpus.glob("*.parquet"))])
+    y1 = every.filter(pc.equal(every["id"], "y1"))["text"][0].as_py().split()
+    y1[20] = "REUSED"
+    last = pq.read_table(corpus / "part-3.parquet")
+    pq.write_table(pa.concat_tables([last, pa.table({"id": ["x1"], "text": [" ".join(y1)], "quality": [9.0]})]),
+                   corpus / "part-3.parquet")
     one = thresher.run(job(tmp, corpus, KEEP_Q, workers=1, name="local1"), progress=False)
     two = thresher.run(job(tmp, corpus, KEEP_Q, workers=2, name="local2"), progress=False)
-    assert len(one.manifest["inputs"]) == 4 and one.manifest["counts"]["input_rows"] == 250
+    assert len(one.manifest["inputs"]) == 4 and one.manifest["counts"]["input_rows"] == 251
     assert one.manifest["dedup"]["removed"] == {"exact_duplicate": 1, "near_duplicate": 3}
-    assert one.manifest["dedup"]["clusters"] == 3
+    assert one.manifest["dedup"]["clusters"] == 3 and one.manifest["dedup"]["duplicate_ids"] == 1
+    assert one.manifest["counts"]["rejected"]["by_reason"]["duplicate_id"] == 1
     assert selection(tmp / "local1").equals(selection(tmp / "local2"))
     assert kept_ids(tmp / "local1") == kept_ids(tmp / "local2") and two.manifest["counts"] == one.manifest["counts"]
     return tmp, corpus, one
@@ -433,5 +443,5 @@ def test_engines_give_the_same_clusters_and_kept_sets(four_shards: tuple[Path, P
     assert kept == kept_ids(tmp / "local1") and {"x2", "y2", "ta"} <= set(kept)
     assert not {"x1", "y1", "tb", "tc"} & set(kept)
     assert res.manifest["counts"] == local.manifest["counts"]
-    for k in ("removed", "clusters", "candidate_edges", "bands", "rows_per_band"):
+    for k in ("removed", "clusters", "duplicate_ids", "candidate_edges", "bands", "rows_per_band"):
         assert res.manifest["dedup"][k] == local.manifest["dedup"][k], k
