@@ -127,7 +127,7 @@ def test_version(capsys):
     assert done.value.code == 0 and capsys.readouterr().out.strip() == f"thresher {__version__}"
 
 
-@pytest.mark.parametrize("command", ["run", "score", "config", "select", "train", "train-proxy",
+@pytest.mark.parametrize("command", ["run", "score", "config", "select", "dedup", "train", "train-proxy",
                                      "train-classifier", "report"])
 def test_every_command_names_its_destination_output(command, capsys):
     with pytest.raises(SystemExit):
