@@ -87,12 +87,12 @@ def test_many_small_row_groups_still_cut_between_groups(tmp_path: Path) -> None:
     assert all(s.lo % 50 == 0 for s in shards) and good.equals(whole)
 
 
-def test_default_shard_rows_splits_a_12886_row_file_in_two(tmp_path: Path) -> None:
+def test_a_12886_row_one_group_file_splits_for_two_workers(tmp_path: Path) -> None:
+    """The issue's file (one row group, as pandas writes it) spreads over two workers."""
     path = write_big_parquet(tmp_path / "issue.parquet", 12_886, None)
     assert pq.ParquetFile(path).metadata.num_row_groups == 1
-    spec = InputSpec(path=str(path))
-    assert spec.shard_rows == 10_000
-    shards = plan_shards(spec)
+    assert len(plan_shards(InputSpec(path=str(path)))) == 1  # the default keeps shards large
+    shards = plan_shards(InputSpec(path=str(path), shard_rows=10_000))
     assert [(s.start, s.rows) for s in shards] == [(0, 6443), (6443, 6443)]
     assert shards[1].name.endswith("[rows 6443:12886]")
 
@@ -354,3 +354,17 @@ def test_sigkill_on_a_split_file_then_rerun_resumes_shard_by_shard(tmp_path: Pat
     for part in sorted((tmp_path / "clean").glob("part-*.parquet")):
         assert hashlib.sha256(part.read_bytes()).digest() == \
             hashlib.sha256((tmp_path / "killed" / part.name).read_bytes()).digest()
+
+
+def test_a_hint_when_model_scorers_would_leave_workers_idle(tmp_path: Path) -> None:
+    from thresher.config import JobSpec
+    from thresher.pipelines.runner import few_shards_hint
+
+    def job(scorer: str, workers: int = 2) -> JobSpec:
+        return JobSpec.model_validate({"input": {"path": str(tmp_path)}, "scorers": [{"type": scorer}],
+                                       "engine": {"local": {"workers": workers}}, "output": {"path": str(tmp_path / "o")}})
+
+    hint = few_shards_hint(job("embedding"), 1)
+    assert hint is not None and "1 shard for 2 workers" in hint and "input.shard_rows" in hint
+    assert few_shards_hint(job("embedding"), 2) is None  # every worker has a shard
+    assert few_shards_hint(job("heuristics"), 1) is None  # cheap scoring: nothing to say

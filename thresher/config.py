@@ -57,7 +57,7 @@ class InputSpec(Strict):
                               "or fail the job")
     batch_rows: int = Field(2048, gt=0, description="rows read and scored at a time (bounds the memory per worker)")
     shard_rows: int = Field(
-        10_000, gt=0, description="rows per shard for Parquet, JSONL and in-memory inputs (files per shard for "
+        50_000, gt=0, description="rows per shard for Parquet, JSONL and in-memory inputs (files per shard for "
                                   "text-file inputs): a big Parquet file is split into row ranges (at row-group "
                                   "boundaries where one is near, else inside a row group), an uncompressed JSONL "
                                   "file into byte ranges at line starts, a table into slices, so one file spreads "

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -124,6 +126,22 @@ def prepare_output(layout: OutputLayout, job: JobSpec, shards: list[InputShard],
     write_json_atomic(state, layout.state)
 
 
+MODEL_SCORERS = ("perplexity", "classifier", "embedding", "icon")  # seconds per hundred documents on a CPU
+
+
+def few_shards_hint(job: JobSpec, n_shards: int) -> str | None:
+    """A one-line hint when model scorers would leave local workers idle (fewer shards than
+    workers); None otherwise."""
+    if job.engine.name != "local" or not any(s.get("type") in MODEL_SCORERS for s in job.scorers):
+        return None
+    workers = job.engine.local.workers or os.cpu_count() or 1
+    if n_shards == 0 or n_shards >= workers:
+        return None
+    return (f"thresher: {n_shards} shard{'s' if n_shards > 1 else ''} for {workers} workers: model scoring will "
+            f"leave {workers - n_shards} idle; set input.shard_rows lower (now {job.input.shard_rows:,}) to cut "
+            f"big files into more shards")
+
+
 def run_job(job: JobSpec, data: Any = None, overwrite: bool | None = None, progress: bool = True,
             score_only: bool = False, reselect: bool = False) -> RunResult:
     """Run a whole job (or only its score stage) and return the manifest and summary."""
@@ -131,6 +149,10 @@ def run_job(job: JobSpec, data: Any = None, overwrite: bool | None = None, progr
     check_plan(job, reselect=reselect, in_memory=data is not None)  # before the output folder is touched
     table = as_arrow_table(data) if data is not None else None
     shards = plan_shards(job.input, table)
+    if progress:
+        hint = few_shards_hint(job, len(shards))
+        if hint:
+            print(hint, file=sys.stderr)
     check_storage_path(job.output.path, "output.path", job.output.storage_options)  # a bad URI or unreachable store: one line, nothing written
     layout = OutputLayout(job.output.path, job.output.storage_options)
     timings: dict[str, float] = {"plan": time.perf_counter() - t0}
