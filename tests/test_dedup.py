@@ -260,7 +260,9 @@ def test_keep_column_is_checked_at_plan_time(tmp_path: Path) -> None:
 
 
 def test_without_dedup_the_hashes_are_unchanged() -> None:
-    d = {"name": "h", "seed": 3, "input": {"path": "x.parquet", "id_column": "id"}, "scorers": [{"type": "heuristics"}],
+    # shard_rows given: that commit's default (10,000) differs from today's (50,000); the dump holds it either way
+    d = {"name": "h", "seed": 3, "input": {"path": "x.parquet", "id_column": "id", "shard_rows": 10_000},
+         "scorers": [{"type": "heuristics"}],
          "filters": [{"column": "heuristics_pass", "op": "==", "value": True}],
          "selector": {"type": "topk", "column": "q", "budget": 0.5}}
     spec = JobSpec.model_validate(d)
