@@ -273,6 +273,9 @@ def _failed_tasks(sc: Any) -> int:
     return total
 
 
+from thresher.pipelines.spark_engine import stop_session  # noqa: E402
+
+
 def test_killed_python_worker_on_cluster_is_retried(cluster: str, s3: str, corpus: tuple[Path, str],
                                                     topk_local: list[str]) -> None:
     """Every executor's Python worker dies (os._exit) at its 5th commit: mid-shard, between a
@@ -285,6 +288,6 @@ def test_killed_python_worker_on_cluster_is_retried(cluster: str, s3: str, corpu
         res = run(job_dict(f"{corpus[1]}/", out, engine=engine, **TOPK), progress=False)
         assert _failed_tasks(spark.sparkContext) >= 1, "no Python worker was killed"
     finally:
-        spark.stop()
+        stop_session(spark)  # its THRESHER_FAULT must not reach later sessions of this process
     assert res.manifest["engine"] == "spark"
     assert check_complete(out) == topk_local

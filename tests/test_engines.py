@@ -38,12 +38,12 @@ HEUR_JOB = {"scorers": [{"type": "heuristics"}], "filters": [{"column": "heurist
 
 @pytest.fixture(scope="module")
 def spark() -> Any:
-    from thresher.pipelines.spark_engine import get_session
+    from thresher.pipelines.spark_engine import get_session, stop_session
 
     session, owned = get_session(SparkEngineSpec(master=MASTER, conf=SPARK_CONF), progress=False)
     yield session
     if owned:
-        session.stop()
+        stop_session(session)
 
 
 @pytest.fixture(scope="module")

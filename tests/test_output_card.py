@@ -241,7 +241,7 @@ def test_spark_rechunks_and_reads_the_folder_without_a_glob(tmp_path: Path, corp
     same bytes as the local engine, and `spark.read.parquet(folder)` reads the parts only."""
     pytest.importorskip("pyspark")
     from thresher.config import SparkEngineSpec
-    from thresher.pipelines.spark_engine import get_session
+    from thresher.pipelines.spark_engine import get_session, stop_session
 
     conf = {"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"}
     spark, owned = get_session(SparkEngineSpec(master="local[2]", conf=conf), progress=False)
@@ -257,4 +257,4 @@ def test_spark_rechunks_and_reads_the_folder_without_a_glob(tmp_path: Path, corp
         assert df.count() == 300 and sorted(df.columns) == sorted(COLUMNS)
     finally:
         if owned:
-            spark.stop()
+            stop_session(spark)

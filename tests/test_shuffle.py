@@ -92,12 +92,12 @@ def by_value() -> None:
 @pytest.fixture(scope="module")
 def spark() -> Any:
     pytest.importorskip("pyspark")
-    from thresher.pipelines.spark_engine import get_session
+    from thresher.pipelines.spark_engine import get_session, stop_session
 
     session, owned = get_session(SparkEngineSpec(master=MASTER, conf=SPARK_CONF), progress=False)
     yield session
     if owned:
-        session.stop()
+        stop_session(session)
 
 
 def make(engine: dict[str, Any], progress: bool = False) -> Any:

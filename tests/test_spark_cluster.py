@@ -72,7 +72,7 @@ def _same(a: str | Path, b: str | Path) -> None:
 def test_job_on_standalone_cluster_with_gpu_scheduling(cluster: str, corpus: Path, tmp_path: Path) -> None:
     from thresher.io.readers import plan_shards
     from thresher.pipelines import stages
-    from thresher.pipelines.spark_engine import SparkEngine, get_session
+    from thresher.pipelines.spark_engine import SparkEngine, get_session, stop_session
 
     local = run(job_dict(corpus, tmp_path / "local", **JOB), progress=False)
     engine = {"name": "spark", "spark": {"master": cluster, "conf": _conf(gpus=True)}}
@@ -96,7 +96,7 @@ def test_job_on_standalone_cluster_with_gpu_scheduling(cluster: str, corpus: Pat
         assert all(t["pid"] != os.getpid() for t in tasks)
     finally:
         if owned:
-            session.stop()
+            stop_session(session)
 
 
 def test_spark_submit_against_cluster(cluster: str, corpus: Path, tmp_path: Path) -> None:

@@ -252,6 +252,35 @@ def executor_env(names: str, env: Any) -> dict[str, str]:
             if any(fnmatch.fnmatchcase(k, p) for p in patterns)}
 
 
+# PySpark keeps a session's conf as JVM system properties, which the next session in this process
+# would inherit (e.g. a spark.executorEnv.* of an earlier job): the values before thresher's
+# session started, restored by `stop_session`
+_CONF_BEFORE: dict[str, str | None] = {}
+
+
+def _system_property(key: str) -> str | None:
+    from pyspark import SparkContext
+
+    jvm = SparkContext._jvm
+    return None if jvm is None else jvm.System.getProperty(key)
+
+
+def stop_session(spark: Any) -> None:
+    """Stop a session `get_session` started and restore the JVM system properties its conf set,
+    so a later session in this process starts from the conf it is given."""
+    from pyspark import SparkContext
+
+    spark.stop()
+    jvm = SparkContext._jvm
+    if jvm is not None:
+        for key, old in _CONF_BEFORE.items():
+            if old is None:
+                jvm.System.clearProperty(key)
+            else:
+                jvm.System.setProperty(key, old)
+    _CONF_BEFORE.clear()
+
+
 def get_session(spec: SparkEngineSpec, progress: bool = True) -> tuple[Any, bool]:
     """The SparkSession for `spec` and whether this call created it.
 
@@ -285,6 +314,7 @@ def get_session(spec: SparkEngineSpec, progress: bool = True) -> tuple[Any, bool
     builder = SparkSession.builder.master(wanted)
     for k, v in conf.items():
         builder = builder.config(k, v)
+    _CONF_BEFORE.update({k: _system_property(k) for k in conf if k not in _CONF_BEFORE})
     try:
         spark = builder.getOrCreate()
     except Exception as exc:  # JVM did not start, bad conf, master refused the app
@@ -402,7 +432,7 @@ class SparkEngine:
         """Stop the session if this engine started it (and remove the zip shipped to it)."""
         if self._owned and getattr(self, "spark", None) is not None:
             app = self.sc.applicationId
-            self.spark.stop()
+            stop_session(self.spark)
             self._owned = False
             folder = _SHIPPED.pop(app, None)
             if folder is not None:
