@@ -153,14 +153,23 @@ def test_local_spills_to_object_store(workers: int, s3_bucket: str) -> None:
     assert storage.list_names(f"{spill}/toy") == []
 
 
-def test_local_progress_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    eng = make(local(1), progress=True)
-    try:
-        eng.shuffle("toy", toy_emit, ITEMS, digest, str(tmp_path))
-    finally:
-        eng.close()
-    err = capsys.readouterr().err
-    assert "shuffle toy: emit: 6 items in" in err and "shuffle toy: reduce: 4 keys in" in err
+def test_local_progress_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shuffle is a step of a stage: bars on a terminal (gone when done), no line in a log."""
+    from thresher.common.progress import Progress
+
+    for tty in (False, True):
+        monkeypatch.setattr(Progress, "tty", tty)
+        eng = make(local(1), progress=True)
+        try:
+            assert eng.shuffle("toy", toy_emit, ITEMS, digest, str(tmp_path)) == EXPECTED
+        finally:
+            eng.close()
+        err = capsys.readouterr().err
+        if tty:
+            assert "shuffle toy: emit" in err and "shuffle toy: reduce" in err and "6/6" in err
+        else:
+            assert err == ""
 
 
 def test_spark_matches_serial(spark: Any, tmp_path: Path) -> None:
