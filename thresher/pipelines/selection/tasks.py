@@ -27,7 +27,7 @@ from thresher.pipelines.selection.view import (SelectPlan, ShardView, read_score
 from thresher.pipelines.worker import global_scorers
 from thresher.scorers.base import SAMPLE_TAG
 from thresher.selectors.base import BudgetParams, key_components
-from thresher.selectors.datamask.blocks import block_of, check_normalized, quality_vector, solve_block_task
+from thresher.selectors.datamask.blocks import block_of, check_normalized, quality_vector, solve_block_task, sums
 from thresher.specs import JobError
 
 TAG_IDS = 0x1D5  # the duplicate-id buckets' hash stream
@@ -120,11 +120,6 @@ def group_reduce(plan: SelectPlan, g_index: int, key: int, table: pa.Table) -> d
 # -- summary -------------------------------------------------------------------------------
 
 
-def _sums(q: np.ndarray, emb: np.ndarray) -> dict[str, Any]:
-    return {"n": int(len(q)), "q": float(q.sum()), "e": emb.sum(axis=0, dtype=np.float64).tolist(),
-            "sq": float(np.einsum("ij,ij->", emb, emb, dtype=np.float64))}
-
-
 def summary_task(plan: SelectPlan, i: int) -> dict[str, Any]:
     """Counts of shard i (rows, duplicate ids, live rows and their tokens, filtered, eligible)
     and, for block selectors, sums over the eligible rows (quality, embeddings)."""
@@ -142,7 +137,7 @@ def summary_task(plan: SelectPlan, i: int) -> dict[str, Any]:
         emb = embedding_matrix(el, p.embedding) if el.num_rows else np.zeros((0, 1), np.float32)
         if p.diversity in ("pws", "fl"):
             check_normalized(emb, p.normalized_tol, p.embedding)
-        out["pool"] = _sums(quality_vector(el, p), emb)
+        out["pool"] = sums(quality_vector(el, p), emb)
     return out
 
 
@@ -351,8 +346,8 @@ def final_task(plan: SelectPlan, decision: dict[str, Any], i: int) -> dict[str, 
     if sel.kind == "blocks":
         q = quality_vector(el, p)
         emb = embedding_matrix(el, p.embedding) if el.num_rows else np.zeros((0, 1), np.float32)
-        out["subset"] = _sums(q[picked], emb[picked])
+        out["subset"] = sums(q[picked], emb[picked])
         qc, qids, _, _ = quality_ranking(plan, v)
         top = cuts.at_or_before(qc, qids, _key(decision.get("quality_cut")))
-        out["quality_topk"] = _sums(q[top], emb[top])
+        out["quality_topk"] = sums(q[top], emb[top])
     return out

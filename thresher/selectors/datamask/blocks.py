@@ -284,8 +284,9 @@ class BlockSelector(Selector):
 
 
 def sums(q: np.ndarray, emb: np.ndarray) -> dict[str, Any]:
-    """Partial sums for the statistics: count, sum of quality, sum of embeddings, sum of squared norms."""
-    return {"n": int(len(q)), "q": float(np.sum(q)), "e": emb.sum(axis=0, dtype=np.float64) if len(q) else None,
+    """Partial sums for the statistics (plain numbers and lists, so they travel from tasks): count,
+    sum of quality, sum of embeddings, sum of squared norms."""
+    return {"n": int(len(q)), "q": float(np.sum(q)), "e": emb.sum(axis=0, dtype=np.float64).tolist() if len(q) else None,
             "sq": float(np.einsum("ij,ij->", emb, emb, dtype=np.float64)) if len(q) else 0.0}
 
 
