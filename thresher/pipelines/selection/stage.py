@@ -19,6 +19,7 @@ Scratch files live in `_thresher/select/` and are removed when the stage is done
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import replace
 from functools import partial
@@ -55,6 +56,8 @@ def select(job: JobSpec, layout: OutputLayout, n_shards: int, engine: Engine,
     write `_selection/part-i` per shard and the stage's marker (see the module docstring)."""
     done = layout.read_marker("select")
     if done is not None and done.get("select_hash") == job.select_hash():
+        if getattr(engine, "progress", False):
+            print("select: resumed, 0 docs selected (selected earlier)", file=sys.stderr, flush=True)
         return {**done, "skipped": True}
     start = time.perf_counter()
     selector = build_selector(job.selector)
