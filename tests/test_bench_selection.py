@@ -82,7 +82,7 @@ def test_quick_benchmark(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert rows[("topk_diversity", budgets[0])]["redundant_frac"] <= rows[("random", budgets[0])]["redundant_frac"]
     table = md.read_text()
     assert table == (out / "selection_quality.md").read_text()
-    assert "| method | budget | docs | held-out loss | Δ vs random | per-seed Δ |" in table
+    assert "| method | budget | docs | held-out loss | Δ vs random [95% CI] | verdict |" in table
     assert table.count("| topk_quality |") == len(budgets)
     assert "ICon is not run" in table
     page = (out / "_report" / "report.html").read_text()
@@ -217,7 +217,7 @@ def test_quick_instruction_benchmark(tmp_path: Path) -> None:
     assert all(r["response_tokens"] < r["tokens"] for r in res["runs"])
     table = md.read_text()
     assert table == (out / "selection_quality.md").read_text()
-    assert "| method | budget | docs | held-out loss | Δ vs random | per-seed Δ |" in table
+    assert "| method | budget | docs | held-out loss | Δ vs random [95% CI] | verdict |" in table
     for m in methods:
         assert table.count(f"| {m} |") == (1 if m == "full" else len(budgets)) * 2  # main + composition table
     assert "ICon score (RICo" in table and "bench_selection_icon.yaml --quick" in table

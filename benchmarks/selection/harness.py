@@ -293,8 +293,18 @@ def run_methods(spec: CommonSpec, table: pa.Table, emb: np.ndarray,
 # -- results ----------------------------------------------------------------------------------
 
 
-def summarize(runs: list[dict[str, Any]], spec: CommonSpec) -> list[dict[str, Any]]:
-    """Per (method, budget): mean ± std over seeds and paired differences against random."""
+# metrics every run record has, and whether lower is better; a mode may pass more (task accuracy)
+METRICS: dict[str, bool] = {"heldout_loss": True}
+
+
+def summarize(runs: list[dict[str, Any]], spec: CommonSpec, metrics: dict[str, bool] | None = None
+              ) -> list[dict[str, Any]]:
+    """Per (method, budget): mean ± std over seeds and paired differences against random at the
+    same budget and seed (`benchmarks.stats.paired`: mean, 95% interval, verdict) for every metric
+    in `metrics` (name -> lower is better; default: held-out loss) under `vs_random`."""
+    from benchmarks.stats import paired
+
+    metrics = METRICS if metrics is None else metrics
     by = {(r["method"], r["budget"], r["seed"]): r for r in runs}
     keys: list[tuple[str, float]] = []
     for r in runs:
@@ -310,27 +320,39 @@ def summarize(runs: list[dict[str, Any]], spec: CommonSpec) -> list[dict[str, An
                                "dup_frac": float(np.mean([r["dup_frac"] for r in rs])),
                                "redundant_frac": float(np.mean([r["redundant_frac"] for r in rs])),
                                "docs": int(round(np.mean([r["docs"] for r in rs]))),
-                               "diff_mean": None, "diff_std": None, "wins": None, "diffs": None}
+                               "means": {k: float(np.mean([r[k] for r in rs])) for k in metrics},
+                               "diff_mean": None, "diff_std": None, "wins": None, "diffs": None, "vs_random": None}
         if m != "random" and all((("random", b, r["seed"]) in by) for r in rs):
-            d = np.array([r["heldout_loss"] - by[("random", b, r["seed"])]["heldout_loss"] for r in rs])
+            base = [by[("random", b, r["seed"])] for r in rs]
+            row["vs_random"] = {k: paired([r[k] for r in rs], [x[k] for x in base], lower).as_dict()
+                                for k, lower in metrics.items()}
+            d = np.array(row["vs_random"]["heldout_loss"]["diffs"])
             row.update(diff_mean=float(d.mean()), diff_std=float(d.std(ddof=1)) if len(d) > 1 else 0.0,
                        wins=f"{int((d < 0).sum())}/{len(d)}", diffs=[float(x) for x in d])
         out.append(row)
     return out
 
 
+def _ci(p: dict[str, Any] | None, digits: int = 4) -> str:
+    if p is None:
+        return "–"
+    f = f"{{:+.{digits}f}}"
+    return f"{f.format(p['mean'])} [{f.format(p['lo'])}, {f.format(p['hi'])}]"
+
+
 def summary_table(summary: list[dict[str, Any]]) -> list[str]:
     """The Markdown results table (with its legend line) of `summarize`'s rows."""
-    lines = ["Δ vs random: held-out loss minus random's at the same budget and seed (negative = better), mean ± std "
-             "over seeds; wins = seeds where the method beat random.", "",
-             "| method | budget | docs | held-out loss | Δ vs random | per-seed Δ | wins | junk | near-dup | redundant |",
+    lines = ["Δ vs random: held-out loss minus random's at the same budget and seed (negative = better), mean "
+             "and 95% interval of the paired differences over seeds; verdict: helps / hurts when the interval "
+             "excludes 0, else not resolved; wins = seeds where the method beat random.", "",
+             "| method | budget | docs | held-out loss | Δ vs random [95% CI] | verdict | wins | junk | near-dup "
+             "| redundant |",
              "| --- | --- | ---: | --- | --- | --- | :---: | ---: | ---: | ---: |"]
     for s in summary:
-        d = "–" if s["diff_mean"] is None else f"{s['diff_mean']:+.4f} ± {s['diff_std']:.4f}"
-        per = "–" if not s.get("diffs") else ", ".join(f"{x:+.3f}" for x in s["diffs"])
+        p = (s.get("vs_random") or {}).get("heldout_loss")
         lines.append(f"| {s['method']} | {s['budget']:g} | {s['docs']:,} | {s['loss_mean']:.4f} ± {s['loss_std']:.4f} "
-                     f"| {d} | {per} | {s['wins'] or '–'} | {s['junk_frac']:.3f} | {s['dup_frac']:.3f} "
-                     f"| {s['redundant_frac']:.3f} |")
+                     f"| {_ci(p)} | {p['verdict'] if p else '–'} | {s['wins'] or '–'} | {s['junk_frac']:.3f} "
+                     f"| {s['dup_frac']:.3f} | {s['redundant_frac']:.3f} |")
     return lines
 
 
