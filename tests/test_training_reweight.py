@@ -106,6 +106,46 @@ def test_uniform_weights_reproduce_mean_loss():
     assert torch.isclose(masked_loss(logits, labels), per.mean(), atol=1e-6)
 
 
+def test_token_share_scaling_is_the_official_gpt2_form():
+    """With token counts a rank's loss is the GPT-2 trainer's sum w (n/N) l * W * B_local; uniform
+    weights and the burn-in then give the token mean, the loss of training without reweighting."""
+    x = losses(8, seed=2)
+    n = torch.tensor([3, 9, 1, 4, 7, 2, 8, 5], dtype=torch.float64)
+    rw = LossReweighter(ReweightConfig(strategy="linupper", temperature=0.4))
+    w = weights_from_losses(x, "linupper", 0.4)
+    parts = rw.emulate([x[:4], x[4:]], step=0, counts_per_rank=[n[:4], n[4:]])
+    for r, sl in enumerate((slice(0, 4), slice(4, 8))):
+        official = torch.sum(w[sl] * (n[sl] / n[sl].sum()) * x[sl]) * 2 * 4
+        assert torch.isclose(parts[r], official)
+    tok_mean = (n * x).sum() / n.sum()
+    for cfg in (ReweightConfig(strategy="uniform"), ReweightConfig(strategy="linupper", warmup_steps=10),
+                ReweightConfig(strategy="quadratic", temperature=1e9)):
+        assert torch.isclose(LossReweighter(cfg).loss(x, step=3, counts=n), tok_mean)
+    assert not torch.isclose(rw.loss(x, step=3, counts=n), tok_mean)
+
+
+def test_objective_burn_in_equals_training_without_reweighting():
+    """Variable-length samples: the objective's reweighted loss before the burn-in ends is the
+    plain token-mean loss, and after it differs (the weights act)."""
+    from thresher.training.loss import Objective
+
+    torch.manual_seed(1)
+    logits = torch.randn(6, 12, 17, requires_grad=True)
+    labels = torch.randint(0, 17, (6, 12))
+    for b, keep in enumerate((12, 3, 7, 12, 5, 9)):
+        labels[b, keep:] = -100
+
+    class Model(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None):
+            return type("Out", (), {"logits": logits})()
+
+    batch = {"input_ids": labels.clamp(min=0), "labels": labels}
+    obj = Objective(reweight=ReweightConfig(strategy="linupper", temperature=0.4, warmup_steps=2)).setup(Model())
+    plain = masked_loss(logits, labels)
+    assert torch.isclose(obj(Model(), batch, 0)[0], plain, atol=1e-6)
+    assert not torch.isclose(obj(Model(), batch, 2)[0], plain, atol=1e-4)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -8,7 +8,9 @@ trainer and the Hugging Face ``Trainer`` mix-in both call.
 Reduction rules:
 * no weights: mean over all kept tokens of the batch (the usual SFT/pretraining loss);
 * offline ``weight`` column: sum_b w_b * loss_b / sum_b w_b over per-sample mean losses;
-* online reweighting: sum_local w_b * loss_b * world_size (SPEC 4.2 step 6).
+* online reweighting: sum_local w_b * (n_b / sum_local n) * loss_b * world_size * B_local
+  (SPEC 4.2 step 6, the official GPT-2 trainer's token-share form: uniform weights give the
+  token mean above).
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ class Objective:
             per, n = per_sample_loss(logits, labels, mask)
             valid = n > 0
             # every rank calls the all-gather, even with no valid sample (else ranks deadlock)
-            loss = self.reweight.loss(per[valid], step) + per.sum() * 0
+            loss = self.reweight.loss(per[valid], step, n[valid]) + per.sum() * 0
             w = self.reweight.last_weights
             if w is not None and w.numel():
                 info["weight_max_over_min"] = float(w.max() / w.min().clamp(min=1e-30))

@@ -3,8 +3,13 @@
 Online, per step: per-sample mean token losses are pooled over the *global* batch
 (all-gather when torch.distributed is initialised), min-max normalised to [-delta,
 delta] (range floored at 1e-6), mapped by a strategy f, and turned into weights by a
-softmax with temperature r. Each rank's loss is ``sum_local w_b * loss_b * world_size``,
-which with uniform weights is the ordinary per-rank mean (DDP then averages ranks).
+softmax with temperature r. Each rank's loss folds in the per-device token shares as the
+official GPT-2 trainer does: ``sum_local w_b * (n_b / sum_local n) * loss_b * world_size *
+B_local`` (n_b = the sample's token count), which with uniform weights -- and during the
+uniform burn-in -- is the rank's ordinary token mean, the loss of training without
+reweighting. Without token counts it is ``sum_local w_b * loss_b * world_size`` (the
+fms-fsdp form; the same thing when every sample has the same length, as in packed
+pretraining). DDP then averages ranks.
 
 Strategy names are the paper's: ``linupper`` = min(h + delta, delta), ``quadratic`` =
 1 - h^2/delta^2, ``extremes`` = |h|, ``uniform`` = no reweighting (weights 1/B). The
@@ -111,6 +116,22 @@ def all_gather_losses(local: torch.Tensor, group: Any = None) -> tuple[torch.Ten
     return full, sum(sizes_i[:rank])
 
 
+def rank_loss(weights: torch.Tensor, per_sample: torch.Tensor, world: int,
+              counts: torch.Tensor | None = None) -> torch.Tensor:
+    """One rank's reweighted loss from its slice of the global weights (no gradient through them).
+
+    With ``counts`` (the samples' token counts): the official GPT-2 trainer's
+    ``sum w_b * (n_b / sum n) * loss_b * world * B_local``, so uniform weights give the token
+    mean; without: ``sum w_b * loss_b * world`` (uniform weights give the sample mean).
+    """
+    w = weights.detach().to(per_sample.dtype)
+    if counts is None:
+        return (w * per_sample).sum() * world
+    n = counts.detach().to(per_sample.dtype)
+    share = n / n.sum().clamp(min=1)
+    return (w * share * per_sample).sum() * world * per_sample.numel()
+
+
 class LossReweighter:
     """Per-step sample weights over the global batch, and the reweighted loss."""
 
@@ -141,18 +162,21 @@ class LossReweighter:
         self.last_weights = w
         return w[offset:offset + local.numel()], world
 
-    def loss(self, per_sample: torch.Tensor, step: int) -> torch.Tensor:
-        """sum_local w_b * loss_b * world_size (the weights carry no gradient)."""
+    def loss(self, per_sample: torch.Tensor, step: int, counts: torch.Tensor | None = None) -> torch.Tensor:
+        """This rank's reweighted loss (:func:`rank_loss`); pass the samples' token ``counts``
+        for the official token-share scaling (the weights carry no gradient)."""
         w, world = self.local_weights(per_sample, step)
-        return (w.to(per_sample.dtype) * per_sample).sum() * world
+        return rank_loss(w, per_sample, world, counts)
 
-    def emulate(self, losses_per_rank: Sequence[torch.Tensor], step: int) -> list[torch.Tensor]:
+    def emulate(self, losses_per_rank: Sequence[torch.Tensor], step: int,
+                counts_per_rank: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """Single-process emulation of W ranks: each rank's loss, as an all-gather run gives."""
         full = torch.cat([x.detach() for x in losses_per_rank])
         w = self.global_weights(full, step)
         world, out, off = len(losses_per_rank), [], 0
-        for x in losses_per_rank:
-            out.append((w[off:off + x.numel()].to(x.dtype) * x).sum() * world)
+        for i, x in enumerate(losses_per_rank):
+            n = None if counts_per_rank is None else counts_per_rank[i]
+            out.append(rank_loss(w[off:off + x.numel()], x, world, n))
             off += x.numel()
         return out
 
@@ -240,4 +264,4 @@ def write_offline_weights(src: str | Path, dst: str | Path, model: torch.nn.Modu
 
 __all__ = ["STRATEGIES", "ReweightConfig", "LossReweighter", "weights_from_losses", "normalize_losses",
            "strategy_values", "per_sample_loss", "token_loss_matrix", "write_offline_weights", "check_strategy",
-           "all_gather_losses"]
+           "all_gather_losses", "rank_loss"]
