@@ -37,6 +37,9 @@ RESULTS_MD = "selection_quality.md"
 # where the Markdown tables of full runs go by default: benchmarks/results, beside this package
 DEFAULT_RESULTS = Path(__file__).resolve().parents[1] / "results"
 BENCH_ONLY = {"farthest_first", "all"}
+# keys of a method spec that the benchmark reads itself (never passed to the selector):
+# `raw: true` selects from the pool as built when the mode deduplicates it first
+BENCH_KEYS = {"raw"}
 
 
 # -- configuration --------------------------------------------------------------------------
@@ -56,6 +59,17 @@ class TrainSpec(Strict):
     lr: float = Field(3e-3, gt=0)
     warmup: int = Field(20, ge=0)
     weight_decay: float = Field(0.01, ge=0)
+    final_lr: float = Field(0.1, ge=0, le=1, description="learning rate at the end of the cosine decay, as a "
+                                                           "share of the peak")
+    average: float = Field(0.0, ge=0, lt=1, description="evaluate the uniform average of the weights over this "
+                                                          "final share of the steps (0: the last weights)")
+    epochs: float | None = Field(None, gt=0, description="data-constrained: train for this many passes over the "
+                                                           "selection's blocks (steps = ceil(epochs x blocks / "
+                                                           "batch)) instead of `steps`")
+
+    def steps_for(self, n_blocks: int) -> int:
+        """Optimiser steps for a selection of `n_blocks` blocks: `steps`, or `epochs` passes."""
+        return self.steps if self.epochs is None else max(1, math.ceil(self.epochs * n_blocks / self.batch))
 
 
 class CommonSpec(Strict):
@@ -92,15 +106,18 @@ class CommonSpec(Strict):
         for name, spec in v.items():
             if not isinstance(spec, dict) or "type" not in spec:
                 raise ValueError(f"methods.{name}: needs a `type`")
+            extra = {k: spec[k] for k in BENCH_KEYS if k in spec}
+            spec = {k: x for k, x in spec.items() if k not in BENCH_KEYS}
             if spec["type"] in BENCH_ONLY:
                 if set(spec) - {"type"}:
                     raise ValueError(f"methods.{name}: {spec['type']} takes no parameters")
-                out[name] = dict(spec)
+                out[name] = {**spec, **extra}
                 continue
             if "budget" in spec:
                 raise ValueError(f"methods.{name}: set budgets in `budgets:`, not per method")
             out[name] = validate_selector_spec({**spec, "budget": 0.5}, f"methods.{name}")
             out[name].pop("budget")
+            out[name].update(extra)
         return out
 
 
@@ -123,10 +140,12 @@ def make_model(spec: ModelSpec, vocab_size: int, seed: int) -> torch.nn.Module:
 
 def train_lm(model: torch.nn.Module, data: torch.Tensor, spec: TrainSpec, seed: int,
              labels: torch.Tensor | None = None, progress: bool | None = None, label: str = "train") -> list[float]:
-    """Train for exactly `spec.steps` batches of `spec.batch` blocks (epochs over `data`, reshuffled).
+    """Train for `spec.steps_for(len(data))` batches of `spec.batch` blocks (epochs over `data`, reshuffled).
 
     `labels` (same shape as `data`, -100 = not scored) restricts the loss, e.g. to SFT responses;
-    by default every token is a target. Learning rate: linear warm-up, cosine decay to 0.1 of the peak.
+    by default every token is a target. Learning rate: linear warm-up, cosine decay to `spec.final_lr`
+    of the peak. With `spec.average` > 0 the model ends holding the uniform average of its weights
+    over that final share of the steps (a lower-noise estimate of where training ended).
     `progress`: a bar over the steps (rate, ETA, loss) on stderr, removed when done; None: only on a
     terminal and when the benchmark is not quiet (the last `log` call's `quiet`; the benchmark logs
     one line per run itself).
@@ -139,8 +158,12 @@ def train_lm(model: torch.nn.Module, data: torch.Tensor, spec: TrainSpec, seed: 
     losses = []
     model.train()
     show = (not _LOG["quiet"] and Progress.draws_live()) if progress is None else progress
-    bar = Progress(label, spec.steps, unit="step", enabled=show, leave=False)
-    for step in range(spec.steps):
+    steps = spec.steps_for(len(data))
+    avg_from = steps - max(1, int(round(spec.average * steps))) if spec.average > 0 else steps
+    avg: list[torch.Tensor] | None = None
+    n_avg = 0
+    bar = Progress(label, steps, unit="step", enabled=show, leave=False)
+    for step in range(steps):
         need = spec.batch
         idx = []
         while need:
@@ -152,19 +175,31 @@ def train_lm(model: torch.nn.Module, data: torch.Tensor, spec: TrainSpec, seed: 
             need -= len(take)
         batch = data[idx]
         target = batch if labels is None else labels[idx]
-        prog = step / max(spec.steps - 1, 1)
+        prog = step / max(steps - 1, 1)
         for g in opt.param_groups:
-            g["lr"] = spec.lr * warmup_factor(step, spec.warmup) * cosine_factor(prog)
+            g["lr"] = spec.lr * warmup_factor(step, spec.warmup) * cosine_factor(prog, spec.final_lr)
         loss = model(input_ids=batch, labels=target).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         losses.append(loss.item())
+        if step >= avg_from:
+            with torch.no_grad():
+                n_avg += 1
+                if avg is None:
+                    avg = [p.detach().clone() for p in model.parameters()]
+                else:
+                    for a, p in zip(avg, model.parameters()):
+                        a.add_(p.detach() - a, alpha=1.0 / n_avg)
         bar.update(1)
-        if step % 20 == 0 or step == spec.steps - 1:
+        if step % 20 == 0 or step == steps - 1:
             bar.set_note(f"loss {losses[-1]:.4f}")
     bar.close()
+    if avg is not None:
+        with torch.no_grad():
+            for a, p in zip(avg, model.parameters()):
+                p.copy_(a)
     return losses
 
 
@@ -229,6 +264,7 @@ def farthest_first(emb: np.ndarray, k: int, seed: int) -> np.ndarray:
 def select(method: dict[str, Any], table: pa.Table, emb: np.ndarray, budget: float, seed: int
            ) -> tuple[np.ndarray, dict[str, Any]]:
     """Boolean selection of one method at one budget (fraction of pool documents)."""
+    method = {k: v for k, v in method.items() if k not in BENCH_KEYS}
     from thresher.selectors.base import SelectContext
     from thresher.selectors.registry import build_selector
 
@@ -263,20 +299,23 @@ def log(msg: str, quiet: bool) -> None:
 
 
 def run_methods(spec: CommonSpec, table: pa.Table, emb: np.ndarray,
-                train_eval: Callable[[np.ndarray, int], dict[str, Any]], quiet: bool
-                ) -> tuple[list[dict[str, Any]], float, float]:
+                train_eval: Callable[[np.ndarray, int], dict[str, Any]], quiet: bool,
+                select_fn: Callable[[dict[str, Any], float, int], tuple[np.ndarray, dict[str, Any]]] | None = None,
+                tag: str = "") -> tuple[list[dict[str, Any]], float, float]:
     """Select with every (method, budget) for every seed, then train and evaluate on the selection.
 
     ``train_eval(selected, seed)`` trains the proxy model on the selection and returns the run's
-    record (heldout_loss, junk_frac, dup_frac, ...). Returns the runs and the seconds spent
-    selecting and training.
+    record (heldout_loss, junk_frac, dup_frac, ...). ``select_fn(method, budget, seed)`` replaces
+    `select` on (table, emb) (e.g. to select from a deduplicated pool); `tag` prefixes the log
+    lines. Returns the runs and the seconds spent selecting and training.
     """
     runs: list[dict[str, Any]] = []
     t_sel, t_train = 0.0, 0.0
     for seed in spec.seeds:
         for name, budget in method_plan(spec.methods, spec.budgets):
             t = time.perf_counter()
-            sel, stats = select(spec.methods[name], table, emb, budget, seed)
+            sel, stats = (select(spec.methods[name], table, emb, budget, seed) if select_fn is None
+                          else select_fn(spec.methods[name], budget, seed))
             t_sel += time.perf_counter() - t
             if not sel.any():
                 raise JobError(f"bench: {name} at budget {budget} selected nothing (pool too small?)")
@@ -284,7 +323,7 @@ def run_methods(spec: CommonSpec, table: pa.Table, emb: np.ndarray,
             record = train_eval(sel, seed)
             t_train += time.perf_counter() - t
             runs.append({"method": name, "budget": budget, "seed": seed, **record, "stats": stats})
-            log(f"seed {seed} {name:>16} @ {budget:<4g} loss {record['heldout_loss']:.4f}  "
+            log(f"{tag}seed {seed} {name:>16} @ {budget:<4g} loss {record['heldout_loss']:.4f}  "
                 f"junk {record['junk_frac']:.3f}  dup {record['dup_frac']:.3f}  ({time.perf_counter() - t:.1f}s)",
                 quiet)
     return runs, t_sel, t_train
@@ -353,6 +392,40 @@ def summary_table(summary: list[dict[str, Any]]) -> list[str]:
         lines.append(f"| {s['method']} | {s['budget']:g} | {s['docs']:,} | {s['loss_mean']:.4f} ± {s['loss_std']:.4f} "
                      f"| {_ci(p)} | {p['verdict'] if p else '–'} | {s['wins'] or '–'} | {s['junk_frac']:.3f} "
                      f"| {s['dup_frac']:.3f} | {s['redundant_frac']:.3f} |")
+    return lines
+
+
+def compare_pairs(runs: list[dict[str, Any]], pairs: list[tuple[str, str]], seeds: list[int],
+                  metrics: dict[str, bool] | None = None) -> list[dict[str, Any]]:
+    """Paired comparisons of named method pairs (a - b, same budget and seed) at every budget both
+    ran, e.g. ("datamask", "topk_quality"): per metric `benchmarks.stats.paired` (mean, 95%
+    interval, verdict: `helps` = a better than b). Pairs with a method that did not run are left out."""
+    from benchmarks.stats import paired
+
+    metrics = METRICS if metrics is None else metrics
+    by = {(r["method"], r["budget"], r["seed"]): r for r in runs}
+    budgets = list(dict.fromkeys(r["budget"] for r in runs))
+    out = []
+    for a, b in pairs:
+        for bud in budgets:
+            both = [s for s in seeds if (a, bud, s) in by and (b, bud, s) in by]
+            if not both:
+                continue
+            out.append({"a": a, "b": b, "budget": bud, "n_seeds": len(both),
+                        **{k: paired([by[(a, bud, s)][k] for s in both], [by[(b, bud, s)][k] for s in both],
+                                     lower).as_dict() for k, lower in metrics.items()}})
+    return out
+
+
+def pairs_table(rows: list[dict[str, Any]], metric: str = "heldout_loss") -> list[str]:
+    """Markdown table of `compare_pairs` rows for one metric (with its legend line)."""
+    lines = [f"Δ = {metric} of A minus B at the same budget and seed (negative = A better), mean and 95% "
+             "interval of the paired differences; verdict `helps` = A better than B.", "",
+             "| A | B | budget | Δ (A − B) [95% CI] | verdict | A wins |", "| --- | --- | --- | --- | --- | :---: |"]
+    for r in rows:
+        p = r[metric]
+        wins = sum(d < 0 for d in p["diffs"])
+        lines.append(f"| {r['a']} | {r['b']} | {r['budget']:g} | {_ci(p)} | {p['verdict']} | {wins}/{p['n']} |")
     return lines
 
 
