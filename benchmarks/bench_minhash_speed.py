@@ -1,8 +1,12 @@
 """MinHash signatures per second: thresher's numpy code (`thresher.dedup.minhash`) vs datasketch.
 
 10,000 synthetic documents of 200 words (5,000-word vocabulary), 5-word shingles, 128
-permutations, one process. datasketch is measured only if installed (it is not a dependency):
-`MinHash(num_perm=128).update_batch(shingles)` per document, shingles built in Python.
+permutations, one process. thresher's three steps are timed apart (word hashes, shingle sets,
+signatures). The libraries are measured only if installed (neither is a dependency):
+- datasketch: `MinHash(num_perm=128).update_batch(shingles)` per document, shingles built in Python;
+- rensa (Rust): its bulk API `RMinHash.digest_matrix_from_flat_token_hashes` on thresher's own
+  shingle sets (so it replaces only the signature step), plus `to_rows()`, the only way to get the
+  matrix back into numpy (Python lists).
 
     .venv/bin/python benchmarks/bench_minhash_speed.py [--docs 10000]
 """
@@ -30,10 +34,27 @@ def main() -> None:
     args = ap.parse_args()
     texts = corpus(args.docs)
     lines = [f"{args.docs} docs x 200 words, 5-word shingles, 128 permutations, 1 process"]
-    t = time.process_time()
-    minhash.batch_signatures(exact.normalize(pa.array(texts)), "word", 5, 128)
-    dt = time.process_time() - t
-    lines.append(f"thresher numpy (normalise + shingle + sign): {dt:.2f} CPU-s, {args.docs / dt:,.0f} docs/CPU-s")
+    t0 = time.process_time()
+    tok, off = minhash.tokens(exact.normalize(pa.array(texts)), "word")
+    t1 = time.process_time()
+    sh, sh_off = minhash.shingles(tok, off, 5)
+    t2 = time.process_time()
+    minhash.signatures(sh, sh_off, 128)
+    t3 = time.process_time()
+    lines.append(f"thresher numpy (normalise + shingle + sign): {t3 - t0:.2f} CPU-s, {args.docs / (t3 - t0):,.0f} docs/CPU-s"
+                 f"  [normalise + word hashes {t1 - t0:.2f}, shingle sets {t2 - t1:.2f}, signatures {t3 - t2:.2f}]")
+    try:
+        import rensa
+    except ImportError:
+        lines.append("rensa: not installed")
+    else:
+        t = time.process_time()
+        m = rensa.RMinHash.digest_matrix_from_flat_token_hashes(sh.astype(np.uint64), sh_off.astype(np.uint64), 128, 42)
+        t4 = time.process_time()
+        np.asarray(m.to_rows(), dtype=np.uint32)
+        t5 = time.process_time()
+        lines.append(f"rensa signatures on thresher's shingle sets:  {t4 - t:.2f} CPU-s + {t5 - t4:.2f} CPU-s to_rows() "
+                     f"(vs thresher's signature step {t3 - t2:.2f})")
     try:
         from datasketch import MinHash
     except ImportError:
