@@ -58,3 +58,10 @@ clean:
 .PHONY: bench-scale
 bench-scale: venv
 	$(BIN)/python benchmarks/bench_scale.py $(BENCH_SCALE_ARGS)
+
+# planted near-duplicates in BBC News (10k and 100k docs), thresher's dedup stage vs DataTrove's
+# MinHash (creates benchmarks/.venv-datatrove when missing) -> benchmarks/results/dedup.{json,md};
+# fewer: BENCH_DEDUP_ARGS="--docs 10000"; seconds: BENCH_DEDUP_ARGS="--quick"
+.PHONY: bench-dedup
+bench-dedup: venv
+	PYTHONPATH=. $(BIN)/python benchmarks/bench_dedup.py $(BENCH_DEDUP_ARGS)
