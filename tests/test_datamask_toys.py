@@ -391,8 +391,8 @@ def quality_table() -> str:
             for name, idx in (("exhaustive optimum", toy.subsets[np.argmax(f)]),
                               ("DATAMASK seed 0", datamask_pick(toy, kind, lam, 0))):
                 r = row_of(toy, idx)
-                out.append(f"| {lam} | {kind} | {name} | {f[r]:+.3f} | {toy.mean_quality[r]:.3f} | {toy.similarity[r]:.4f} | "
-                           f"{toy.coverage[r]:.4f} | {_fmt(idx, toy)} | {_lam_paper(toy, kind, lam):.3f} |")
+                out.append(f"| {lam} | {kind} | {name} | {f[r]:+.3f} | {toy.mean_quality[r]:.3f} | "
+                           f"{toy.similarity[r]:.4f} | {toy.coverage[r]:.4f} | {_fmt(idx, toy)} | {_lam_paper(toy, kind, lam):.3f} |")
             idx = toy.subsets[np.argmax(paper_objective(toy, kind, lam))]
             r = row_of(toy, idx)
             out.append(f"| {lam} | {kind} | optimum of the unnormalised mix at this lam | {f[r]:+.3f} | "
