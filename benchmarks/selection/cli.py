@@ -8,6 +8,7 @@ Markdown table under the results folder (default: `benchmarks/results`, beside t
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ from pydantic import ValidationError
 from benchmarks.selection.harness import DEFAULT_RESULTS, RESULTS_FILE, CommonSpec, merge, write_outputs
 from benchmarks.selection.instruction_bench import (QUICK_INSTRUCTION, InstructionBenchSpec, markdown_instruction,
                                                     run_instruction_bench)
-from benchmarks.selection.text_bench import QUICK, BenchSpec, markdown, run_bench
+from benchmarks.selection.text_bench import QUICK, BenchSpec, markdown, quick_regimes, run_bench
+from thresher.common.atomic import write_text_atomic
 from thresher.specs import JobError
 
 COMMAND = "python -m benchmarks.selection"
@@ -45,6 +47,8 @@ def load_spec(path: str | Path | None, quick: bool = False, overrides: dict[str,
         spec_cls, quick_over = InstructionBenchSpec, QUICK_INSTRUCTION
     if quick:
         raw = merge(raw, quick_over)
+        if spec_cls is BenchSpec:  # every regime: QUICK's steps, one epoch where it counts epochs
+            raw = quick_regimes(raw)
         for name, spec in (raw.get("methods") or {}).items():  # DATAMASK: fewer steps in quick mode
             if isinstance(spec, dict) and spec.get("type") == "datamask":
                 raw["methods"][name] = {**spec, "steps": min(int(spec.get("steps", 400)), 60)}
@@ -72,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-md", help="write the Markdown table to this file instead (also with --quick)")
     p.add_argument("--no-results-md", action="store_true", help="write no Markdown table outside the output folder")
     p.add_argument("--threads", type=int, help="torch threads")
+    p.add_argument("--render", metavar="JSON", help="pre-training mode: table an existing results JSON (e.g. the "
+                                                    "selection_quality.partial.json a long run writes after each "
+                                                    "regime) instead of running")
     p.add_argument("--quiet", "-q", action="store_true")
     return p
 
@@ -87,11 +94,19 @@ def run(argv: list[str]) -> int:
     if args.threads:
         over["threads"] = args.threads
     spec = load_spec(args.job, quick=args.quick, overrides=over)
+    if args.render:
+        res = json.loads(Path(args.render).read_text())
+        md = markdown(res)
+        target = Path(args.results_md) if args.results_md else Path(args.results) / RESULTS_MD["pretrain"]
+        write_text_atomic(md, target)
+        write_text_atomic(json.dumps(res, indent=2), target.with_suffix(".json"))
+        print(md)
+        return 0
     if isinstance(spec, InstructionBenchSpec):
         res = run_instruction_bench(spec, quiet=args.quiet)
     else:
         assert isinstance(spec, BenchSpec)
-        res = run_bench(spec, quiet=args.quiet)
+        res = run_bench(spec, quiet=args.quiet, partial=Path(spec.output) / "selection_quality.partial.json")
     res["command"] = " ".join([COMMAND, *argv])
     md = markdown_instruction(res) if spec.mode == "instruction" else markdown(res)
     default_md = Path(args.results) / RESULTS_MD[spec.mode]
@@ -100,9 +115,11 @@ def run(argv: list[str]) -> int:
         md_path = None
     out = Path(spec.output)
     report = write_outputs(res, md, out, md_path)
+    if md_path is not None:  # the raw per-seed results beside the table
+        write_text_atomic(json.dumps(res, indent=2), md_path.with_suffix(".json"))
     print(md)
     print(f"results: {out / RESULTS_FILE}; report: {report}"
-          + (f"; table: {md_path}" if md_path else ""))
+          + (f"; table: {md_path} (raw: {md_path.with_suffix('.json')})" if md_path else ""))
     return 0
 
 
