@@ -237,6 +237,31 @@ def test_workers_and_keep_rules(tmp_path: Path) -> None:
     assert rows["x2"]["reason"] == "exact_duplicate" and rows["y2"]["status"] == "selected"
 
 
+def test_band_keys_sized_by_shingle_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With `verify` the band shuffle gets keys by shingle values (a reduce task's memory stays
+    bounded as the corpus grows) and bands are emitted in chunks: a tiny budget (many keys, one
+    band per chunk) gives the same clusters and candidate edges as the default (one key)."""
+    from thresher.pipelines import dedup_stage
+
+    corpus = planted(tmp_path / "corpus")
+    one = thresher.run(job(tmp_path, corpus, NEAR, name="one"), progress=False)
+    monkeypatch.setattr(dedup_stage, "VALUES_PER_KEY", 500)
+    keys: set[int] = set()
+    reduce = dedup_stage.edges_reduce
+
+    def spy(plan, prefix, threshold, key, table):  # type: ignore[no-untyped-def]
+        keys.update([key] if prefix == "b" else [])
+        return reduce(plan, prefix, threshold, key, table)
+
+    monkeypatch.setattr(dedup_stage, "edges_reduce", spy)
+    many = thresher.run(job(tmp_path, corpus, NEAR, name="many"), progress=False)
+    assert len(keys) > 50  # ~8,000 shingle values x 14 bands over a budget of 500 per key
+    assert selection(tmp_path / "many").equals(selection(tmp_path / "one"))
+    for k in ("removed", "clusters", "candidate_edges"):
+        assert many.manifest["dedup"][k] == one.manifest["dedup"][k], k
+    assert one.manifest["dedup"]["removed"] == {"exact_duplicate": 1, "near_duplicate": 3}
+
+
 def test_keep_column_is_checked_at_plan_time(tmp_path: Path) -> None:
     """A misspelt or non-numeric `dedup.keep.column` is one error line naming the key, raised
     before the output folder is created (so before scoring)."""

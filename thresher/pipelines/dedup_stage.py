@@ -12,7 +12,11 @@ stage, with the engine API only (map passes and `engine.shuffle`); the driver ho
    kept document (its cluster would keep no row) nor link documents into a cluster;
 2. candidate edges: a shuffle keyed by the exact hash and one keyed by band key (both a hash,
    so keys are near-equal); each key's task links the members of each group
-   (`components.bucket_edges`: a star on the smallest member, or verified pairs);
+   (`components.bucket_edges`: a star on the smallest member, or verified pairs). With
+   verification every band row carries its document's shingle set, so the band shuffle gets a
+   key per `VALUES_PER_KEY` shingle values (counted by the signature tasks) and the emit tasks
+   send the bands in chunks of about as many values: a task's memory does not grow with the
+   corpus (before, 1M rows per key let a 10k-document corpus put 250k sets in one task);
 3. connected components: rounds of large-star / small-star (`components.star_round`), each an
    engine shuffle of the edges keyed by node, until no key reports an unsettled node (the
    driver holds one count per key and round);
@@ -55,6 +59,10 @@ from thresher.pipelines.selection.view import dedup_folder, write_table
 from thresher.specs import JobError
 
 ROWS_PER_KEY = 1_000_000  # rows per shuffle key (a reduce task's memory)
+# with `verify`, each band row carries its document's shingle set: the band shuffle gets enough keys
+# that one key holds about this many shingle values (uint32; a reduce task's memory stays bounded
+# as the corpus grows), and a band-emit batch holds about as many (bands are emitted in chunks)
+VALUES_PER_KEY = 8_000_000
 MAX_ROUNDS = 200  # large-star / small-star rounds (O(log^2 n) are needed)
 
 
@@ -125,6 +133,9 @@ def dedup(job: JobSpec, layout: OutputLayout, shards: list[InputShard], engine: 
         candidates += sum(r["edges"] for r in res.values())
     if spec.minhash is not None:
         keys = max(1, math.ceil(total * bands / ROWS_PER_KEY))
+        if spec.minhash.verify:
+            values = sum(shingle_values(plan, i, m) for i, m in enumerate(maps))
+            keys = max(keys, math.ceil(values * bands / VALUES_PER_KEY))
         verify = spec.minhash.threshold if spec.minhash.verify else None
         res = engine.shuffle("dedup-bands", partial(band_emit, plan, keys), items,
                              partial(edges_reduce, plan, "b", verify), spill)
@@ -239,8 +250,19 @@ def signature_task(plan: DedupPlan, i: int) -> dict[str, Any]:
                 table = table.append_column(c, got.column(c))
     write_table(plan.sig(i), table)
     marker = {**ident, "rows": table.num_rows}
+    if "sh" in table.column_names:
+        marker["shingles"] = int(pc.sum(pc.list_value_length(table.column("sh"))).as_py() or 0)
     write_json_atomic(marker, layout.marker("dedup-map", i))
     return {**marker, "skipped": False}
+
+
+def shingle_values(plan: DedupPlan, i: int, result: dict[str, Any]) -> int:
+    """Shingle values in shard i's signature file (its marker's count; read from the file for a
+    marker written before the count was kept)."""
+    if "shingles" in result:
+        return int(result["shingles"])
+    t = storage.read_table(plan.sig(i), columns=["sh"])
+    return int(pc.sum(pc.list_value_length(t.column("sh"))).as_py() or 0)
 
 
 # -- duplicate ids ----------------------------------------------------------------------------------
@@ -288,6 +310,8 @@ def exact_emit(plan: DedupPlan, keys: int, i: int) -> Iterator[tuple[int, pa.Rec
 
 
 def band_emit(plan: DedupPlan, keys: int, i: int) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """Shard i's band rows keyed by band key: bands in chunks of about VALUES_PER_KEY shingle values
+    (with `verify`; one chunk of all bands without), so a task holds one chunk's rows."""
     verify = plan.job.dedup.minhash.verify  # type: ignore[union-attr]
     t = read_live(plan, i, [*_NODE, "bands", "banded", *(["sh"] if verify else [])])
     t = t.filter(t.column("banded"))
@@ -295,11 +319,14 @@ def band_emit(plan: DedupPlan, keys: int, i: int) -> Iterator[tuple[int, pa.Reco
         return
     bk = np.asarray(t.column("bands").combine_chunks().values.to_numpy()).reshape(t.num_rows, plan.bands)
     base = t.select([*_NODE, *(["sh"] if verify else [])])
+    per_band = t.num_rows + (int(pc.sum(pc.list_value_length(t.column("sh"))).as_py() or 0) if verify else 0)
+    chunk = max(1, min(plan.bands, VALUES_PER_KEY // max(1, per_band)))
     zero = pa.array(np.zeros(t.num_rows, np.uint64))
-    for j in range(plan.bands):  # one band at a time: a task holds one band's rows
-        g = bk[:, j]
-        yield from T.by_key(base.append_column("g", pa.array(g)).append_column("g2", zero),
-                            (g % np.uint64(keys)).astype(np.int64))
+    for j0 in range(0, plan.bands, chunk):
+        g = bk[:, j0:j0 + chunk].T.reshape(-1)  # band-major: the rows of band j0, then j0 + 1, ...
+        part = pa.concat_tables([base] * (len(g) // t.num_rows))
+        yield from T.by_key(part.append_column("g", pa.array(g)).append_column("g2", pa.concat_arrays(
+            [zero] * (len(g) // t.num_rows))), (g % np.uint64(keys)).astype(np.int64))
 
 
 def edges_reduce(plan: DedupPlan, prefix: str, threshold: float | None, key: int, table: pa.Table) -> dict[str, Any]:
