@@ -19,6 +19,16 @@ per-repetition ratios.
 
     .venv/bin/python benchmarks/bench_icon.py [--runs tiny:8x32 smollm2:3x24] [--reps 3] [--out FILE]
     .venv/bin/python benchmarks/bench_icon.py --demo-data out/icon_demo_data   # data for jobs/icon_demo.yaml
+    .venv/bin/python benchmarks/bench_icon.py --separation smollm2:60x24 --out benchmarks/results/icon_separation.md
+
+`--separation MODEL:PERxITEMS` answers a different question: do the ICon scores of a model separate
+the planted junk of the selection benchmark's instruction pool from clean pairs? It draws PER
+candidates of each planted kind (clean, wrong, garbled) from that pool (`jobs/bench_selection_icon.yaml`'s
+pool), scores each against the first ITEMS assessment items with the prefix-KV engine (real and
+random-character context), and reports AUC clean-vs-junk / -wrong / -garbled with bootstrap 95%
+intervals, for RICo and for the v1-style score without the random control (same forwards).
+`--tiny-scores out/bench_selection_icon/pool_scores.parquet` adds the benchmark's own (tiny-model)
+ICon AUCs on the same candidates. Per-candidate scores go to a JSON file beside `--out`.
 """
 
 from __future__ import annotations
@@ -215,15 +225,160 @@ def markdown(results: list[dict], command: str) -> str:
     return "\n".join(lines)
 
 
+# -- separation: do ICon scores tell planted junk from clean pairs? ----------------------------
+
+KINDS = ("clean", "wrong", "garbled")
+
+
+def auc_ci(labels: np.ndarray, scores: np.ndarray, reps: int = 2000, seed: int = 0) -> dict[str, float | None]:
+    """ROC AUC (positive = `labels`) with a stratified bootstrap 95% interval over candidates."""
+    from thresher.selectors.icon import auc
+
+    labels = np.asarray(labels, bool)
+    scores = np.asarray(scores, np.float64)
+    point = auc(labels, scores)
+    if point is None:
+        return {"auc": None, "lo": None, "hi": None}
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(labels), np.flatnonzero(~labels)
+    boots = []
+    for _ in range(reps):
+        idx = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
+        boots.append(auc(labels[idx], scores[idx]))
+    lo, hi = np.quantile(boots, [0.025, 0.975])
+    return {"auc": float(point), "lo": float(lo), "hi": float(hi)}
+
+
+def separation_aucs(kinds: np.ndarray, scores: np.ndarray) -> dict[str, dict[str, float | None]]:
+    """AUC of `scores` for clean (positive) vs junk, vs wrong and vs garbled (NaN scores left out)."""
+    ok = np.isfinite(scores)
+    out = {}
+    for name, neg in (("junk", ("wrong", "garbled")), ("wrong", ("wrong",)), ("garbled", ("garbled",))):
+        m = ok & np.isin(kinds, ("clean", *neg))
+        out[name] = auc_ci(kinds[m] == "clean", scores[m])
+    return out
+
+
+def separation(model_name: str, per_kind: int, n_items: int, out_json: Path, tiny_scores: str | None,
+               max_tokens_per_batch: int, seed: int = 0) -> dict[str, Any]:
+    """ICon scores of `per_kind` pool candidates of each planted kind against `n_items` assessment
+    items of the instruction benchmark's pool; AUCs clean-vs-junk/-wrong/-garbled. Writes the
+    per-candidate results to `out_json` after every candidate (a partial run keeps what it did)."""
+    from benchmarks.selection.cli import load_spec
+    from benchmarks.selection.instruction_pool import TEMPLATE, build_instruction_pool
+    from thresher.models.icl import contributions, random_context
+
+    spec = load_spec(ROOT / "jobs" / "bench_selection_icon.yaml")
+    p = spec.pool
+    pool = build_instruction_pool(p.docs, p.wrong, p.garbled, p.dup, p.dup_clusters, p.eval_docs, p.assessment,
+                                  p.seed)
+    kinds = np.asarray(pool.kinds)
+    rng = np.random.default_rng(seed)
+    rows = np.concatenate([rng.choice(np.flatnonzero(kinds == k), per_kind, replace=False) for k in KINDS])
+    rows = rows[rng.permutation(len(rows))]  # kinds interleaved: a cut-short run stays balanced
+    eng, desc = make_engine(model_name, max_tokens_per_batch)
+    eng.template = TEMPLATE
+    items = [eng.item(q, a) for q, a in pool.assessment_pairs[:n_items]]
+    t0 = time.perf_counter()
+    base = eng.base_ppl(items)
+    res: dict[str, Any] = {"model": model_name, "description": desc, "per_kind": per_kind, "items": len(items),
+                           "threads": torch.get_num_threads(), "pool": {"docs": p.docs, "seed": p.seed},
+                           "candidates": [], "load_avg_1min": [os.getloadavg()[0]]}
+    for n, r in enumerate(rows):
+        t = time.perf_counter()
+        text = eng.candidate_text(pool.prompts[r], pool.responses[r])
+        real = eng.ppl(eng.context_ids(text, items), items)
+        rand = eng.ppl(eng.context_ids(random_context(len(text), 42, pool.ids[r]), items), items)
+        res["candidates"].append({"id": pool.ids[r], "kind": str(kinds[r]), "task": pool.tasks[r],
+                                  "rico": float(contributions(real, base, rand).mean()),
+                                  "v1": float(contributions(real, base, None).mean()),
+                                  "seconds": time.perf_counter() - t})
+        res["seconds"] = time.perf_counter() - t0
+        if n % 10 == 9 or n == len(rows) - 1:
+            res["load_avg_1min"].append(os.getloadavg()[0])
+            out_json.write_text(json.dumps(res, indent=1))
+            print(f"{model_name}: {n + 1}/{len(rows)} candidates, {res['seconds']:.0f}s", file=sys.stderr, flush=True)
+    finish_separation(res, tiny_scores)
+    out_json.write_text(json.dumps(res, indent=1))
+    return res
+
+
+def finish_separation(res: dict[str, Any], tiny_scores: str | None) -> None:
+    """AUCs of the scored candidates (RICo, v1) and, given the benchmark's `pool_scores.parquet`,
+    of the tiny model's ICon scores on the same candidates."""
+    cands = res["candidates"]
+    kinds = np.array([c["kind"] for c in cands])
+    res["aucs"] = {s: separation_aucs(kinds, np.array([c[s] for c in cands])) for s in ("rico", "v1")}
+    res["mean_by_kind"] = {s: {k: float(np.mean([c[s] for c in cands if c["kind"] == k])) for k in KINDS}
+                           for s in ("rico", "v1")}
+    if tiny_scores and Path(tiny_scores).exists():
+        import pyarrow.parquet as pq
+
+        t = pq.read_table(tiny_scores, columns=["id", "icon_score"]).to_pydict()
+        tiny = dict(zip(t["id"], t["icon_score"]))
+        score = np.array([np.nan if tiny.get(c["id"]) is None else tiny[c["id"]] for c in cands], np.float64)
+        res["aucs"]["tiny_rico"] = separation_aucs(kinds, score)
+        res["tiny_scores"] = tiny_scores
+
+
+def markdown_separation(res: dict[str, Any], command: str) -> str:
+    """The separation results as Markdown."""
+    n = len(res["candidates"])
+    names = {"rico": f"{res['model']} RICo (random-character control)",
+             "v1": f"{res['model']} v1-style (base - real) / base", "tiny_rico": "benchmark's tiny GPT-2, RICo"}
+    lines = ["# ICon with a model that learns in context: does its score separate planted junk?", "",
+             f"Model: {res['description']}. Candidates: {n} pairs of the selection benchmark's instruction pool "
+             f"(`jobs/bench_selection_icon.yaml`, {res['pool']['docs']:,} pairs, seed {res['pool']['seed']}), "
+             f"{res['per_kind']} drawn per planted kind (clean, wrong, garbled); each scored against "
+             f"{res['items']} of its assessment items with and without a random-character context of the same "
+             f"length (prefix-KV engine): {n} x {res['items']} x 2 = {2 * n * res['items']:,} continuations. "
+             f"Time: {res['seconds']:.0f} s on {res['threads']} torch thread(s), 2 shared cores (1-min load "
+             f"{min(res['load_avg_1min']):.1f}-{max(res['load_avg_1min']):.1f}).", "",
+             "AUC: probability that a clean pair scores above a junk pair (0.5 = no separation); 95% interval "
+             "from a stratified bootstrap over candidates.", "",
+             "| score | clean vs junk | clean vs wrong | clean vs garbled |", "| --- | --- | --- | --- |"]
+    for s, a in res["aucs"].items():
+        cells = [("–" if a[k]["auc"] is None else f"{a[k]['auc']:.3f} [{a[k]['lo']:.3f}, {a[k]['hi']:.3f}]")
+                 for k in ("junk", "wrong", "garbled")]
+        lines.append(f"| {names.get(s, s)} | " + " | ".join(cells) + " |")
+    lines += ["", "Mean score by planted kind: " + "; ".join(
+        f"{names[s]}: " + ", ".join(f"{k} {v:+.4f}" for k, v in m.items()) for s, m in res["mean_by_kind"].items()),
+        "", f"Reproduce: `{command}`", ""]
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", nargs="+", default=["tiny:8x32", "smollm2:3x24"],
                     help="MODEL:CANDIDATESxITEMS, MODEL = tiny or smollm2")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--max-tokens-per-batch", type=int, default=2048, help="the scorer's CPU default")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/icon.md"))
+    ap.add_argument("--out", default=None, help="Markdown results (default: benchmarks/results/icon.md, with "
+                                                "--separation icon_separation.md; its JSON beside it)")
     ap.add_argument("--demo-data", default=None)
+    ap.add_argument("--separation", metavar="MODEL:PERxITEMS", default=None,
+                    help="AUC of ICon scores for planted junk vs clean pairs of the instruction benchmark's pool")
+    ap.add_argument("--tiny-scores", default=str(ROOT / "out/bench_selection_icon/pool_scores.parquet"),
+                    help="--separation: the benchmark's pool_scores.parquet (tiny-model ICon AUCs on the same rows)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    ap.add_argument("--from-json", default=None, help="--separation: rewrite the table from a (partial) JSON file")
     a = ap.parse_args()
+    command = ".venv/bin/python " + " ".join(shlex.quote(x) for x in ["benchmarks/bench_icon.py", *sys.argv[1:]] if x)
+    if a.separation or a.from_json:
+        torch.set_num_threads(a.threads)
+        a.out = a.out or str(ROOT / "benchmarks/results/icon_separation.md")
+        out_json = Path(a.out).with_suffix(".json")
+        if a.from_json:
+            res = json.loads(Path(a.from_json).read_text())
+            finish_separation(res, a.tiny_scores)
+        else:
+            model_name, size = a.separation.split(":")
+            per, items = (int(x) for x in size.lower().split("x"))
+            res = separation(model_name, per, items, out_json, a.tiny_scores, a.max_tokens_per_batch)
+        Path(a.out).write_text(markdown_separation(res, command))
+        out_json.write_text(json.dumps(res, indent=1))
+        print(markdown_separation(res, command))
+        return
     if a.demo_data:
         demo_data(Path(a.demo_data))
         print(f"wrote {a.demo_data}/pool.jsonl and assessment.jsonl")
@@ -239,7 +394,7 @@ def main() -> None:
             assert m["max_abs_diff_c"] < 1e-3, f"{m['method']} differs from naive by {m['max_abs_diff_c']}"
     command = ".venv/bin/python " + " ".join(shlex.quote(x) for x in
                                              ["benchmarks/bench_icon.py", *sys.argv[1:]] if x)
-    Path(a.out).write_text(markdown(results, command))
+    Path(a.out or ROOT / "benchmarks/results/icon.md").write_text(markdown(results, command))
 
 
 if __name__ == "__main__":

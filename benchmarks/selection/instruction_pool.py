@@ -166,6 +166,7 @@ class InstructionPool(PlantedLabels):
     eval_pairs: list[tuple[str, str]]
     assessment_pairs: list[tuple[str, str]]
     info: dict[str, object] = field(default_factory=dict)
+    eval_tasks: list[str] = field(default_factory=list)  # the task of each evaluation pair
     JUNK = JUNK_KINDS
 
     @property
@@ -230,7 +231,8 @@ def build_instruction_pool(n: int = 3000, wrong: float = 0.15, garbled: float = 
     perm = rng.permutation(len(prompts))  # pool order carries no label information
     prompts, responses, tasks, kinds, clusters = ([xs[i] for i in perm] for xs in
                                                   (prompts, responses, tasks, kinds, clusters))
-    ev = [(q, a) for _, q, a in clean_pairs(eval_pairs, np.random.default_rng([seed, 1]))]
+    ev_triples = clean_pairs(eval_pairs, np.random.default_rng([seed, 1]))
+    ev = [(q, a) for _, q, a in ev_triples]
     assess = [(q, a) for _, q, a in clean_pairs(assessment, np.random.default_rng([seed, 2]),
                                                 exclude={q for q, _ in ev})]
     pool_prompts = set(prompts)
@@ -240,4 +242,39 @@ def build_instruction_pool(n: int = 3000, wrong: float = 0.15, garbled: float = 
             "eval_prompts_in_pool": sum(q in pool_prompts for q, _ in ev),
             "kinds": {kd: kinds.count(kd) for kd in sorted(set(kinds))}}
     ids = [f"ins-{i:06d}" for i in range(len(prompts))]
-    return InstructionPool(ids, prompts, responses, tasks, kinds, clusters, ev, assess, info)
+    return InstructionPool(ids, prompts, responses, tasks, kinds, clusters, ev, assess, info,
+                           [t for t, _, _ in ev_triples])
+
+
+def world_line(task: str, rng: np.random.Generator) -> str:
+    """One correct instance of `task` in a plain, template-free notation (the base model's
+    "pre-training" text: the tasks' world, not the instruction format)."""
+    if task == "add":
+        a, b = (int(x) for x in rng.integers(1, 100, 2))
+        return f"{a} + {b} = {a + b}"
+    if task == "reverse":
+        w = _words(rng, 1)[0]
+        return f"{w} backwards: {w[::-1]}"
+    if task == "upper":
+        ws = " ".join(_words(rng, 2))
+        return f"{ws} -> {ws.upper()}"
+    if task == "copy":
+        ws = " ".join(_words(rng, int(rng.integers(3, 6))))
+        return f"{ws} | {ws}"
+    if task == "sort":
+        nums = [int(x) for x in rng.choice(100, int(rng.integers(4, 7)), replace=False)]
+        return f"sorted({' '.join(map(str, nums))}) = {' '.join(map(str, sorted(nums)))}"
+    if task == "lookup":
+        w = _words(rng, 1)[0]
+        return f"code of {w}: {FACTS[w]}"
+    raise ValueError(f"unknown task {task!r}; tasks: {TASKS}")
+
+
+def world_corpus(n_docs: int, seed: int, lines: int = 4) -> list[str]:
+    """`n_docs` documents of `lines` correct task instances each in the plain notation of
+    `world_line` (tasks drawn uniformly; its own seed stream, no instruction template). The
+    selection benchmark pre-trains its base model on it, so fine-tuning teaches the format and
+    elicits what the base knows, as SFT does for an LLM."""
+    rng = np.random.default_rng([seed, 3])
+    return ["\n".join(world_line(TASKS[int(rng.integers(len(TASKS)))], rng) for _ in range(lines))
+            for _ in range(n_docs)]
