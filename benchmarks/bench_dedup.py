@@ -20,7 +20,9 @@ verification, `num_perm` = bands x rows):
 
 Scores against the planted truth (`dedup_corpus.truth_labels`): a pair of documents is
 predicted when both are in one found cluster and true when both are in one planted cluster
-(bases that are near-duplicates of each other, at exact Jaccard >= the threshold, merged):
+(planted clusters merged where a document of one and a document of the other are near-duplicates
+by themselves, at exact Jaccard >= the threshold: re-published BBC articles, composites sharing
+two thirds):
 pair precision and recall, cluster purity (found clusters of 2+: the share of members in
 their cluster's largest true cluster), documents removed vs the ideal, true clusters left
 with no kept document. `reachable recall` scores against the pairs a perfect dedup at the
@@ -390,8 +392,9 @@ def markdown(res: dict[str, Any]) -> str:
         c = s["corpus"]
         lines.append(f"- {c['docs']:,} docs in {c['files']} Parquet files: {c['bases']:,} bases ({c['originals']:,} "
                      f"articles, {c['composites']:,} composites), {c['planted_clusters']:,} planted clusters, copies "
-                     f"{c['copies']}; {c['base_pairs']} pairs of bases at exact Jaccard >= {m['threshold']} "
-                     f"(counted as true); copy-vs-base Jaccard {c['copy_vs_base_jaccard']}")
+                     f"{c['copies']}; {c['natural_pairs']} document pairs across planted clusters at exact Jaccard >= "
+                     f"{m['threshold']} (counted as true: {c['merged_clusters']} planted clusters merged into "
+                     f"others); copy-vs-base Jaccard {c['copy_vs_base_jaccard']}")
     lines += ["", "Planted copies found in their base's cluster, by kind:", ""]
     for s in res["sizes"]:
         for r in s["runs"]:
@@ -414,7 +417,8 @@ def markdown(res: dict[str, Any]) -> str:
                 extra = f"; candidate edges {d.get('candidate_edges')}, rounds {d.get('rounds')}"
             lines.append(f"- {r['docs']:,} {r['tool']} verify={r['verify']}: {st}{extra}")
     lines += ["", "Definitions: a pair is predicted when both documents are in one found cluster, true when both "
-              "are in one planted cluster (bases that are near-duplicates of each other merged); reachable "
+              "are in one planted cluster (merged where documents of two planted clusters have exact Jaccard >= the "
+              "threshold); reachable "
               "recall counts only the pairs linked inside a true cluster by pairs at exact Jaccard >= the "
               "threshold (what a perfect dedup at this threshold finds); purity: in found clusters of two or "
               "more, the share of members in their cluster's largest true cluster; lost clusters: true "
