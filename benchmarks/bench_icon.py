@@ -311,13 +311,17 @@ def finish_separation(res: dict[str, Any], tiny_scores: str | None) -> None:
     res["aucs"] = {s: separation_aucs(kinds, np.array([c[s] for c in cands])) for s in ("rico", "v1")}
     res["mean_by_kind"] = {s: {k: float(np.mean([c[s] for c in cands if c["kind"] == k])) for k in KINDS}
                            for s in ("rico", "v1")}
+    res["per_kind_scored"] = {k: int((kinds == k).sum()) for k in KINDS}
     if tiny_scores and Path(tiny_scores).exists():
         import pyarrow.parquet as pq
 
-        t = pq.read_table(tiny_scores, columns=["id", "icon_score"]).to_pydict()
+        t = pq.read_table(tiny_scores, columns=["id", "icon_score", "label_kind"]).to_pydict()
         tiny = dict(zip(t["id"], t["icon_score"]))
         score = np.array([np.nan if tiny.get(c["id"]) is None else tiny[c["id"]] for c in cands], np.float64)
         res["aucs"]["tiny_rico"] = separation_aucs(kinds, score)
+        all_scores = np.array([np.nan if v is None else v for v in t["icon_score"]], np.float64)
+        res["aucs"]["tiny_rico_all"] = separation_aucs(np.array(t["label_kind"]), all_scores)
+        res["tiny_scored"] = int(np.isfinite(all_scores).sum())
         res["tiny_scores"] = tiny_scores
 
 
@@ -325,11 +329,16 @@ def markdown_separation(res: dict[str, Any], command: str) -> str:
     """The separation results as Markdown."""
     n = len(res["candidates"])
     names = {"rico": f"{res['model']} RICo (random-character control)",
-             "v1": f"{res['model']} v1-style (base - real) / base", "tiny_rico": "benchmark's tiny GPT-2, RICo"}
+             "v1": f"{res['model']} v1-style (base - real) / base",
+             "tiny_rico": "benchmark's GPT-2 reference model, RICo (same candidates where scored)",
+             "tiny_rico_all": f"benchmark's GPT-2 reference model, RICo (all {res.get('tiny_scored', 0):,} ICL-scored "
+                              "pool pairs; clean = clean only)"}
+    got = res.get("per_kind_scored") or {}
     lines = ["# ICon with a model that learns in context: does its score separate planted junk?", "",
              f"Model: {res['description']}. Candidates: {n} pairs of the selection benchmark's instruction pool "
              f"(`jobs/bench_selection_icon.yaml`, {res['pool']['docs']:,} pairs, seed {res['pool']['seed']}), "
-             f"{res['per_kind']} drawn per planted kind (clean, wrong, garbled); each scored against "
+             f"{res['per_kind']} drawn per planted kind (clean, wrong, garbled) in an interleaved order"
+             + (f" (scored: {', '.join(f'{v} {k}' for k, v in got.items())})" if got else "") + "; each scored against "
              f"{res['items']} of its assessment items with and without a random-character context of the same "
              f"length (prefix-KV engine): {n} x {res['items']} x 2 = {2 * n * res['items']:,} continuations. "
              f"Time: {res['seconds']:.0f} s on {res['threads']} torch thread(s), 2 shared cores (1-min load "
@@ -343,7 +352,7 @@ def markdown_separation(res: dict[str, Any], command: str) -> str:
         lines.append(f"| {names.get(s, s)} | " + " | ".join(cells) + " |")
     lines += ["", "Mean score by planted kind: " + "; ".join(
         f"{names[s]}: " + ", ".join(f"{k} {v:+.4f}" for k, v in m.items()) for s, m in res["mean_by_kind"].items()),
-        "", f"Reproduce: `{command}`", ""]
+        "", f"Reproduce: `{res.get('command') or command}`" + (f" ({res['note']})" if res.get("note") else ""), ""]
     return "\n".join(lines)
 
 
@@ -375,6 +384,7 @@ def main() -> None:
             model_name, size = a.separation.split(":")
             per, items = (int(x) for x in size.lower().split("x"))
             res = separation(model_name, per, items, out_json, a.tiny_scores, a.max_tokens_per_batch)
+            res["command"] = command
         Path(a.out).write_text(markdown_separation(res, command))
         out_json.write_text(json.dumps(res, indent=1))
         print(markdown_separation(res, command))

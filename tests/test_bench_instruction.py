@@ -302,9 +302,12 @@ def test_separation_run_with_the_tiny_engine(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
     ids = [c["id"] for c in res["candidates"]]
-    pq.write_table(pa.table({"id": ids, "icon_score": [1.0 if c["kind"] == "clean" else 0.0
-                                                         for c in res["candidates"]]}), tmp_path / "s.parquet")
+    kinds = [c["kind"] for c in res["candidates"]]
+    pq.write_table(pa.table({"id": ids + ["other"],
+                             "icon_score": [1.0 if k == "clean" else 0.0 for k in kinds] + [None],
+                             "label_kind": kinds + ["dup"]}), tmp_path / "s.parquet")
     bi.finish_separation(res, str(tmp_path / "s.parquet"))
-    assert res["aucs"]["tiny_rico"]["junk"]["auc"] == 1.0
+    assert res["aucs"]["tiny_rico"]["junk"]["auc"] == 1.0 == res["aucs"]["tiny_rico_all"]["wrong"]["auc"]
+    assert res["tiny_scored"] == len(ids) and res["per_kind_scored"] == {"clean": 1, "wrong": 1, "garbled": 1}
     md = bi.markdown_separation(res, "cmd")
-    assert "| score | clean vs junk | clean vs wrong | clean vs garbled |" in md and "tiny GPT-2" in md
+    assert "| score | clean vs junk | clean vs wrong | clean vs garbled |" in md and "GPT-2 reference model" in md
