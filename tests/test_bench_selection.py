@@ -99,6 +99,17 @@ def test_quick_benchmark(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         for sd in seeds:
             assert by[("old_recipe", m, sd)]["dup_frac"] == by[("tokens", m, sd)]["dup_frac"]
     assert {(n["a"], n["b"]) for n in res["noise"]} >= {("topk_quality", "random"), ("datamask", "topk_quality")}
+    # a run split by seed (two processes, or a partial file) merges back into the same summaries
+    parts = []
+    for sd in seeds:
+        part = json.loads(json.dumps(res))
+        part["runs"] = [r for r in res["runs"] if r["seed"] == sd]
+        parts.append(tmp_path / f"part{sd}.json")
+        parts[-1].write_text(json.dumps(part))
+    merged_md = tmp_path / "merged.md"
+    assert bench_main([str(JOB), "--quick", "--render", *map(str, parts), "--results-md", str(merged_md)]) == 0
+    merged = json.loads(merged_md.with_suffix(".json").read_text())
+    assert merged["regimes"] == res["regimes"] and merged["noise"] == res["noise"]
     table = md.read_text()
     assert table == (out / "selection_quality.md").read_text()
     assert "| method | budget | docs | held-out loss | Δ vs random [95% CI] | verdict |" in table

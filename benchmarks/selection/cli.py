@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from benchmarks.selection.harness import DEFAULT_RESULTS, RESULTS_FILE, CommonSpec, merge, write_outputs
 from benchmarks.selection.instruction_bench import (QUICK_INSTRUCTION, InstructionBenchSpec, markdown_instruction,
                                                     run_instruction_bench)
-from benchmarks.selection.text_bench import QUICK, BenchSpec, markdown, quick_regimes, run_bench
+from benchmarks.selection.text_bench import QUICK, BenchSpec, markdown, merge_results, quick_regimes, run_bench
 from thresher.common.atomic import write_text_atomic
 from thresher.specs import JobError
 
@@ -76,9 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-md", help="write the Markdown table to this file instead (also with --quick)")
     p.add_argument("--no-results-md", action="store_true", help="write no Markdown table outside the output folder")
     p.add_argument("--threads", type=int, help="torch threads")
-    p.add_argument("--render", metavar="JSON", help="pre-training mode: table an existing results JSON (e.g. the "
-                                                    "selection_quality.partial.json a long run writes after each "
-                                                    "regime) instead of running")
+    p.add_argument("--render", metavar="JSON", nargs="+",
+                   help="pre-training mode: table existing results JSON files instead of running (e.g. the "
+                        "selection_quality.partial.json a long run writes after each seed; several: runs of "
+                        "the same job on different seeds, merged)")
+    p.add_argument("--note", action="append", default=[], help="with --render: a note for the table (repeatable)")
+    p.add_argument("--only-seeds", type=int, nargs="+", metavar="SEED", help="run these seeds only")
     p.add_argument("--quiet", "-q", action="store_true")
     return p
 
@@ -91,11 +94,20 @@ def run(argv: list[str]) -> int:
         over["output"] = args.output
     if args.seeds:
         over["seeds"] = list(range(args.seeds))
+    if args.only_seeds:
+        over["seeds"] = list(args.only_seeds)
     if args.threads:
         over["threads"] = args.threads
     spec = load_spec(args.job, quick=args.quick, overrides=over)
     if args.render:
-        res = json.loads(Path(args.render).read_text())
+        parts = [json.loads(Path(f).read_text()) for f in args.render]
+        for part in parts:  # the regimes' descriptions are the job's (text, not results)
+            for name, r in part["spec"].get("regimes", {}).items():
+                if isinstance(spec, BenchSpec) and name in spec.regimes:
+                    r["about"] = spec.regimes[name].about
+        res = merge_results(parts)
+        res["command"] = res.get("command") or " ".join([COMMAND, str(args.job)])
+        res["notes"] = [*res.get("notes", []), *args.note]
         md = markdown(res)
         target = Path(args.results_md) if args.results_md else Path(args.results) / RESULTS_MD["pretrain"]
         write_text_atomic(md, target)

@@ -328,6 +328,54 @@ def run_bench(spec: BenchSpec, quiet: bool = False, partial: Path | None = None)
         return _run_bench(spec, quiet, partial)
 
 
+def regime_summaries(runs: list[dict[str, Any]], spec: BenchSpec) -> dict[str, Any]:
+    """Per regime that has runs: its set-up, `summarize` rows and the key pairs."""
+    out = {}
+    for rname, (rspec, about) in spec.regime_specs().items():
+        done = [r for r in runs if r["regime"] == rname]
+        if not done:
+            continue
+        pairs = [pr for pr in spec.pairs if set(pr) <= set(rspec.methods)]
+        out[rname] = {"about": about, "budgets": rspec.budgets, "methods": list(rspec.methods),
+                      "train": rspec.train.model_dump(mode="json"), "summary": summarize(done, rspec),
+                      "pairs": compare_pairs(done, pairs, spec.seeds),
+                      "epochs_mean": float(np.mean([r["epochs"] for r in done if r["method"] != "full"])),
+                      "train_tokens_mean": float(np.mean([r["train_tokens"] for r in done]))}
+    return out
+
+
+def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One results dictionary from runs of the same spec on different seeds (e.g. two processes,
+    or a partial file and the rest): runs pooled (a (regime, method, budget, seed) once, first
+    wins), summaries recomputed; the pool and scores must be the same (checked on the quality
+    means by planted kind)."""
+    base = parts[0]
+    for other in parts[1:]:
+        if other["config"]["quality_by_kind"] != base["config"]["quality_by_kind"] or \
+                other["config"]["dedup"] != {**base["config"]["dedup"], "seconds": other["config"]["dedup"]["seconds"]}:
+            raise ValueError("merge: the parts were scored differently (different pool, scores or dedup)")
+    seen: set[tuple[Any, ...]] = set()
+    runs = []
+    for part in parts:
+        for r in part["runs"]:
+            key = (r["regime"], r["method"], r["budget"], r["seed"])
+            if key not in seen:
+                seen.add(key)
+                runs.append(r)
+    seeds = sorted({r["seed"] for r in runs})
+    spec = BenchSpec.model_validate({**base["spec"], "seeds": seeds})
+    regimes = regime_summaries(runs, spec)
+    first = next(iter(regimes))
+    timings = dict(base["timings"])
+    timings["total"] = round(sum(p["timings"]["total"] for p in parts), 2)
+    timings["training"] = round(sum(p["timings"]["training"] for p in parts), 2)
+    timings["selection"] = round(sum(p["timings"]["selection"] for p in parts), 2)
+    return {**base, "spec": spec.model_dump(mode="json"), "seeds": seeds, "runs": runs,
+            "summary": regimes[first]["summary"], "regimes": regimes, "noise": noise_rows(runs, spec),
+            "timings": timings, "parts": [{"seeds": sorted({r["seed"] for r in p["runs"]}), "timings": p["timings"],
+                                           "command": p.get("command")} for p in parts]}
+
+
 def noise_rows(runs: list[dict[str, Any]], spec: BenchSpec) -> list[dict[str, Any]]:
     """The seed-to-seed std of the paired differences (the same picks, vs random and the pairs)
     under the regime `noise_check[0]` and its baseline recipe `noise_check[1]`."""
@@ -455,7 +503,7 @@ def _run_bench(spec: BenchSpec, quiet: bool, partial: Path | None) -> dict[str, 
                           f"(`{COMMAND} jobs/bench_selection_icon.yaml` runs it on instruction data)."]}
 
     regime_specs = spec.regime_specs()
-    for seed in spec.seeds:  # seeds outermost: a run cut short keeps every regime for the seeds done
+    for seed in spec.seeds:  # seeds outermost: a run cut short keeps every regime of the seeds done
         for rname, (rspec, about) in regime_specs.items():
             rr, ts, tt = run_methods(rspec.model_copy(update={"seeds": [seed]}), table, emb,
                                      make_train_eval(rspec.train), quiet, select_fn=select_fn, tag=f"[{rname}] ")
@@ -463,16 +511,10 @@ def _run_bench(spec: BenchSpec, quiet: bool, partial: Path | None) -> dict[str, 
             for r in rr:
                 r["regime"] = rname
             runs += rr
-            done = [r for r in runs if r["regime"] == rname]
-            pairs = [pr for pr in spec.pairs if set(pr) <= set(rspec.methods)]
-            regimes[rname] = {"about": about, "budgets": rspec.budgets, "methods": list(rspec.methods),
-                              "train": rspec.train.model_dump(mode="json"), "summary": summarize(done, rspec),
-                              "pairs": compare_pairs(done, pairs, spec.seeds),
-                              "epochs_mean": float(np.mean([r["epochs"] for r in done if r["method"] != "full"])),
-                              "train_tokens_mean": float(np.mean([r["train_tokens"] for r in done]))}
-        if partial is not None:  # the seeds so far (a long run cut short keeps them)
-            partial.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(json.dumps(result(), indent=2), partial)
+            regimes = regime_summaries(runs, spec)
+            if partial is not None:  # the runs so far (a long run cut short keeps them)
+                partial.parent.mkdir(parents=True, exist_ok=True)
+                write_text_atomic(json.dumps(result(), indent=2), partial)
     return result()
 
 
@@ -568,6 +610,9 @@ def markdown(res: dict[str, Any]) -> str:
                  + (", ".join(worse) if worse else "none") + ".")
     lines += [""] + [f"- {n}" for n in res["notes"]]
     t = res["timings"]
+    if res.get("parts"):
+        lines += ["", "Merged from " + "; ".join(f"seeds {pt['seeds']} ({pt['timings']['total']:.0f} s)"
+                                                for pt in res["parts"]) + "; run time below = their sum."]
     lines += ["", f"Run time: {t['total']:.0f} s on {c.get('threads', '?')} torch thread(s) (proxy "
               f"{t['proxy_quality']:.0f} s, embeddings {t['embeddings']:.0f} s, selection {t['selection']:.0f} s, "
               f"training {t['training']:.0f} s). Reproduce: `{res.get('command', COMMAND + ' jobs/bench_selection.yaml')}`.",
