@@ -557,6 +557,7 @@ def _short_spec(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 VERDICT = {"helps": "helps", "hurts": "does not help here (worse than random)", "not resolved": "not resolved"}
+SHORT = {"helps": "helps", "hurts": "worse", "not resolved": "not resolved"}
 
 
 def _ci(p: dict[str, Any] | None, digits: int = 3) -> str:
@@ -620,10 +621,10 @@ def markdown_instruction(res: dict[str, Any]) -> str:
         name = f"{m} (all data)" if s["budget"] >= 1 else m
         pl = (vs or {}).get("heldout_loss")
         row = (f"| {name} | {b:g} | {s['docs']:,} | {s['loss_mean']:.4f} ± {s['loss_std']:.4f} | {_ci(pl)} "
-               f"| {pl['verdict'] if pl else '–'} | ")
+               f"| {SHORT[pl['verdict']] if pl else '–'} | ")
         if acc:
             pa_ = (vs or {}).get("task_accuracy")
-            row += (f"{s['means']['task_accuracy']:.3f} | {_ci(pa_)} | {pa_['verdict'] if pa_ else '–'} | ")
+            row += (f"{s['means']['task_accuracy']:.3f} | {_ci(pa_)} | {SHORT[pa_['verdict']] if pa_ else '–'} | ")
         lines.append(row + f"{s['junk_frac']:.3f} | {s['dup_frac']:.3f} | {s['redundant_frac']:.3f} |")
     lines += ["", "junk: share of the selection with a planted wrong or garbled answer; near-dup: share in planted "
               "near-duplicate prompt clusters; redundant: near-duplicates beyond the first of each cluster selected.",
