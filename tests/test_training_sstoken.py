@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 
 import numpy as np
@@ -18,8 +19,9 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 from thresher.training.data import ShardDataset, collate, tokenize_row  # noqa: E402
 from thresher.training.loss import Objective, masked_loss  # noqa: E402
 from thresher.training.sstoken import (  # noqa: E402
-    LastLayerAttention, SSToken, SSTokenConfig, aligned_token_losses, keep_counts, prompt_attention_score,
-    prompt_positions, response_positions, select_tokens, top_tokens, write_token_masks)
+    LastLayerAttention, SSToken, SSTokenConfig, adjusted_prompt_attention, aligned_token_losses, attention_score,
+    keep_counts, prompt_attention_score, prompt_positions, response_positions, select_tokens, top_tokens,
+    write_token_masks)
 from benchmarks.synthetic import DIGITS, instruction_rows, write_shards  # noqa: E402
 from thresher.models.tiny import train_bpe_tokenizer  # noqa: E402
 
@@ -105,7 +107,7 @@ def test_gamma_one_is_rel_and_gamma_zero_is_attention(tok, batch):
                                labels) - aligned_token_losses(logits, labels)
     attn = prompt_attention_score(cap.probs(batch["attention_mask"]), prompt_positions(labels, batch["attention_mask"]))
     for gamma, score in ((1.0, rel), (0.0, attn)):
-        sst = SSToken(SSTokenConfig(rho=0.5, gamma=gamma), history_model=his).setup(model)
+        sst = SSToken(SSTokenConfig(rho=0.5, gamma=gamma, warmup_samples=0), history_model=his).setup(model)
         keep = sst.token_mask(batch, logits, cap, step=0)
         for b in range(labels.shape[0]):
             pos = resp[b].nonzero().flatten()
@@ -117,7 +119,7 @@ def test_gamma_one_is_rel_and_gamma_zero_is_attention(tok, batch):
 # 4 ---------------------------------------------------------------------------------------
 def test_history_equal_to_model_gives_zero_rel_and_attention_fallback(tok, batch):
     model = gpt2(tok).eval()
-    sst = SSToken(SSTokenConfig(rho=0.5, gamma=0.5)).setup(model)  # history = frozen copy of model
+    sst = SSToken(SSTokenConfig(rho=0.5, gamma=0.5, warmup_samples=0)).setup(model)  # history = copy of model
     with sst.capture(model) as cap:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     rel = sst.history_losses(batch) - aligned_token_losses(logits, batch["labels"])
@@ -202,8 +204,8 @@ def test_offline_history_losses_are_aligned_and_masks_train(tok, tmp_path):
     assert torch.isclose(loss, masked_loss(out.logits, b["labels"], b["token_mask"]))
     assert not torch.isclose(loss, masked_loss(out.logits, b["labels"]))
     # history from the column gives the same selection as history from the base model
-    sst_col = SSToken(SSTokenConfig(rho=0.6, history="column"))
-    sst_mod = SSToken(SSTokenConfig(rho=0.6), history_model=base).setup(current)
+    sst_col = SSToken(SSTokenConfig(rho=0.6, history="column", warmup_samples=0))
+    sst_mod = SSToken(SSTokenConfig(rho=0.6, warmup_samples=0), history_model=base).setup(current)
     with LastLayerAttention(current) as cap:
         logits = current(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
     assert torch.equal(sst_col.token_mask(b, logits, cap, 0), sst_mod.token_mask(b, logits, cap, 0))
@@ -279,7 +281,7 @@ def test_toy_rel_separates_signal_from_noise():
 # extras ----------------------------------------------------------------------------------
 def test_warmup_uses_attention_only(tok, batch):
     model, his = gpt2(tok, seed=0).eval(), gpt2(tok, seed=1).eval()
-    sst = SSToken(SSTokenConfig(rho=0.5, gamma=1.0, warmup_steps=3), history_model=his).setup(model)
+    sst = SSToken(SSTokenConfig(rho=0.5, gamma=1.0, warmup_steps=3, warmup_samples=0), history_model=his).setup(model)
     with sst.capture(model) as cap:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     attn_only = SSToken(SSTokenConfig(rho=0.5, gamma=0.0)).token_mask(batch, logits, cap, 0)
@@ -306,3 +308,124 @@ def test_random_mode_is_seeded(batch):
     b = SSToken(SSTokenConfig(mode="random"), seed=1).token_mask(batch, None, None, step=4)
     c = SSToken(SSTokenConfig(mode="random"), seed=1).token_mask(batch, None, None, step=5)
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+# parity with the official release (scripts/finetune.py, read; not copied) -----------------
+def official_selection(logits: torch.Tensor, labels: torch.Tensor, attn: torch.Tensor, hist: torch.Tensor,
+                       attention_mask: torch.Tensor, rho: float, gamma: float) -> torch.Tensor:
+    """The official per-sample rule, restated sample by sample: prompt length = count of -100
+    labels of the unpadded sample; current loss aligned with a leading 0; REL = history - current
+    min-max normalised (+1e-8) over positions prompt_len..end; attention = row of the token's own
+    position (head mean) summed over keys 0..prompt_len-1; top ceil(rho * response length)."""
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    for b in range(labels.shape[0]):
+        n = int(attention_mask[b].sum())
+        lab = labels[b, :n]
+        plen = int((lab == -100).sum())
+        cur = torch.cat([torch.zeros(1), torch.nn.functional.cross_entropy(logits[b, :n - 1].float(), lab[1:],
+                                                                          reduction="none")])
+        diff = hist[b, plen:n] - cur[plen:]
+        norm = (diff - diff.min()) / (diff.max() - diff.min() + 1e-8)
+        score = gamma * norm + (1 - gamma) * attn[b, plen:n, :plen].sum(-1)
+        k = int(np.ceil(round(rho * (n - plen), 6)))
+        keep[b, plen + torch.topk(score, k).indices] = True
+    return keep
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0])
+def test_selection_matches_the_official_rule(tok, batch, gamma):
+    """History losses, REL min-max, attention row (the token's own query position, its loss the
+    prediction at k - 1), prompt keys and the top-k count agree with the official code."""
+    model, his = gpt2(tok, seed=0, attn="eager").eval(), gpt2(tok, seed=1).eval()
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.no_grad():
+        hist = aligned_token_losses(his(**inputs).logits, batch["labels"])
+        out = model(**inputs, output_attentions=True)
+    attn = out.attentions[-1].mean(1)
+    expected = official_selection(out.logits, batch["labels"], attn, hist, batch["attention_mask"], 0.6, gamma)
+    sst = SSToken(SSTokenConfig(rho=0.6, gamma=gamma, history="column", warmup_samples=0))
+    with sst.capture(model) as cap:
+        logits = model(**inputs).logits
+    keep = sst.token_mask({**batch, "hist_token_loss": hist}, logits, cap, step=0)
+    assert torch.equal(keep, expected)
+
+
+def test_loss_is_the_mean_over_the_batchs_selected_tokens(tok, batch):
+    """The official loss: cross-entropy averaged over every kept token of the micro-batch."""
+    model = gpt2(tok).eval()
+    obj = Objective(sstoken=SSTokenConfig(rho=0.5, gamma=0.0)).setup(model)
+    loss, out = obj(model, batch, step=0)
+    sst = obj.sstoken
+    with sst.capture(model) as cap:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    keep = sst.token_mask(batch, logits, cap, step=0)
+    new_labels = torch.where(keep, batch["labels"], torch.full_like(batch["labels"], -100))
+    ref = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, out.logits.shape[-1]).float(),
+                                            new_labels[:, 1:].reshape(-1), ignore_index=-100)
+    assert abs(float(loss.detach()) - float(ref.detach())) < 1e-5
+
+
+def test_warmup_samples_counts_the_samples_seen(tok, batch):
+    """gamma is 0 until `warmup_samples` samples were trained (the official 10,000), then gamma;
+    a selector created at a later step (a resumed run) continues the count from the step."""
+    model, his = gpt2(tok, seed=0).eval(), gpt2(tok, seed=1).eval()
+    rows = batch["labels"].shape[0]
+    with LastLayerAttention(model) as cap:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    cfg = SSTokenConfig(rho=0.5, gamma=0.5, warmup_samples=2 * rows + 1)
+    sst = SSToken(cfg, history_model=his).setup(model)
+    gammas = []
+    for step in range(4):
+        sst.token_mask(batch, logits, cap, step)
+        gammas.append(sst.last_stats["gamma"])
+    assert gammas == [0.0, 0.0, 0.0, 0.5]
+    assert SSTokenConfig().warmup_samples == 10_000  # the official default (scripts/finetune.py)
+    resumed = SSToken(cfg, history_model=his).setup(model)
+    resumed.token_mask(batch, logits, cap, 3)
+    assert resumed.last_stats["gamma"] == 0.5 and resumed.samples_seen == 4 * rows
+
+
+def test_adjusted_attention_removes_the_uniform_position_trend():
+    """Under uniform causal attention the prompt share falls as 1/(i + 1); the adjusted term is flat."""
+    t, plen = 10, 4
+    probs = torch.tril(torch.ones(t, t))
+    probs = (probs / probs.sum(-1, keepdim=True))[None, None].expand(1, 2, t, t)
+    labels = torch.arange(t)[None].clone()
+    labels[:, :plen] = -100
+    raw = attention_score(probs, labels, None, "prompt_sum")
+    resp = response_positions(labels)
+    vals = raw[0, resp[0]]
+    assert torch.all(vals[1:] < vals[:-1])  # the official term falls with position
+    assert torch.allclose(vals, plen / (torch.arange(plen, t).float() + 1))
+    adj = attention_score(probs, labels, None, "prompt_sum_adjusted")
+    assert torch.allclose(adj[0, resp[0]], torch.ones(t - plen)) and float(adj[0, ~resp[0]].abs().sum()) == 0
+    # top-rho by the official term never keeps the end token here; the adjusted term is no position bias
+    assert not top_tokens(raw, resp, 0.6)[0, -1]
+    assert torch.allclose(adjusted_prompt_attention(raw, labels == -100, resp), adj)
+
+
+def test_attention_option_is_validated():
+    with pytest.raises(ValueError, match="attention"):
+        SSTokenConfig(attention="prompt_mean")
+    assert SSTokenConfig().attention == "prompt_sum"
+
+
+def test_benchmark_quick_run_writes_paired_results(tmp_path):
+    """`bench_sstoken.py --quick`: every method on two seeds, paired intervals, the attention profile."""
+    from benchmarks import bench_sstoken
+
+    out = tmp_path / "sstoken"
+    assert bench_sstoken.main(["--quick", "--out", str(out)]) == 0
+    res = json.loads(out.with_suffix(".json").read_text())
+    methods = list(bench_sstoken.METHODS)
+    assert {(r["method"], r["seed"]) for r in res["runs"]} == {(m, s) for m in ["base", *methods] for s in (0, 1)}
+    for r in res["runs"]:
+        assert 0.0 <= r["accuracy"] <= 1.0 and np.isfinite(r["heldout_loss"])
+    pairs = {(c["method"], c["baseline"]) for c in res["comparisons"]}
+    assert {("sstoken", "random"), ("sstoken", "full"), ("sstoken_adjusted", "sstoken")} <= pairs
+    for c in res["comparisons"]:
+        assert c["accuracy"]["n"] == 2 and c["heldout_loss"]["lo"] <= c["heldout_loss"]["mean"] <= c["heldout_loss"]["hi"]
+    prof = res["attention_profiles"]["tiny_base"]
+    assert len(prof["prompt_attention_by_position"]) == 5
+    assert all(0.0 <= v <= 1.0 for v in prof["eos_kept_attention_only"].values())
+    assert "| sstoken | random |" in out.with_suffix(".md").read_text()

@@ -51,8 +51,13 @@ class ReweightConfig(Strict):
 
 HistorySource = Literal["model", "column", "ema"]
 HISTORY_SOURCES = get_args(HistorySource)
+AttentionScore = Literal["prompt_sum", "prompt_sum_adjusted"]
+ATTENTION_SCORES = get_args(AttentionScore)
+
+
 class SSTokenConfig(Strict):
-    """ssToken knobs (defaults: SPEC 3.4): the one type for the Python API
+    """ssToken knobs (defaults: SPEC 3.4 and the official scripts/finetune.py; docs/sstoken.md
+    compares every choice with the official code): the one type for the Python API
     (``SSTokenConfig(rho=0.5, mode="random")``) and the ``train.sstoken`` section of a job; a bad
     value raises a ``ValueError`` (pydantic's ``ValidationError``) naming the field. The random
     baseline's stream is the run's seed, given to :class:`SSToken`."""
@@ -60,6 +65,14 @@ class SSTokenConfig(Strict):
     rho: float = Field(0.6, gt=0, le=1, description="share of each sample's response tokens that is trained on")
     gamma: float = Field(0.5, ge=0, le=1, description="weight of the excess loss against attention in the token score")
     warmup_steps: int = Field(0, ge=0, description="steps with gamma forced to 0 (attention only)")
+    warmup_samples: int = Field(
+        10_000, ge=0, description="samples (all ranks, in the order trained) with gamma forced to 0: the official "
+                                  "code's 10000 (20% of its one 50k-sample epoch); about 20% of the samples trained "
+                                  "for runs of another length; 0: no warm-up")
+    attention: AttentionScore = Field(
+        "prompt_sum", description="prompt_sum: head-mean last-layer attention of the token to the prompt "
+                                  "(official); prompt_sum_adjusted: that share divided by n_prompt / n_keys, the "
+                                  "share uniform attention would give, scaled to max 1 per sample (an ablation)")
     history: HistorySource = Field(
         "model", description="model: frozen base copy; column: hist_token_loss; ema: EMA of the trained model")
     ema_alpha: float = Field(0.99, ge=0, lt=1, description="decay of the EMA history model (history: ema)")

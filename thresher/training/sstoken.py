@@ -5,15 +5,22 @@ placeholder 0, the convention of the ``hist_token_loss`` column):
 
 * REL_k = loss_history(k) - loss_current(k): large when the model improved on token k
   relative to its history (base model by default, an EMA copy, or a precomputed column);
-* Attn_k = head-mean attention that token k (as the query, at its own position) pays to
-  the prompt in the last layer. The layer's attention is recomputed from its input,
-  captured by a forward pre-hook, so the main pass can use sdpa/flash kernels;
+* Attn_k = head-mean attention that token k (as the query, at its own position, while its
+  loss is the prediction made at k - 1: the official code's alignment) pays to the prompt
+  in the last layer. The layer's attention is recomputed from its input, captured by a
+  forward pre-hook, so the main pass can use sdpa/flash kernels. ``attention=
+  "prompt_sum_adjusted"`` (not in the paper or code; an ablated option) divides that share by
+  the share uniform attention would give, n_prompt / n_keys, because the raw share falls
+  with position (later queries have more response keys), so the last tokens and the end
+  token are rarely kept on attention alone;
 * Score_k = gamma * minmax(REL)_k + (1 - gamma) * Attn_k (min-max per sample, +1e-8);
-  gamma is 0 (attention only) during ``warmup_steps``, as the official code does;
+  gamma is 0 (attention only) during ``warmup_steps`` steps and the first ``warmup_samples``
+  samples (the official code: 10,000 samples of an unshuffled epoch);
 * keep the top ceil(rho * L_resp) response tokens of each sample.
 
-``mode="random"`` keeps ceil(rho * L_resp) random response tokens (the baseline).
-:func:`write_token_masks` precomputes ``token_mask`` and ``hist_token_loss`` columns.
+``mode="random"`` keeps ceil(rho * L_resp) random response tokens (the baseline), drawn anew
+every step. :func:`write_token_masks` precomputes ``token_mask`` and ``hist_token_loss``
+columns. docs/sstoken.md compares each choice with the official release.
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from thresher.common.templates import ALPACA_TEMPLATE
-from thresher.training.options import HISTORY_SOURCES, HistorySource, SSTokenConfig  # noqa: F401 (re-exported)
+from thresher.training.options import (  # noqa: F401 (re-exported)
+    ATTENTION_SCORES, HISTORY_SOURCES, AttentionScore, HistorySource, SSTokenConfig)
 
 # -- per-token quantities --------------------------------------------------------------------
 
@@ -198,6 +206,35 @@ def prompt_attention_score(probs: torch.Tensor, prompt: torch.Tensor) -> torch.T
     return (probs * prompt[:, None, None, :].to(probs.dtype)).sum(-1).mean(1)
 
 
+def adjusted_prompt_attention(score: torch.Tensor, prompt: torch.Tensor, resp: torch.Tensor,
+                              attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T): the prompt share over the share uniform attention would give it, scaled to max 1.
+
+    A query at position i sees n_keys(i) unpadded keys, n_prompt(i) of them prompt keys;
+    uniform attention would put n_prompt / n_keys on the prompt, a share that falls as the
+    response grows. The ratio removes that trend; dividing by each sample's largest ratio
+    over its response tokens keeps the score in [0, 1] like REL's min-max. 0 off ``resp``.
+    """
+    keys = torch.ones_like(prompt, dtype=torch.float32) if attention_mask is None else attention_mask.float()
+    n_keys = keys.cumsum(1).clamp(min=1)
+    n_prompt = prompt.float().cumsum(1).clamp(min=1)
+    ratio = torch.where(resp, score.float() * n_keys / n_prompt, torch.zeros_like(score, dtype=torch.float32))
+    top = ratio.max(1, keepdim=True).values.clamp(min=1e-12)
+    return ratio / top
+
+
+def attention_score(probs: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None,
+                    kind: str = "prompt_sum") -> torch.Tensor:
+    """(B, T) attention term of the token score (``kind``: see :class:`SSTokenConfig`)."""
+    prompt = prompt_positions(labels, attention_mask)
+    score = prompt_attention_score(probs, prompt)
+    if kind == "prompt_sum":
+        return score
+    if kind == "prompt_sum_adjusted":
+        return adjusted_prompt_attention(score, prompt, response_positions(labels), attention_mask)
+    raise ValueError(f"attention {kind!r}: expected one of {list(ATTENTION_SCORES)}")
+
+
 # -- the selector ----------------------------------------------------------------------------
 
 class SSToken:
@@ -213,6 +250,7 @@ class SSToken:
         self.history_model = history_model
         self.seed = seed  # the random baseline's stream
         self.last_stats: dict[str, float] = {}
+        self.samples_seen: int | None = None  # samples before the current batch (all ranks)
 
     def setup(self, model: nn.Module) -> "SSToken":
         """Freeze a copy of ``model`` as the history model unless one was given or a column is used."""
@@ -249,6 +287,31 @@ class SSToken:
         out = self.history_model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
         return aligned_token_losses(out.logits, batch["labels"])
 
+    def _count_samples(self, rows: int, step: int) -> int:
+        """Samples trained before this batch (all ranks), counting the batches this selector sees.
+
+        The first call assumes every earlier step had this batch's size, so a run resumed at
+        ``step`` continues the count (exact for one micro-batch per step and a fixed batch size)."""
+        world = 1
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            world = torch.distributed.get_world_size()
+        if self.samples_seen is None:
+            self.samples_seen = int(step) * rows * world
+        before = self.samples_seen
+        self.samples_seen += rows * world
+        return before
+
+    def needs_attention(self, step: int) -> bool:
+        """Whether the next batch's selection uses the attention term (run the model in :meth:`capture`)."""
+        c = self.config
+        seen = self.samples_seen or 0
+        return c.mode == "sstoken" and (c.gamma < 1 or step < c.warmup_steps or seen < c.warmup_samples)
+
+    def gamma_at(self, step: int, samples_before: int) -> float:
+        """gamma, or 0 during the attention-only warm-up (by steps and by samples seen)."""
+        c = self.config
+        return 0.0 if step < c.warmup_steps or samples_before < c.warmup_samples else c.gamma
+
     @torch.no_grad()
     def token_mask(self, batch: dict[str, torch.Tensor], logits: torch.Tensor, capture: LastLayerAttention | None,
                    step: int) -> torch.Tensor:
@@ -259,16 +322,18 @@ class SSToken:
         if c.mode == "random":
             g = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + int(step))
             return random_tokens(resp, c.rho, g)
-        gamma = 0.0 if step < c.warmup_steps else c.gamma
+        gamma = self.gamma_at(step, self._count_samples(labels.shape[0], step))
         rel = torch.zeros_like(labels, dtype=torch.float32)
         if gamma > 0:
             rel = self.history_losses(batch) - aligned_token_losses(logits.detach(), labels)
         attn = None
         if gamma < 1:
             if capture is None:
-                raise ValueError("gamma < 1 needs the captured attention (run the model inside capture())")
+                raise ValueError("gamma < 1 or an attention-only warm-up needs the captured attention (run the "
+                                 "model inside capture(), when needs_attention(step)); with gamma 1 set "
+                                 "warmup_samples: 0 for a REL-only selection")
             mask = batch.get("attention_mask")
-            attn = prompt_attention_score(capture.probs(mask), prompt_positions(labels, mask))
+            attn = attention_score(capture.probs(mask), labels, mask, c.attention)
         keep = select_tokens(rel, attn, resp, c.rho, gamma)
         self.last_stats = {"kept": float(keep.sum()), "response": float(resp.sum()), "gamma": gamma}
         return keep
@@ -302,7 +367,7 @@ def write_token_masks(src: str | Path, dst: str | Path, current_model: nn.Module
     out: dict[str, pa.Table] = {}
     kept = total = 0
     step = max(cfg.warmup_steps, 0)  # offline masks use the post-warm-up gamma
-    selector = SSToken(cfg.model_copy(update={"history": "column"}))
+    selector = SSToken(cfg.model_copy(update={"history": "column", "warmup_samples": 0}))
     for f in files:
         table = pq.read_table(f)
         if not {"prompt", "response"} <= set(table.column_names):
@@ -352,4 +417,4 @@ def write_token_masks(src: str | Path, dst: str | Path, current_model: nn.Module
 
 __all__ = ["SSTokenConfig", "SSToken", "LastLayerAttention", "aligned_token_losses", "select_tokens",
            "top_tokens", "random_tokens", "minmax_per_sample", "prompt_attention_score", "write_token_masks",
-           "response_positions", "prompt_positions", "keep_counts"]
+           "response_positions", "prompt_positions", "keep_counts", "attention_score", "adjusted_prompt_attention"]
