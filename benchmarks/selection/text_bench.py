@@ -583,6 +583,12 @@ def markdown(res: dict[str, Any]) -> str:
                   f"over the pick; peak LR {tr['lr']:g}, cosine to {tr['final_lr']:g} of it"
                   + (f", weights averaged over the last {tr['average']:.0%} of steps" if tr["average"] else "")
                   + ".", "", *summary_table(reg["summary"]), ""]
+        if tr.get("epochs"):  # passes are fixed, so a pick of shorter documents trains on fewer tokens
+            rr = [r for r in res["runs"] if r["regime"] == rname]
+            toks = {m: np.mean([r["train_tokens"] for r in rr if r["method"] == m]) for m in reg["methods"]}
+            lines += ["Training tokens (mean over seeds; a pick of shorter documents trains on fewer, which is part "
+                      "of the difference measured here): " + ", ".join(f"{m} {v:,.0f}" for m, v in toks.items()
+                                                                       if np.isfinite(v)) + ".", ""]
         if reg["pairs"]:
             lines += ["Key pairs:", "", *pairs_table(reg["pairs"]), ""]
     lines += ["## Verdicts", "", "Paired 95% intervals of the held-out loss difference (negative = the method is "
