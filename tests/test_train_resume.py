@@ -31,7 +31,8 @@ CASES = {
     "instruction-sstoken-ema": dict(
         rows=lambda: instruction_rows(24, noise=0.3, seed=1), crash_at=6,
         spec={"steps": 10, "batch_size": 4, "lr": 3e-3, "prompt_template": "{prompt} =", "tiny": TINY,
-              "checkpoint_every": 3, "sstoken": {"rho": 0.6, "gamma": 0.8, "history": "ema", "ema_alpha": 0.5}}),
+              "checkpoint_every": 3, "sstoken": {"rho": 0.6, "gamma": 0.8, "history": "ema", "ema_alpha": 0.5,
+                                                 "warmup_samples": 0}}),  # REL (EMA history) from step 0
 }
 
 
