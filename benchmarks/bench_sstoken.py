@@ -482,7 +482,7 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append(f"| {m} | {s['accuracy_mean']:.3f} ± {s['accuracy_std']:.3f} | "
                      f"{s['heldout_loss_mean']:.3f} ± {s['heldout_loss_std']:.3f} | {eos} | {pos} |")
     lines += ["", "end token kept: share of samples whose end token is in the kept set (after the warm-up; "
-              "random keeps it at rho); kept position: mean relative position of kept tokens (0 = first response "
+              "a random pick of ceil(rho L) keeps it with probability ceil(rho L) / L); kept position: mean relative position of kept tokens (0 = first response "
               "token, 1 = end token; 0.5 = no position preference).", "",
               "Paired per-seed differences (method minus baseline, mean and 95% interval; accuracy: positive = "
               "better; loss: negative = better):", "",
