@@ -365,6 +365,18 @@ def test_loss_is_the_mean_over_the_batchs_selected_tokens(tok, batch):
     assert abs(float(loss.detach()) - float(ref.detach())) < 1e-5
 
 
+def test_objective_runs_the_attention_warmup_with_gamma_one(tok, batch):
+    """gamma 1 (REL only) still needs the attention term during the sample warm-up: the
+    objective captures it while `needs_attention`, and selects by REL alone afterwards."""
+    model = gpt2(tok).eval()
+    rows = batch["labels"].shape[0]
+    obj = Objective(sstoken=SSTokenConfig(rho=0.5, gamma=1.0, warmup_samples=rows)).setup(model)
+    obj(model, batch, step=0)
+    assert obj.sstoken.last_stats["gamma"] == 0.0
+    obj(model, batch, step=1)
+    assert obj.sstoken.last_stats["gamma"] == 1.0 and not obj.sstoken.needs_attention(2)
+
+
 def test_warmup_samples_counts_the_samples_seen(tok, batch):
     """gamma is 0 until `warmup_samples` samples were trained (the official 10,000), then gamma;
     a selector created at a later step (a resumed run) continues the count from the step."""

@@ -95,9 +95,7 @@ class Objective:
             sst.update_history(model)  # EMA after each optimizer step (no-op otherwise)
         self._last_step = step
         inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
-        need_attn = sst is not None and sst.config.mode == "sstoken" and (
-            sst.config.gamma < 1 or step < sst.config.warmup_steps)
-        if need_attn:
+        if sst is not None and sst.needs_attention(step):
             with sst.capture(model) as cap:
                 outputs = model(**inputs)
         else:
