@@ -15,38 +15,18 @@ import argparse
 import glob
 import json
 import os
-import resource
 import sys
 import time
 
 _T_IMPORT = time.perf_counter()
 
 import datatrove  # noqa: E402
-from datatrove.executor import LocalPipelineExecutor  # noqa: E402
 from datatrove.pipeline.filters import GopherQualityFilter, GopherRepetitionFilter  # noqa: E402
 from datatrove.pipeline.readers import ParquetReader  # noqa: E402
 from datatrove.pipeline.writers import ParquetWriter  # noqa: E402
+from dt_bench_common import DRIVER_PID_ENV, RecordingExecutor, version_of, worker_records  # noqa: E402
 
 IMPORT_SECONDS = time.perf_counter() - _T_IMPORT
-
-
-class CpuRecordingExecutor(LocalPipelineExecutor):
-    """Records each pool worker's own CPU seconds after every task it runs.
-
-    The pool workers are children of DataTrove's forkserver, not of this process, so the
-    caller's RUSAGE_CHILDREN never sees their CPU time; this fills that gap."""
-
-    cpu_dir: str = ""
-
-    def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):  # type: ignore[override]
-        try:
-            return super()._run_for_rank(rank, local_rank, node_rank)
-        finally:
-            # workers re-import this module, so the driver's pid comes through the environment
-            if str(os.getpid()) != os.environ.get("DT_BENCH_DRIVER_PID") and self.cpu_dir:
-                r = resource.getrusage(resource.RUSAGE_SELF)
-                with open(os.path.join(self.cpu_dir, f"{os.getpid()}-{rank}.json"), "w") as f:
-                    json.dump({"pid": os.getpid(), "rank": rank, "cpu_s": r.ru_utime + r.ru_stime}, f)
 
 
 def main() -> int:
@@ -60,7 +40,7 @@ def main() -> int:
     ap.add_argument("--filters", default="repetition,quality",
                     help="comma list, in order: repetition, quality")
     args = ap.parse_args()
-    os.environ["DT_BENCH_DRIVER_PID"] = str(os.getpid())
+    os.environ[DRIVER_PID_ENV] = str(os.getpid())
 
     steps = [ParquetReader(args.input, text_key="text", id_key="id", glob_pattern="*.parquet")]
     for name in [f for f in args.filters.split(",") if f]:
@@ -69,8 +49,8 @@ def main() -> int:
     cpu_dir = os.path.join(args.logs, "_worker_cpu")
     os.makedirs(cpu_dir, exist_ok=True)
 
-    executor = CpuRecordingExecutor(pipeline=steps, tasks=args.tasks, workers=args.workers, logging_dir=args.logs)
-    executor.cpu_dir = cpu_dir
+    executor = RecordingExecutor(pipeline=steps, tasks=args.tasks, workers=args.workers, logging_dir=args.logs)
+    executor.record_dir = cpu_dir
     t0 = time.perf_counter()
     executor.run()
     run_s = time.perf_counter() - t0
@@ -86,11 +66,7 @@ def main() -> int:
         for k, v in (st.get("stats") or {}).items():
             entry["stats"][k] = v.get("total") if isinstance(v, dict) else v
         steps_out.append(entry)
-    per_pid: dict[int, float] = {}
-    for p in glob.glob(os.path.join(cpu_dir, "*.json")):
-        with open(p) as f:
-            rec = json.load(f)
-        per_pid[rec["pid"]] = max(per_pid.get(rec["pid"], 0.0), rec["cpu_s"])
+    per_pid = {pid: rec["cpu_s"] for pid, rec in worker_records(cpu_dir).items()}
     out_files = sorted(glob.glob(os.path.join(args.output, "*.parquet")))
     try:
         import pyarrow.parquet as pq
@@ -99,7 +75,7 @@ def main() -> int:
     except Exception:  # pragma: no cover - pyarrow is a datatrove[io] dependency
         kept = None
     print(json.dumps({
-        "datatrove_version": getattr(datatrove, "__version__", None) or _version("datatrove"),
+        "datatrove_version": getattr(datatrove, "__version__", None) or version_of("datatrove"),
         "python": sys.version.split()[0],
         "import_seconds": round(IMPORT_SECONDS, 3),
         "run_seconds": round(run_s, 3),
@@ -111,15 +87,6 @@ def main() -> int:
         "steps": steps_out,
     }))
     return 0
-
-
-def _version(name: str) -> str | None:
-    try:
-        from importlib.metadata import version
-
-        return version(name)
-    except Exception:
-        return None
 
 
 if __name__ == "__main__":

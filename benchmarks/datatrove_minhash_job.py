@@ -38,38 +38,13 @@ _T_IMPORT = time.perf_counter()
 import datatrove  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
-from datatrove.executor import LocalPipelineExecutor  # noqa: E402
 from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster,  # noqa: E402
                                               MinhashDedupFilter, MinhashDedupSignature)
 from datatrove.pipeline.readers import ParquetReader  # noqa: E402
 from datatrove.pipeline.writers import ParquetWriter  # noqa: E402
+from dt_bench_common import DRIVER_PID_ENV, RecordingExecutor, version_of, vm_hwm_mb, worker_records  # noqa: E402
 
 IMPORT_SECONDS = time.perf_counter() - _T_IMPORT
-
-
-class RecordingExecutor(LocalPipelineExecutor):
-    """Each pool worker writes its own CPU seconds and peak RSS after every task it runs."""
-
-    record_dir: str = ""
-
-    def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):  # type: ignore[override]
-        try:
-            return super()._run_for_rank(rank, local_rank, node_rank)
-        finally:
-            if str(os.getpid()) != os.environ.get("DT_BENCH_DRIVER_PID") and self.record_dir:
-                r = resource.getrusage(resource.RUSAGE_SELF)
-                with open(os.path.join(self.record_dir, f"{os.getpid()}.json"), "w") as f:
-                    json.dump({"pid": os.getpid(), "cpu_s": r.ru_utime + r.ru_stime, "maxrss_mb": vm_hwm_mb()}, f)
-
-
-def vm_hwm_mb() -> float:
-    """This process's peak RSS (VmHWM; ru_maxrss would carry the RSS of the process it was forked
-    from across an exec)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return 0.0
 
 
 def _cpu(who: int) -> float:
@@ -91,7 +66,7 @@ def main() -> int:
     ap.add_argument("--ngram", type=int, default=5)
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
-    os.environ["DT_BENCH_DRIVER_PID"] = str(os.getpid())
+    os.environ[DRIVER_PID_ENV] = str(os.getpid())
     files = sorted(glob.glob(os.path.join(args.input, "*.parquet")))
     w = args.work
     record = os.path.join(w, "_worker_records")
@@ -121,11 +96,7 @@ def main() -> int:
     run_s = time.perf_counter() - t0
     own_cpu = _cpu(resource.RUSAGE_SELF) + _cpu(resource.RUSAGE_CHILDREN) - cpu0
     driver_rss = vm_hwm_mb()
-    workers: dict[int, dict] = {}
-    for p in glob.glob(os.path.join(record, "*.json")):
-        with open(p) as f:
-            rec = json.load(f)
-        workers[rec["pid"]] = rec
+    workers = worker_records(record)
 
     # -- after the timed part: DataTrove's clusters and removals, by document id --------------
     ids, clusters, removed = [], [], []
@@ -153,7 +124,7 @@ def main() -> int:
     kept_ids = [i for p in out_files for i in pq.read_table(p, columns=["id"]).column("id").to_pylist()]
     expected = {i for i, r in zip(ids, removed) if not r}
     print(json.dumps({
-        "datatrove_version": getattr(datatrove, "__version__", None) or _version("datatrove"),
+        "datatrove_version": getattr(datatrove, "__version__", None) or version_of("datatrove"),
         "python": sys.version.split()[0],
         "import_seconds": round(IMPORT_SECONDS, 3),
         "run_seconds": round(run_s, 3),
@@ -168,15 +139,6 @@ def main() -> int:
         "kept_matches_remove_files": set(kept_ids) == expected and len(kept_ids) == len(expected),
     }))
     return 0
-
-
-def _version(name: str) -> str | None:
-    try:
-        from importlib.metadata import version
-
-        return version(name)
-    except Exception:
-        return None
 
 
 if __name__ == "__main__":
