@@ -63,7 +63,7 @@ def test_quick_benchmark(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert {"random", "random_raw", "full", "topk_quality", "datamask", "datamask_fl"} <= set(res["methods"])
     seeds = res["seeds"]
     regimes = res["regimes"]
-    assert set(regimes) == {"tokens", "constrained", "old_recipe"} and res["summary"] == regimes["tokens"]["summary"]
+    assert set(regimes) == {"tokens", "constrained", "low_noise"} and res["summary"] == regimes["tokens"]["summary"]
     for name, reg in regimes.items():
         runs = [r for r in res["runs"] if r["regime"] == name]
         rows = {(s["method"], s["budget"]): s for s in reg["summary"]}
@@ -84,20 +84,22 @@ def test_quick_benchmark(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         assert rows[("topk_quality", b)]["junk_frac"] < rows[("random", b)]["junk_frac"]
         for pr in reg["pairs"]:  # direct pairs: paired over the same seeds
             assert pr["n_seeds"] == len(seeds) and pr["heldout_loss"]["verdict"] in ("helps", "hurts", "not resolved")
-    # fixed tokens: every pick trains on the same tokens; data-constrained: 1 pass (quick) over each pick
-    tok = [r for r in res["runs"] if r["regime"] == "tokens"]
-    assert len({r["train_tokens"] for r in tok}) == 1
-    con = [r for r in res["runs"] if r["regime"] == "constrained"]
-    assert all(1.0 <= r["epochs"] < 1.0 + 8 / r["docs"] + 0.2 for r in con)
+    # both regimes train every pick on the same tokens (fixed steps); the constrained pick is half as
+    # large, so it is seen about twice as often
+    for name in ("tokens", "constrained"):
+        assert len({r["train_tokens"] for r in res["runs"] if r["regime"] == name}) == 1
+    passes = {name: np.mean([r["epochs"] for r in res["runs"] if r["regime"] == name and r["method"] == "random"])
+              for name in ("tokens", "constrained")}
+    assert passes["constrained"] > 1.5 * passes["tokens"]
     # dedup ran first: `full` is the deduplicated pool, `random_raw` picks from the pool as built
     dd = res["config"]["dedup"]
     full = {(s["method"]): s for s in regimes["tokens"]["summary"]}["full"]
     assert full["docs"] == dd["kept"] == res["config"]["pool_docs"] - dd["removed"]
     # the same picks trained with two recipes (the noise check): identical compositions per seed
     by = {(r["regime"], r["method"], r["seed"]): r for r in res["runs"]}
-    for m in regimes["old_recipe"]["methods"]:
+    for m in regimes["low_noise"]["methods"]:
         for sd in seeds:
-            assert by[("old_recipe", m, sd)]["dup_frac"] == by[("tokens", m, sd)]["dup_frac"]
+            assert by[("low_noise", m, sd)]["dup_frac"] == by[("tokens", m, sd)]["dup_frac"]
     assert {(n["a"], n["b"]) for n in res["noise"]} >= {("topk_quality", "random"), ("datamask", "topk_quality")}
     # a run split by seed (two processes, or a partial file) merges back into the same summaries
     parts = []
